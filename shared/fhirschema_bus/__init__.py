@@ -1,0 +1,1 @@
+"""What every FHIRSchema service and NATS client shares: subjects, topology, contracts, settings."""

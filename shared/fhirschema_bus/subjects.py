@@ -1,0 +1,61 @@
+"""Every JetStream stream, subject, durable consumer and KV bucket name, in one place.
+
+Programs that publish straight to NATS use these names (see docs/asyncapi.json).
+"""
+
+from __future__ import annotations
+
+PREFIX = "fhirschema"
+
+# --- work streams (WorkQueue retention: each message is consumed once by one replica) ---
+STREAM_REQUESTS = "FHIRSCHEMA_REQUESTS"
+VALIDATE_ONE = f"{PREFIX}.validate.one"  # one resource, a reply is awaited by the gateway
+VALIDATE_BATCH_ITEM = f"{PREFIX}.validate.batch"  # one resource of a batch job (fan-out)
+CONVERT_ONE = f"{PREFIX}.convert.one"
+CONVERT_BATCH_ITEM = f"{PREFIX}.convert.batch"
+INGEST_PACKAGE = f"{PREFIX}.ingest.package"
+STORAGE_PUT_SCHEMA = f"{PREFIX}.storage.put"
+REQUEST_SUBJECTS = [
+    VALIDATE_ONE,
+    VALIDATE_BATCH_ITEM,
+    CONVERT_ONE,
+    CONVERT_BATCH_ITEM,
+    INGEST_PACKAGE,
+    STORAGE_PUT_SCHEMA,
+]
+
+# --- results (Limits retention, read back by the gateway / result assemblers) ---
+STREAM_RESULTS = "FHIRSCHEMA_RESULTS"
+VALIDATE_RESULT = f"{PREFIX}.result.validate"  # + ".<job_id>"
+CONVERT_RESULT = f"{PREFIX}.result.convert"  # + ".<job_id>"
+
+# --- job status events (Limits retention, followed by WebSocket clients and dashboards) ---
+STREAM_EVENTS = "FHIRSCHEMA_EVENTS"
+JOB_EVENTS = f"{PREFIX}.events.job"  # + ".<job_id>"
+
+# --- dead letters ---
+STREAM_DEAD_LETTERS = "FHIRSCHEMA_DLQ"
+DEAD_LETTER = f"{PREFIX}.dlq"  # + ".<original subject>"
+
+# --- core NATS request/reply (not persisted): storage lookups by the validator ---
+STORAGE_GET_SCHEMA = f"{PREFIX}.storage.get"
+STORAGE_GET_RESOURCE = f"{PREFIX}.storage.resource"
+STORAGE_LIST = f"{PREFIX}.storage.list"
+STORAGE_DELETE = f"{PREFIX}.storage.delete"
+SERVICE_HEARTBEAT = f"{PREFIX}.heartbeat"  # + ".<service>"
+
+# --- durable consumers (shared by all replicas of a service) ---
+DURABLE_VALIDATOR_ONE = "validator-one"
+DURABLE_VALIDATOR_BATCH = "validator-batch"
+DURABLE_CONVERTER = "converter"
+DURABLE_INGEST = "ig-ingest"
+DURABLE_STORAGE = "storage"
+
+# --- KV buckets ---
+KV_JOBS = "fhirschema_jobs"  # job id -> JobStatus JSON
+KV_IDEMPOTENCY = "fhirschema_done"  # "<job>.<index>" -> marker: counted once
+KV_SERVICES = "fhirschema_services"  # service instance -> last heartbeat
+
+
+def job_result_subject(base: str, job_id: str) -> str:
+    return f"{base}.{job_id}"
