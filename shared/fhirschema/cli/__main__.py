@@ -1,0 +1,5 @@
+import sys
+
+from fhirschema.cli import main
+
+sys.exit(main())
