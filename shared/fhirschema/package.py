@@ -165,10 +165,10 @@ def load_directory(path: str | Path) -> Package:
         folder = root / sub if sub else root
         # With an index the root files are read lazily from disk; examples are never indexed.
         if folder.is_dir() and (sub or index is None):
-                for file in sorted(folder.glob("*.json")):
-                    rel = f"{sub}{file.name}"
-                    if _is_indexable(rel):
-                        names[rel] = file.read_bytes()
+            for file in sorted(folder.glob("*.json")):
+                rel = f"{sub}{file.name}"
+                if _is_indexable(rel):
+                    names[rel] = file.read_bytes()
     return _assemble(label, manifest, index, names, root=root)
 
 
@@ -219,7 +219,11 @@ _RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]+)"')
 
 
 def _assemble(
-    label: str, manifest_bytes: bytes | None, index_bytes: bytes | None, raw: dict[str, bytes], root: Path | None
+    label: str,
+    manifest_bytes: bytes | None,
+    index_bytes: bytes | None,
+    raw: dict[str, bytes],
+    root: Path | None,
 ) -> Package:
     if manifest_bytes is None:
         raise PackageError(label, "package/package.json is missing: this is not a FHIR package")

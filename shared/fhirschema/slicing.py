@@ -169,7 +169,11 @@ def _put(match: dict[str, Any], schema: dict[str, Any], parts: list[str], value:
             target = item
             continue
         if last:
-            if node is not None and node.get("array") and not (isinstance(value, dict) and _is_operator(value)):
+            if (
+                node is not None
+                and node.get("array")
+                and not (isinstance(value, dict) and _is_operator(value))
+            ):
                 target[key] = value if isinstance(value, list) else [value]
             elif isinstance(target.get(key), dict) and isinstance(value, dict):
                 _merge(target[key], value)

@@ -89,7 +89,9 @@ def test_translator_case(file: Path, defaults: dict[str, Any], test: dict[str, A
             convert(sd)
         return
     expected = (
-        json.loads((file.parent / test["expectedFile"]).read_text()) if "expectedFile" in test else test["expected"]
+        json.loads((file.parent / test["expectedFile"]).read_text())
+        if "expectedFile" in test
+        else test["expected"]
     )
     actual = convert(sd)
     if test.get("exact"):

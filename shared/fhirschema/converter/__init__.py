@@ -62,7 +62,15 @@ def _header(sd: dict[str, Any], package: Any) -> dict[str, Any]:
     else:
         klass = kind
     header: dict[str, Any] = {"name": sd["name"], "type": sd["type"], "kind": kind, "class": klass}
-    for key in ("url", "version", "description", "package_name", "package_version", "package_id", "derivation"):
+    for key in (
+        "url",
+        "version",
+        "description",
+        "package_name",
+        "package_version",
+        "package_id",
+        "derivation",
+    ):
         if sd.get(key):
             header[key] = sd[key]
     if sd.get("baseDefinition") and sd["type"] != "Element":

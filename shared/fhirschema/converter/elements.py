@@ -20,7 +20,28 @@ DROPPED = frozenset(
 # pattern[x]/fixed[x] suffixes that name a primitive: the schema uses the FHIR type name.
 _PRIMITIVE_SUFFIX = {
     s[0].upper() + s[1:]: s
-    for s in ["instant", "time", "date", "dateTime", "decimal", "boolean", "integer", "string", "uri", "base64Binary", "code", "id", "oid", "unsignedInt", "positiveInt", "markdown", "url", "canonical", "uuid", "integer64"]
+    for s in [
+        "instant",
+        "time",
+        "date",
+        "dateTime",
+        "decimal",
+        "boolean",
+        "integer",
+        "string",
+        "uri",
+        "base64Binary",
+        "code",
+        "id",
+        "oid",
+        "unsignedInt",
+        "positiveInt",
+        "markdown",
+        "url",
+        "canonical",
+        "uuid",
+        "integer64",
+    ]
 }
 
 
