@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("convert", "validate", "packages")
+SUBCOMMANDS = ("convert", "packages")
 
 
 def build_parser() -> argparse.ArgumentParser:
