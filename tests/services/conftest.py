@@ -1,0 +1,53 @@
+"""Real servers for the service tests: one NATS, one S3 and one Redis per test session.
+
+Each is started on first use (so a test run that needs only Redis never pays for S3) and stopped
+by PID when the session ends. Tests that use them are marked `servers` automatically, so
+`-m "not servers"` selects the tests that need no server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fhirschema_bus.servers import RunningServer, ServerStartError, start_nats, start_redis, start_s3
+
+SERVER_FIXTURES = frozenset({"nats_server", "s3_server", "redis_server"})
+
+
+def _serve(
+    tmp_path_factory: pytest.TempPathFactory, name: str, start: Callable[[Path], RunningServer]
+) -> Iterator[RunningServer]:
+    base = tmp_path_factory.mktemp(name)
+    try:
+        srv = start(base)
+    except ServerStartError as e:
+        # Fail, not skip: these servers come from the dev wheels and are required.
+        pytest.fail(f"could not start {name}: {e}", pytrace=False)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory, "nats", start_nats)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory, "s3", start_s3)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory, "redis", start_redis)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
