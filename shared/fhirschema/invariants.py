@@ -23,7 +23,7 @@ from antlr4.tree.Tree import ParseTreeWalker
 from fhirpathpy.engine import do_eval
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.invocations.constants import constants
-from fhirpathpy.engine.nodes import ResourceNode
+from fhirpathpy.engine.nodes import ResourceNode, TypeInfo
 from fhirpathpy.engine.util import get_data
 from fhirpathpy.models import models
 from fhirpathpy.parser.ASTPathListener import ASTPathListener
@@ -126,6 +126,16 @@ class Invariants:
             self._cache[expression] = compiled
         return compiled
 
+    def _model_path(self, path: str) -> str:
+        """Element path → the path or type fhirpathpy's model types children by.
+
+        `Patient.extension` must become `Extension`, or `value` (a choice) finds nothing;
+        `Bundle.entry.link` is defined at `Bundle.link`.
+        """
+        path = path.replace("[x]", "")
+        path = self.model["pathsDefinedElsewhere"].get(path, path)
+        return self.model["path2Type"].get(path, path)
+
     def evaluate(
         self,
         expression: str,
@@ -141,7 +151,7 @@ class Invariants:
         if path is None and isinstance(node, dict) and "resourceType" not in node:
             # children()/descendants() crash on an untyped object; "Element" is always right.
             path = "Element"
-        focus = ResourceNode.create_node(node, path) if path else node
+        focus = ResourceNode.create_node(node, self._model_path(path)) if path else node
         ctx = {
             "dataRoot": [focus],
             "vars": {
@@ -262,8 +272,16 @@ def _bundle_entry(bundle: object, ref: str) -> dict | None:
     return None
 
 
+def _as(ctx: dict, inputs: list, type_info: TypeInfo) -> list:
+    """`as(T)` filters like `ofType(T)`: R4's dom-3 applies it to `descendants()`, and
+    fhirpathpy (following later FHIRPath) raises on a collection of more than one item."""
+    TypeInfo.model = ctx.get("model")  # fhirpathpy's type checks read this global
+    return [item for item in inputs if TypeInfo.from_value(item).is_(type_info)]
+
+
 _ONE_ARG = {1: ["AnyAtRoot"]}
 FHIR_FUNCTIONS: dict[str, dict] = {
+    "as": {"fn": _as, "arity": {1: ["TypeSpecifier"]}},
     "hasValue": {"fn": _has_value},
     "getValue": {"fn": _get_value},
     "htmlChecks": {"fn": _true},
