@@ -130,12 +130,16 @@ class Expansion:
 
 @dataclass(slots=True)
 class _Result:
-    """Expansion under construction; `reason` set = incomplete, `sound` = members are certain."""
+    """Expansion under construction; `reason` set = incomplete.
+
+    `doubtful` lists systems ("*" = all) whose listed codes may have been removed by an exclude
+    we could not enumerate: those codes are not certain members.
+    """
 
     codes: Codes
     ci: set[str]
     reason: str | None = None
-    sound: bool = True
+    doubtful: set[str] = field(default_factory=set)
 
 
 def _lookup(
@@ -172,7 +176,7 @@ class Terminology:
         systems = (system,) if system is not None else res.codes.keys()
         for sys in systems:
             hit = _lookup(res.codes, res.ci, sys, code)
-            if hit is not None and res.sound:
+            if hit is not None and not res.doubtful & {sys, "*"}:
                 return self._with_display(sys, hit[0], display)
         if res.reason is not None:
             return CodeCheck("unknown", None, f"{value_set} cannot be expanded offline: {res.reason}")
@@ -252,8 +256,8 @@ class Terminology:
             # An exclude limited to a system we hold no codes of cannot remove anything we know.
             irrelevant = exc.get("system") not in res.codes and not exc.get("valueSet")
             if part.reason is not None and not irrelevant:
-                # An exclude we cannot enumerate makes every membership claim uncertain.
-                res.reason, res.sound = res.reason or f"exclude: {part.reason}", False
+                res.reason = res.reason or f"exclude: {part.reason}"
+                res.doubtful.add(exc.get("system") or "*")
             _subtract(res, part)
         return res
 
@@ -359,7 +363,7 @@ def _union(into: _Result, part: _Result) -> None:
         into.codes.setdefault(system, {}).update(by_code)
     into.ci |= part.ci
     into.reason = into.reason or part.reason
-    into.sound = into.sound and part.sound
+    into.doubtful |= part.doubtful
 
 
 def _subtract(into: _Result, part: _Result) -> None:
@@ -376,4 +380,4 @@ def _intersect(a: _Result, b: _Result) -> _Result:
         other = b.codes.get(system)
         if other:
             codes[system] = {k: v for k, v in by_code.items() if k in other}
-    return _Result(codes, a.ci | b.ci, a.reason or b.reason, a.sound and b.sound)
+    return _Result(codes, a.ci | b.ci, a.reason or b.reason, a.doubtful | b.doubtful)
