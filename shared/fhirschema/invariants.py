@@ -14,6 +14,7 @@ by a lock: the library may be shared by threads of a service.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from antlr4 import CommonTokenStream, InputStream, Token
 from antlr4.error.ErrorListener import ErrorListener
 from antlr4.tree.Tree import ParseTreeWalker
 from fhirpathpy.engine import do_eval
-from fhirpathpy.engine.invocations import invocation_registry
+from fhirpathpy.engine.invocations import invocation_registry, logic
 from fhirpathpy.engine.invocations.constants import constants
 from fhirpathpy.engine.nodes import ResourceNode, TypeInfo
 from fhirpathpy.engine.util import get_data
@@ -279,8 +280,33 @@ def _as(ctx: dict, inputs: list, type_info: TypeInfo) -> list:
     return [item for item in inputs if TypeInfo.from_value(item).is_(type_info)]
 
 
+def _boolean(value: list) -> bool | list:
+    """FHIRPath singleton evaluation: one boolean is itself, any other single item is true.
+
+    fhirpathpy rejects non-boolean operands of `or`/`and`, which breaks US Core's
+    `practitioner or organization or ...` (us-core-13).
+    """
+    if not value:
+        return []
+    if len(value) > 1:
+        raise ValueError(f"boolean operator applied to a collection of {len(value)} items")
+    data = get_data(value[0])
+    return data if isinstance(data, bool) else True
+
+
+def _logic(op: Callable[[dict, Any, Any], Any]) -> dict:
+    def fn(ctx: dict, left: list, right: list) -> Any:
+        return op(ctx, _boolean(left), _boolean(right))
+
+    return {"fn": fn, "arity": {2: ["Any", "Any"]}}
+
+
 _ONE_ARG = {1: ["AnyAtRoot"]}
 FHIR_FUNCTIONS: dict[str, dict] = {
+    "or": _logic(logic.or_op),
+    "and": _logic(logic.and_op),
+    "xor": _logic(logic.xor_op),
+    "implies": _logic(logic.implies_op),
     "as": {"fn": _as, "arity": {1: ["TypeSpecifier"]}},
     "hasValue": {"fn": _has_value},
     "getValue": {"fn": _get_value},
