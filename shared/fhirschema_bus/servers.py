@@ -46,6 +46,7 @@ class RunningServer:
     access_key: str | None = None  # S3 only
     secret_key: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    cleanup: list[Path] = field(default_factory=list, repr=False)  # files removed after stop
 
     @property
     def port(self) -> int:
@@ -62,6 +63,8 @@ class RunningServer:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL if the process outlives `timeout`; always reaps our child."""
         _stop_pid(self.pid, self.proc, timeout)
+        for path in self.cleanup:
+            path.unlink(missing_ok=True)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -77,6 +80,8 @@ def free_port() -> int:
 
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As servers do: a port with only TIME_WAIT leftovers is reusable, a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -179,6 +184,9 @@ def _launch(
 ) -> RunningServer:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"{name}.log"
+    # A server already on the port would answer our readiness probe in place of the new one.
+    if busy := [f"{k}={p}" for k, p in ports.items() if not port_is_free(p)]:
+        raise ServerStartError(f"{name}: port(s) already in use on {HOST}: {', '.join(busy)}")
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -306,7 +314,7 @@ def start_s3(
             "filer.port": ports["filer"], "filer.port.grpc": ports["filer_grpc"],
             "s3.port": ports["main"], "s3.port.grpc": ports["s3_grpc"], "s3.config": cfg,
             "s3.port.iceberg": 0, "s3.port.lance": 0,  # 0 disables these listeners
-            "webdav": "false", "webdav.port": ports["webdav"],
+            "webdav": "false", "webdav.port": ports["webdav"], "volume.preStopSeconds": 0,
             "admin.port": ports["admin"], "admin.port.grpc": ports["admin_grpc"],
             # Unix sockets default to /tmp/seaweedfs-*-<port>.sock, shared between runs; keep
             # them private unless the path would exceed the 108-byte sun_path limit.
@@ -326,6 +334,8 @@ def start_s3(
         env = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
         srv = _launch("s3", cmd, data_dir, ready, f"http://{HOST}:{ports['main']}", ports, env)
         srv.access_key, srv.secret_key = access_key, secret_key
+        # weed also opens gRPC unix sockets under a hard-coded /tmp and leaves them on exit.
+        srv.cleanup = [Path(f"/tmp/seaweedfs-{c}-grpc-{ports[c + '_grpc']}.sock") for c in ("s3", "admin")]
         return srv
 
     return _with_retries(start, fixed=port is not None)

@@ -103,6 +103,19 @@ def _gone(pid: int) -> bool:
     return False
 
 
+def _procs_mentioning(text: str) -> list[int]:
+    # Any process (child or grandchild) whose command line names our data dir.
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text.encode() in (d / "cmdline").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                continue
+    return found
+
+
 def test_stop_by_pid_leaves_nothing_behind(tmp_path: Path) -> None:
     srv = start_redis(tmp_path)
     assert srv.alive() and not port_is_free(srv.port)
@@ -123,21 +136,34 @@ def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     assert _gone(proc.pid)
 
 
-def test_start_failure_shows_log_tail(tmp_path: Path) -> None:
+def test_busy_port_is_refused_before_launch(tmp_path: Path) -> None:
+    # Otherwise a server already on the port could answer the readiness probe.
     with socket.socket() as busy:
         busy.bind((HOST, 0))
         busy.listen()
-        port = busy.getsockname()[1]
-        with pytest.raises(ServerStartError) as err:
-            start_redis(tmp_path, port=port)
+        with pytest.raises(ServerStartError, match="already in use"):
+            start_redis(tmp_path, port=busy.getsockname()[1])
+
+
+def test_start_failure_shows_log_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "fake-redis"
+    fake.write_text("#!/bin/sh\necho 'FATAL: bad config line 7'\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("REDIS_SERVER_BIN", str(fake))
+    with pytest.raises(ServerStartError) as err:
+        start_redis(tmp_path)
     msg = str(err.value)
-    assert "exited with code" in msg and "log" in msg and "in use" in msg.lower()
+    assert "exited with code 3" in msg and "FATAL: bad config line 7" in msg and str(fake) in msg
 
 
 @pytest.mark.slow
 def test_local_stack_starts_and_stops_all(tmp_path: Path) -> None:
     with local_stack(tmp_path) as servers:
         assert set(servers) == {"nats", "s3", "redis"}
-        pids = {k: s.pid for k, s in servers.items()}
         assert all(s.alive() for s in servers.values())
-    assert all(_gone(pid) for pid in pids.values())
+        assert _procs_mentioning(str(tmp_path))
+    assert all(_gone(s.pid) for s in servers.values())
+    assert not _procs_mentioning(str(tmp_path))
+    for srv in servers.values():
+        assert all(port_is_free(p) for p in srv.ports.values()), srv.name
+        assert not any(p.exists() for p in srv.cleanup), srv.name
