@@ -9,6 +9,7 @@ doubt. Expansions are computed lazily and cached per value-set canonical (bounde
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -161,7 +162,7 @@ class Terminology:
         self._resolve: Resolve = resolve if callable(resolve) else resolve.resource
         self._expansions: OrderedDict[str, _Result] = OrderedDict()
         self._systems: OrderedDict[str, CodeSystemIndex | None] = OrderedDict()
-        self._stack: list[str] = []
+        self._lock = threading.Lock()  # guards the LRU dicts; expansion itself runs unlocked
 
     # -- public API --------------------------------------------------------------------------
 
@@ -185,14 +186,16 @@ class Terminology:
 
     def code_system(self, url: str) -> CodeSystemIndex | None:
         """The loaded CodeSystem `url` (optionally `url|version`), indexed; None if not loaded."""
-        if url in self._systems:
-            self._systems.move_to_end(url)
-            return self._systems[url]
+        with self._lock:
+            if url in self._systems:
+                self._systems.move_to_end(url)
+                return self._systems[url]
         cs = self._get(url, "CodeSystem")
         index = CodeSystemIndex(cs) if cs is not None else None
-        self._systems[url] = index
-        if len(self._systems) > _CACHE_SIZE:
-            self._systems.popitem(last=False)
+        with self._lock:
+            self._systems[url] = index
+            if len(self._systems) > _CACHE_SIZE:
+                self._systems.popitem(last=False)
         return index
 
     # -- internals ---------------------------------------------------------------------------
@@ -218,27 +221,25 @@ class Terminology:
             "member", False, f'display "{display}" for {system}#{code}; expected "{concept.display}"'
         )
 
-    def _expand(self, url: str) -> _Result:
-        cached = self._expansions.get(url)
-        if cached is not None:
-            self._expansions.move_to_end(url)
-            return cached
-        if url in self._stack:
+    def _expand(self, url: str, stack: tuple[str, ...] = ()) -> _Result:
+        with self._lock:
+            cached = self._expansions.get(url)
+            if cached is not None:
+                self._expansions.move_to_end(url)
+                return cached
+        if url in stack:  # the import chain is passed down, so concurrent callers never mix
             return _Result({}, set(), f"circular value set import {url}")
-        self._stack.append(url)
-        try:
-            res = self._compute(url)
-        finally:
-            self._stack.pop()
-        self._expansions[url] = res
-        if len(self._expansions) > _CACHE_SIZE:
-            self._expansions.popitem(last=False)
+        res = self._compute(url, (*stack, url))
+        with self._lock:
+            self._expansions[url] = res
+            if len(self._expansions) > _CACHE_SIZE:
+                self._expansions.popitem(last=False)
         return res
 
-    def _compute(self, url: str) -> _Result:
+    def _compute(self, url: str, stack: tuple[str, ...]) -> _Result:
         vs = self._get(url, "ValueSet")
         if vs is None:
-            return self._implicit(url)
+            return self._implicit(url, stack)
         exp = vs.get("expansion") or {}
         if exp.get("contains") is not None and _whole(exp):
             res = _Result({}, set())
@@ -249,10 +250,10 @@ class Terminology:
             return _Result({}, set(), f"value set {url} has no compose or complete expansion")
         res = _Result({}, set())
         for inc in compose.get("include") or []:
-            part = self._include(inc)
+            part = self._include(inc, stack)
             _union(res, part)
         for exc in compose.get("exclude") or []:
-            part = self._include(exc)
+            part = self._include(exc, stack)
             # An exclude limited to a system we hold no codes of cannot remove anything we know.
             irrelevant = exc.get("system") not in res.codes and not exc.get("valueSet")
             if part.reason is not None and not irrelevant:
@@ -261,20 +262,20 @@ class Terminology:
             _subtract(res, part)
         return res
 
-    def _implicit(self, url: str) -> _Result:
+    def _implicit(self, url: str, stack: tuple[str, ...]) -> _Result:
         """A value set url that is a CodeSystem's `valueSet` (all codes) — located by convention."""
         base = url.split("|", 1)[0]
         raw = self._resolve(url)
         if raw is not None and raw.get("resourceType") == "CodeSystem" and raw.get("url"):
-            return self._include({"system": raw["url"]})
+            return self._include({"system": raw["url"]}, stack)
         candidates = [base.replace("/ValueSet/", "/CodeSystem/"), base.replace("/ValueSet/", "/")]
         for cand in dict.fromkeys(c for c in candidates if c != base):
             cs = self._get(cand, "CodeSystem")
             if cs is not None and (cs.get("valueSet") or "").split("|", 1)[0] == base:
-                return self._include({"system": cand})
+                return self._include({"system": cand}, stack)
         return _Result({}, set(), f"value set {url} is not loaded")
 
-    def _include(self, inc: dict[str, Any]) -> _Result:
+    def _include(self, inc: dict[str, Any], stack: tuple[str, ...]) -> _Result:
         system = inc.get("system")
         system_ref = f"{system}|{inc['version']}" if inc.get("version") and system else system
         res: _Result | None = None
@@ -284,30 +285,29 @@ class Terminology:
             except _Unexpandable as exc:
                 res = _Result({}, set(), str(exc))
         for vs_url in inc.get("valueSet") or []:
-            res = self._expand(vs_url) if res is None else _intersect(res, self._expand(vs_url))
+            imported = self._expand(vs_url, stack)
+            res = imported if res is None else _intersect(res, imported)
         return res if res is not None else _Result({}, set())
 
     def _from_system(self, system: str, ref: str, inc: dict[str, Any]) -> _Result:
         cs = self.code_system(ref)
-        concepts = inc.get("concept")
+        listed = [c for c in inc.get("concept") or [] if isinstance(c.get("code"), str)]
         if cs is None:
-            if concepts and not inc.get("filter"):
+            if listed and not inc.get("filter"):
                 # An explicit list needs no code system: enumerate it as given.
-                return _Result({system: {c["code"]: (c["code"], c.get("display")) for c in concepts}}, set())
+                return _Result({system: {c["code"]: (c["code"], c.get("display")) for c in listed}}, set())
             raise _Unexpandable(f"code system {system} is not loaded")
-        if concepts is None and cs.content != "complete":
+        if "concept" not in inc and cs.content != "complete":
             raise _Unexpandable(f"code system {system} is content={cs.content}")
-        keys = {cs.key(c["code"]) for c in concepts} if concepts is not None else set(cs.concepts)
+        # Codes listed but unknown to the code system are trusted as the value set gives them.
+        given = {cs.key(c["code"]): (c["code"], c.get("display")) for c in listed}
+        keys = set(given) if "concept" in inc else set(cs.concepts)
         for flt in inc.get("filter") or []:
             keys &= _filter(cs, flt)
         by_code: dict[str, tuple[str, str | None]] = {}
-        listed = {cs.key(c["code"]): c for c in concepts or []}
         for k in keys:
             concept = cs.concepts.get(k)
-            if concept is not None:
-                by_code[k] = (concept.code, concept.display)
-            else:  # listed in the value set but unknown to the code system: trust the list
-                by_code[k] = (listed[k]["code"], listed[k].get("display"))
+            by_code[k] = (concept.code, concept.display) if concept is not None else given[k]
         return _Result({system: by_code}, set() if cs.case_sensitive else {system})
 
 
@@ -326,7 +326,10 @@ def _filter(cs: CodeSystemIndex, flt: dict[str, Any]) -> set[str]:
         if op == "in":
             return {cs.key(v.strip()) for v in value.split(",")} & cs.concepts.keys()
         if op == "regex":
-            pattern = re.compile(value)
+            try:
+                pattern = re.compile(value)
+            except re.error as exc:
+                raise _Unexpandable(f"regex {value!r} on {cs.url} is not usable: {exc}") from None
             return {k for k, c in cs.concepts.items() if pattern.fullmatch(c.code)}
     if op == "=" and prop in cs.declared_props | set(_HIERARCHY_PROPS):
         return {k for k, c in cs.concepts.items() if value in c.props.get(prop, ())}

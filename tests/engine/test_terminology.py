@@ -262,3 +262,11 @@ def test_languages_concept_list_for_unloaded_system(real: Terminology) -> None:
     assert exp is not None and len(exp) > 50
     assert real.check(vs, "urn:ietf:bcp:47", "en-US").status == "member"
     assert real.check(vs, "urn:ietf:bcp:47", "xx-YY").status == "not-member"
+
+
+def test_accepts_a_schema_source() -> None:
+    class Source:
+        def resource(self, url: str) -> dict[str, Any] | None:
+            return {"urn:t:tree": TREE, "urn:vs": _vs("urn:vs", include=[{"system": "urn:t:tree"}])}.get(url)
+
+    assert Terminology(Source()).check("urn:vs", "urn:t:tree", "dog").status == "member"
