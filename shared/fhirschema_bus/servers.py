@@ -106,7 +106,14 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie has exited but still answers kill(0); reap it if it is our child.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no procfs (macOS): kill(0) is all we know
 
 
 def _stop_pid(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:

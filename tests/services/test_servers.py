@@ -124,6 +124,17 @@ def test_stop_by_pid_leaves_nothing_behind(tmp_path: Path) -> None:
     srv.stop()  # idempotent
 
 
+def test_stop_by_pid_alone(tmp_path: Path) -> None:
+    # The dev stack may only know a PID (no Popen handle): stop must still work and reap.
+    srv = start_redis(tmp_path)
+    by_pid = RunningServer("redis", srv.pid, srv.url, srv.ports, srv.data_dir, srv.log_path)
+    assert by_pid.alive()
+    t0 = time.monotonic()
+    by_pid.stop()
+    assert time.monotonic() - t0 < 3 and not by_pid.alive() and not srv.alive()
+    assert not _procs_mentioning(str(tmp_path))
+
+
 def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     # A process that ignores SIGTERM must still be gone after stop().
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
