@@ -155,6 +155,7 @@ class Invariants:
         focus = ResourceNode.create_node(node, self._model_path(path)) if path else node
         ctx = {
             "dataRoot": [focus],
+            "$this": [focus],  # fhirpathpy only sets it inside functions; `$this.x` needs it
             "vars": {
                 **_STATIC_VARS,
                 "context": focus,
@@ -301,12 +302,43 @@ def _logic(op: Callable[[dict, Any, Any], Any]) -> dict:
     return {"fn": fn, "arity": {2: ["Any", "Any"]}}
 
 
+def _values_only(coll: list) -> list:
+    """Drop the `_x` extension objects fhirpathpy yields beside (or instead of) a primitive value.
+
+    Without this, per-1 on `{"_start": {...}, "end": "2013"}` raises instead of holding.
+    """
+    return [
+        item
+        for item in coll
+        if not (
+            isinstance(item, ResourceNode)
+            and isinstance(item.data, dict)
+            and item.path
+            and item.path[0].islower()  # a primitive type name: dateTime, string, ...
+            and item.data.keys() <= {"id", "extension"}
+        )
+    ]
+
+
+def _comparison(name: str) -> dict:
+    base = invocation_registry[name]
+
+    def fn(ctx: dict, left: list, right: list) -> Any:
+        left, right = _values_only(left), _values_only(right)
+        if "nullable" in base and (not left or not right):
+            return []
+        return base["fn"](ctx, left, right)
+
+    return {"fn": fn, "arity": base["arity"]}
+
+
 _ONE_ARG = {1: ["AnyAtRoot"]}
 FHIR_FUNCTIONS: dict[str, dict] = {
     "or": _logic(logic.or_op),
     "and": _logic(logic.and_op),
     "xor": _logic(logic.xor_op),
     "implies": _logic(logic.implies_op),
+    **{op: _comparison(op) for op in ("=", "!=", "~", "!~", "<", "<=", ">", ">=")},
     "as": {"fn": _as, "arity": {1: ["TypeSpecifier"]}},
     "hasValue": {"fn": _has_value},
     "getValue": {"fn": _get_value},
