@@ -173,7 +173,8 @@ class Invariants:
         except RecursionError:
             return InvariantResult(None, "expression too deeply nested to evaluate")
         except Exception as exc:  # fhirpathpy raises bare Exceptions for type errors etc.
-            return InvariantResult(None, f"evaluation failed: {exc}")
+            # fhirpathpy messages can embed whole collections: keep the issue readable.
+            return InvariantResult(None, f"evaluation failed: {str(exc)[:200]}")
         return _as_result(result)
 
 
