@@ -196,16 +196,11 @@ def _launch(
         raise ServerStartError(f"{name}: port(s) already in use on {HOST}: {', '.join(busy)}")
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
+        # Own session: a Ctrl-C in the terminal reaches only us, and we stop the servers.
         proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=data_dir,
-            env={**os.environ, **(env or {})},
-            # Own session: a Ctrl-C in the terminal reaches only us, and we stop servers in order.
-            start_new_session=True,
-        )
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )  # fmt: skip
     srv = RunningServer(name, proc.pid, url, ports, data_dir, log_path, proc=proc)
     deadline = t0 + timeout
     while True:
@@ -343,6 +338,7 @@ def start_s3(
         srv.access_key, srv.secret_key = access_key, secret_key
         # weed also opens gRPC unix sockets under a hard-coded /tmp and leaves them on exit.
         srv.cleanup = [Path(f"/tmp/seaweedfs-{c}-grpc-{ports[c + '_grpc']}.sock") for c in ("s3", "admin")]
+        srv.cleanup += [Path(str(v)) for k, v in flags.items() if k.endswith("localSocket")]
         return srv
 
     return _with_retries(start, fixed=port is not None)
