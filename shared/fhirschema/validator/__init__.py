@@ -1,0 +1,244 @@
+"""The FHIRSchema validator (SPEC §3-5): schema sets compiled into cached plans, walked with the data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from fhirschema.validator.issues import Issue, ValidationResult
+from fhirschema.validator.matching import matches
+from fhirschema.validator.plans import Compiler, ElementPlan
+from fhirschema.validator.walk import _REF, _SEVERITY, Run
+
+__all__ = ["Issue", "ValidationResult", "Validator"]
+
+
+class SchemaSource(Protocol):
+    def schema(self, ref: str) -> dict[str, Any] | None: ...
+
+
+class ReferenceResolver(Protocol):
+    def exists(self, reference: str) -> bool | None: ...  # None: cannot tell
+
+
+class Validator:
+    def __init__(
+        self,
+        source: SchemaSource,
+        *,
+        invariants: Any = None,
+        terminology: Any = None,
+        strict: bool = False,
+        references: ReferenceResolver | None = None,
+        overlays: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """`invariants`: an `Invariants` (None switches FHIRPath off); `terminology`: a `Terminology`.
+
+        `overlays` are anonymous schemas applied at the root of every validated resource.
+        """
+        self.source = source
+        self.compiler = Compiler(source)
+        self.invariants = invariants
+        self.terminology = terminology
+        self.strict = strict
+        self.unknown_severity = "error" if strict else "warning"
+        self.references = references
+        self.overlays = [(s, s.get("url")) for s in overlays]
+        self.anonymous = bool(overlays)
+
+    def validate(self, resource: Any, profiles: Sequence[str] = ()) -> ValidationResult:
+        issues: list[Issue] = []
+        run = Run(self, issues)
+        try:
+            run.resource(resource, tuple(profiles))
+        except RecursionError:
+            issues.append(Issue("fs1302", "error", list(run.path), "data nested too deeply to validate"))
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        return ValidationResult(issues, rtype if isinstance(rtype, str) else None)
+
+    # -- hooks used by the walk ------------------------------------------------------------
+
+    def root_overlays(self, run: Run) -> list[tuple[dict[str, Any], str | None]]:
+        """Anonymous/inline schemas with their `base` chains and `additionalProfiles`."""
+        out: list[tuple[dict[str, Any], str | None]] = []
+        for schema, url in self.overlays:
+            out.append((schema, url))
+            refs = [schema["base"]] if schema.get("base") else []
+            refs += schema.get("additionalProfiles") or []
+            for ref in refs:
+                chain = self.compiler.chain(ref)
+                if not chain:
+                    run.issue(
+                        "fs701", f"{ref} (base or profile of {url or 'an inline schema'}) is not loaded"
+                    )
+                out += chain
+        return out
+
+    def slices(self, run: Run, items: list[Any], ep: ElementPlan) -> list[tuple[dict[str, Any], ...]]:
+        """Classify items into slices; report slice cardinality/order/closed; return extra schemas."""
+        slicing = ep.slicing
+        assert slicing is not None
+        named = [s for s in slicing.slices.values() if s.name != "@default"]
+        default = slicing.slices.get("@default")
+        assigned: list[Any] = []
+        counts = dict.fromkeys(slicing.slices, 0)
+        extras: list[tuple[dict[str, Any], ...]] = []
+        check = self._profile_check
+        for i, item in enumerate(items):
+            hit = None
+            for sl in named:
+                if sl.match not in (None, {}) and matches(sl.match, item, check):
+                    if hit is None:
+                        hit = sl
+                    elif not sl.name.startswith(hit.name + "/"):
+                        run.issue("fs901", f"item matches both slice {hit.name!r} and {sl.name!r}", extra=[i])
+                        break
+            if hit is None and ep.key in ("extension", "modifierExtension") and isinstance(item, dict):
+                hit = next(
+                    (s for s in named if s.match in (None, {}) and _ext_url(s) == item.get("url")), None
+                )
+            if hit is None and default is not None:
+                hit = default
+            assigned.append(hit)
+            if hit is not None:
+                counts[hit.name] += 1
+                if "/" in hit.name and hit.name.split("/", 1)[0] in counts:
+                    counts[hit.name.split("/", 1)[0]] += 1
+                extras.append(tuple(hit.schemas))
+            else:
+                extras.append(())
+        order = {name: i for i, name in enumerate(slicing.slices)}
+        last = -1
+        seen_unmatched = False
+        for i, hit in enumerate(assigned):
+            if hit is None:
+                seen_unmatched = True
+                if slicing.closed:
+                    run.issue("fs901", "item matches no slice and the slicing is closed", extra=[i])
+                continue
+            if slicing.open_at_end and seen_unmatched:
+                run.issue(
+                    "fs904", f"item of slice {hit.name!r} after an unsliced item (openAtEnd)", extra=[i]
+                )
+            if slicing.ordered:
+                if order[hit.name] < last:
+                    run.issue("fs903", f"slice {hit.name!r} is out of order", extra=[i])
+                last = max(last, order[hit.name])
+        for sl in slicing.slices.values():
+            n = counts[sl.name]
+            if n < sl.min:
+                run.issue("fs902", f"slice {sl.name!r} needs at least {sl.min} item(s), found {n}")
+            if sl.max is not None and n > sl.max:
+                run.issue("fs902", f"slice {sl.name!r} allows at most {sl.max} item(s), found {n}")
+        return extras
+
+    def _profile_check(self, data: Any, profiles: list[str]) -> bool:
+        if not isinstance(data, dict):
+            return False
+        declared = (data.get("meta") or {}).get("profile") or () if isinstance(data.get("meta"), dict) else ()
+        for url in profiles:
+            if url in declared:
+                return True
+            chain = self.compiler.chain(url)
+            if chain and "resourceType" in data and chain[0][0].get("type") == data["resourceType"]:
+                return True
+        return False
+
+    def extension_schemas(self, run: Run, item: dict[str, Any], ep: ElementPlan,
+                          extra: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:  # fmt: skip
+        url = item.get("url")
+        if not isinstance(url, str) or ("://" not in url and not url.startswith("urn:")):
+            return extra  # relative urls name sub-extensions: the parent's slices define them
+        chain = self.compiler.chain(url)
+        if not chain:
+            if not extra:
+                modifier = ep.key == "modifierExtension"
+                run.issue("fs1102" if modifier else "fs1101", f"unknown extension {url}",
+                          severity="error" if modifier else "warning")  # fmt: skip
+            return extra
+        return extra + tuple(s for s, _ in chain)
+
+    def reference(self, run: Run, item: dict[str, Any], ep: ElementPlan) -> None:
+        ref = item.get("reference")
+        if not isinstance(ref, str):
+            return
+        run.path.append("reference")
+        try:
+            if ref.startswith("#"):
+                # Resolution against `contained` (ref-1); only judged when there is something contained.
+                root = run.resources[0] if run.resources else {}
+                contained = root.get("contained")
+                ids = (
+                    {c.get("id") for c in contained if isinstance(c, dict)}
+                    if isinstance(contained, list)
+                    else set()
+                )
+                if ref != "#" and contained and ref[1:] not in ids:
+                    run.issue("fs1002", f"{ref} does not name a contained resource", severity="error")
+                return
+            m = _REF.match(ref)
+            target_type = m.group("type") if m else None
+            allowed = ep.ref_types()
+            if allowed is not None and target_type and target_type not in allowed:
+                run.issue(
+                    "fs1001", f"reference to {target_type} is not allowed here ({', '.join(sorted(allowed))})"
+                )
+            if m and not m.group("base") and len(run.bundle_targets.get(ref, ())) > 1:
+                run.issue(
+                    "fs1004",
+                    f"{ref} matches several Bundle entries with different fullUrls",
+                    severity="warning",
+                )
+            if self.references is not None and not ref.startswith("urn:"):
+                found = self.references.exists(ref)
+                if found is False:
+                    run.issue("fs1002", f"{ref} cannot be resolved", severity="warning")
+        finally:
+            run.path.pop()
+
+    def binding(self, run: Run, item: Any, ep: ElementPlan) -> None:
+        binding, origin = ep.binding  # type: ignore[misc]
+        strength = binding.get("strength")
+        if strength not in _SEVERITY:
+            return
+        code, severity = _SEVERITY[strength]
+        vs = binding["valueSet"]
+        t = ep.type
+        if t in ("code", "string", "uri"):
+            checks = [(None, item, None)] if isinstance(item, str) else []
+        elif t == "Coding":
+            checks = [(item.get("system"), item.get("code"), item.get("display"))] if item.get("code") else []
+        elif t == "Quantity":
+            checks = [(item.get("system"), item.get("code"), None)] if item.get("code") else []
+        else:  # CodeableConcept
+            checks = [
+                (c.get("system"), c.get("code"), c.get("display"))
+                for c in item.get("coding") or ()
+                if isinstance(c, dict) and isinstance(c.get("code"), str)
+            ]
+        if not checks:
+            return
+        results = [self.terminology.check(vs, system, value, display) for system, value, display in checks]
+        if any(r.status == "member" for r in results):
+            for r in results:
+                if r.display_ok is False:
+                    run.issue(
+                        "fs504", f"display does not match the code system: {r.message}", severity="warning"
+                    )
+            return
+        if any(r.status == "unknown" for r in results):
+            if strength in ("required", "extensible"):
+                reason = next(r.message for r in results if r.status == "unknown")
+                run.issue(
+                    "fs505", f"value set {vs} cannot be checked offline: {reason}", severity="information"
+                )
+            return
+        shown = ", ".join(f"{s}#{c}" if s else str(c) for s, c, _ in checks)
+        run.issue(code, f"{shown} is not in the {strength} value set {vs}", severity=severity, profile=origin)
+
+
+def _ext_url(sl: Any) -> str | None:
+    for schema in sl.schemas:
+        if schema.get("url"):
+            return schema["url"]
+    return None

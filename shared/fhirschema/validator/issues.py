@@ -1,0 +1,86 @@
+"""Issues and their FHIR OperationOutcome form (SPEC §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ISSUE_SYSTEM = "https://fhirschema.dev/CodeSystem/validation-issue"
+
+# fs code → FHIR IssueType
+_FHIR_CODE = {
+    "fs201": "structure", "fs202": "structure", "fs203": "structure", "fs204": "structure",
+    "fs205": "value", "fs206": "value", "fs207": "structure",
+    "fs301": "required", "fs302": "structure", "fs303": "required",
+    "fs401": "structure", "fs402": "structure",
+    "fs501": "code-invalid", "fs502": "code-invalid", "fs503": "code-invalid", "fs504": "code-invalid",
+    "fs505": "not-supported", "fs601": "invariant", "fs602": "not-supported",
+    "fs701": "not-found", "fs801": "structure", "fs802": "structure",
+    "fs901": "structure", "fs902": "structure", "fs903": "structure", "fs904": "structure",
+    "fs1001": "structure", "fs1002": "not-found", "fs1003": "invalid", "fs1004": "business-rule",
+    "fs1101": "extension", "fs1102": "extension", "fs1201": "business-rule", "fs1202": "business-rule",
+    "fs1301": "invalid", "fs1302": "too-costly", "fs1303": "too-long",
+}  # fmt: skip
+
+SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
+
+
+@dataclass(slots=True)
+class Issue:
+    code: str
+    severity: str
+    path: list[str | int]
+    message: str
+    profile: str | None = None
+
+    def expression(self, root: str | None) -> str:
+        out = root or "$this"
+        for part in self.path:
+            out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "code": self.code,
+            "severity": self.severity,
+            "path": self.path,
+            "message": self.message,
+        }
+        if self.profile:
+            data["profile"] = self.profile
+        return data
+
+
+@dataclass(slots=True)
+class ValidationResult:
+    issues: list[Issue] = field(default_factory=list)
+    resource_type: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not any(i.severity in ("error", "fatal") for i in self.issues)
+
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity in ("error", "fatal")]
+
+    def to_outcome(self) -> dict[str, Any]:
+        issues = []
+        for issue in sorted(self.issues, key=lambda i: SEVERITY_RANK.get(i.severity, 9)):
+            diagnostics = issue.message
+            if issue.profile:
+                diagnostics += f" (profile {issue.profile})"
+            issues.append(
+                {
+                    "severity": issue.severity,
+                    "code": _FHIR_CODE.get(issue.code, "processing"),
+                    "details": {
+                        "coding": [{"system": ISSUE_SYSTEM, "code": issue.code}],
+                        "text": issue.message,
+                    },
+                    "diagnostics": diagnostics,
+                    "expression": [issue.expression(self.resource_type)],
+                }
+            )
+        if not issues:
+            issues.append({"severity": "information", "code": "informational", "diagnostics": "All OK"})
+        return {"resourceType": "OperationOutcome", "issue": issues}

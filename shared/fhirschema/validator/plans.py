@@ -1,0 +1,306 @@
+"""Schema sets compiled into plans: the merge of every schema that applies at a node (SPEC §3).
+
+A plan is built once per distinct schema set and cached; validating the second resource of a
+(type, profiles) pair reuses every plan the first one built.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES
+
+BINDING_RANK = {"required": 0, "extensible": 1, "preferred": 2, "example": 3}
+RESOURCE_SLOTS = frozenset(("Resource", "DomainResource"))
+# "Has a value or children" rules are enforced structurally (empty objects are rejected).
+STRUCTURAL_CONSTRAINTS = frozenset(("ele-1", "ext-1"))
+
+
+_ELEMENT: dict[str, Any] = {
+    "elements": {"id": {"type": "string"}, "extension": {"type": "Extension", "array": True}},
+}
+
+
+class Resolver(Protocol):
+    def schema(self, ref: str) -> dict[str, Any] | None: ...
+
+
+class Slice:
+    __slots__ = ("match", "max", "min", "name", "schemas")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.match: Any = None
+        self.min = 0
+        self.max: int | None = None
+        self.schemas: list[dict[str, Any]] = []
+
+
+class Slicing:
+    __slots__ = ("closed", "discriminators", "open_at_end", "ordered", "slices")
+
+    def __init__(self) -> None:
+        self.slices: dict[str, Slice] = {}
+        self.closed = False
+        self.open_at_end = False
+        self.ordered = False
+        self.discriminators: list[dict[str, Any]] = []
+
+    def add(self, block: dict[str, Any]) -> None:
+        rules = block.get("rules")
+        if rules == "closed":
+            self.closed = True
+        elif rules == "openAtEnd":
+            self.open_at_end = True
+        self.ordered = self.ordered or bool(block.get("ordered"))
+        if block.get("discriminator") and not self.discriminators:
+            self.discriminators = block["discriminator"]
+        for name, entry in (block.get("slices") or {}).items():
+            sl = self.slices.get(name)
+            if sl is None:
+                sl = self.slices[name] = Slice(name)
+            match = entry.get("match")
+            if match not in (None, {}) and sl.match in (None, {}):
+                sl.match = match
+            sl.min = max(sl.min, entry.get("min") or 0)
+            if entry.get("max") is not None:
+                sl.max = entry["max"] if sl.max is None else min(sl.max, entry["max"])
+            if entry.get("schema"):
+                sl.schemas.append(entry["schema"])
+
+
+class ElementPlan:
+    """One key of a plan: the merge of that element across the schema set."""
+
+    __slots__ = (
+        "_children",
+        "array",
+        "binding",
+        "choice_of",
+        "choices",
+        "compiler",
+        "defs",
+        "fixed",
+        "is_primitive",
+        "is_resource",
+        "key",
+        "max",
+        "min",
+        "patterns",
+        "profiles",
+        "refers",
+        "slicing",
+        "type",
+        "type_missing",
+        "url",
+    )  # fmt: skip
+
+    def __init__(self, key: str, defs: list[tuple[dict[str, Any], str | None]], compiler: Compiler) -> None:
+        self.key = key
+        self.defs = defs  # (element dict, url of the schema it came from)
+        self.compiler = compiler
+        self._children: dict[tuple[int, ...], Plan] = {}
+        self.type_missing = False
+        self.type: str | None = None
+        self.array = False
+        self.min = 0
+        self.max: int | None = None
+        self.choices: set[str] | None = None
+        self.choice_of: str | None = None
+        self.fixed: list[tuple[Any, str | None]] = []
+        self.patterns: list[tuple[Any, str | None]] = []
+        self.binding: tuple[dict[str, Any], str | None] | None = None
+        self.refers: list[list[str]] = []
+        self.profiles: list[str] = []
+        self.url: str | None = None
+        self.slicing: Slicing | None = None
+        for el, origin in defs:
+            if self.type is None and el.get("type"):
+                t = el["type"]
+                self.type = SYSTEM_TYPES.get(t, t)
+            if el.get("array"):
+                self.array = True
+            if el.get("min"):
+                self.min = max(self.min, el["min"])
+            if el.get("max") is not None:
+                self.max = el["max"] if self.max is None else min(self.max, el["max"])
+            if el.get("choices") is not None:
+                c = set(el["choices"])
+                self.choices = c if self.choices is None else self.choices & c
+            if el.get("choiceOf"):
+                self.choice_of = el["choiceOf"]
+            if "fixed" in el:
+                self.fixed.append((el["fixed"].get("value"), origin))
+            if "pattern" in el:
+                self.patterns.append((el["pattern"].get("value"), origin))
+            b = el.get("binding")
+            if b and b.get("valueSet"):
+                rank = BINDING_RANK.get(b.get("strength"), 9)
+                if self.binding is None or rank < BINDING_RANK.get(self.binding[0].get("strength"), 9):
+                    self.binding = (b, origin)
+            if el.get("refers"):
+                self.refers.append(el["refers"])
+            if el.get("profiles"):
+                self.profiles.extend(p for p in el["profiles"] if p not in self.profiles)
+            if el.get("url") and not self.url:
+                self.url = el["url"]
+            if el.get("slicing"):
+                if self.slicing is None:
+                    self.slicing = Slicing()
+                self.slicing.add(el["slicing"])
+        self.is_resource = self.type in RESOURCE_SLOTS
+        self.is_primitive = self.type in PRIMITIVES or (self.type is not None and self.type[:1].islower())
+
+    def child(self, extra: tuple[dict[str, Any], ...] = ()) -> Plan:
+        """The plan for a value of this element (plus extra schemas: a slice, an extension definition)."""
+        key = tuple(id(s) for s in extra)
+        plan = self._children.get(key)
+        if plan is None:
+            schemas: list[tuple[dict[str, Any], str | None]] = list(self.defs)
+            for s in extra:
+                schemas.append((s, s.get("url")))
+            if self.type and not self.is_primitive and not self.is_resource:
+                type_chain = self.compiler.chain(self.type)
+                if not type_chain and not extra:
+                    self.type_missing = True
+                schemas += type_chain
+            for el, _ in self.defs:
+                ref = el.get("elementReference")
+                if ref:
+                    target = self.compiler.element_at(ref)
+                    if target is not None:
+                        schemas.append((target, ref[0]))
+                        t = target.get("type")
+                        if t and self.type is None:
+                            schemas += self.compiler.chain(t)
+            for profile in self.profiles:
+                schemas += self.compiler.chain(profile)
+            plan = self._children[key] = self.compiler.plan(schemas)
+        return plan
+
+    def ref_types(self) -> set[str] | None:
+        """Allowed reference target types (from `refers`), None when unconstrained."""
+        allowed: set[str] | None = None
+        for refers in self.refers:
+            types: set[str] = set()
+            for url in refers:
+                types |= self.compiler.types_of(url)
+            if "Resource" in types or "DomainResource" in types:
+                continue
+            allowed = types if allowed is None else allowed & types
+        return allowed
+
+
+class Plan:
+    """The merged view of a schema set at one node."""
+
+    __slots__ = (
+        "_elements", "compiler", "constraints", "excluded", "groups", "keys", "required", "schemas", "type_name",
+    )  # fmt: skip
+
+    def __init__(self, schemas: list[tuple[dict[str, Any], str | None]], compiler: Compiler) -> None:
+        self.schemas = schemas
+        self.compiler = compiler
+        self.keys: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+        self.required: dict[str, str | None] = {}
+        self.excluded: dict[str, str | None] = {}
+        self.constraints: dict[str, tuple[dict[str, Any], str | None]] = {}
+        self.type_name: str | None = next(
+            (s["type"] for s, _ in schemas if isinstance(s.get("type"), str)), None
+        )
+        for schema, origin in schemas:
+            for key, el in (schema.get("elements") or {}).items():
+                self.keys.setdefault(key, []).append((el, origin))
+            for key in schema.get("required") or ():
+                self.required.setdefault(key, origin)
+            for key in schema.get("excluded") or ():
+                self.excluded.setdefault(key, origin)
+            for key, c in (schema.get("constraint") or {}).items():
+                if key not in STRUCTURAL_CONSTRAINTS and c.get("expression"):
+                    self.constraints.setdefault(key, (c, origin))
+        self._elements: dict[str, ElementPlan | None] = {}
+        # choice group → variant keys allowed by every schema that declares the group
+        self.groups: dict[str, set[str]] = {}
+        for key in self.keys:
+            ep = self.element(key)
+            if ep is not None and ep.choices is not None:
+                self.groups[key] = ep.choices
+
+    def element(self, key: str) -> ElementPlan | None:
+        try:
+            return self._elements[key]
+        except KeyError:
+            defs = self.keys.get(key)
+            ep = ElementPlan(key, defs, self.compiler) if defs else None
+            self._elements[key] = ep
+            return ep
+
+
+class Compiler:
+    """Caches: type chains, plans by schema set."""
+
+    def __init__(self, source: Resolver) -> None:
+        self.source = source
+        self._plans: dict[tuple[int, ...], Plan] = {}
+        self._chains: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+        self._types: dict[str, set[str]] = {}
+        self.missing: set[str] = set()
+
+    def plan(self, schemas: list[tuple[dict[str, Any], str | None]]) -> Plan:
+        seen: set[int] = set()
+        unique = []
+        for s in schemas:
+            if id(s[0]) not in seen:
+                seen.add(id(s[0]))
+                unique.append(s)
+        key = tuple(id(s[0]) for s in unique)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = Plan(unique, self)
+        return plan
+
+    def chain(self, ref: str) -> list[tuple[dict[str, Any], str | None]]:
+        """A schema and its `base` chain, most specific first; [] when the first is unknown."""
+        found = self._chains.get(ref)
+        if found is not None:
+            return found
+        out: list[tuple[dict[str, Any], str | None]] = []
+        seen: set[str] = set()
+        current: str | None = ref
+        while current and current not in seen:
+            seen.add(current)
+            schema = self.source.schema(current)
+            if schema is None:
+                if current != ref:
+                    self.missing.add(current)
+                break
+            out.append((schema, schema.get("url") or current))
+            current = schema.get("base")
+        self._chains[ref] = out
+        return out
+
+    def types_of(self, url: str) -> set[str]:
+        """Type names a reference to `url`'s instances may carry: the type and its bases."""
+        found = self._types.get(url)
+        if found is None:
+            found = set()
+            chain = self.chain(url)
+            if chain and chain[0][0].get("type"):
+                found.add(chain[0][0]["type"])
+            if not found:
+                found.add(url.rsplit("/", 1)[-1])
+            self._types[url] = found
+        return found
+
+    def element_plan(self) -> Plan:
+        """The plan for `_x` companions of primitives: Element (id, extension)."""
+        chain = self.chain("Element") or [(_ELEMENT, None)]
+        return self.plan(chain)
+
+    def element_at(self, ref: list[str]) -> dict[str, Any] | None:
+        node = self.source.schema(ref[0])
+        for part in ref[1:]:
+            if node is None:
+                return None
+            node = node.get(part)
+        return node

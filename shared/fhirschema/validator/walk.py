@@ -1,0 +1,322 @@
+"""The data walk: one `_Run` per validated resource, driven by compiled plans."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from fhirschema.validator import primitives
+from fhirschema.validator.issues import Issue
+from fhirschema.validator.matching import equals, matches
+from fhirschema.validator.plans import ElementPlan, Plan
+
+if TYPE_CHECKING:
+    from fhirschema.validator import Validator
+
+MAX_DEPTH = 200  # deeper data is reported, not walked (no RecursionError, bounded work)
+_REF = re.compile(
+    r"^(?:(?P<base>https?://\S+?)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$"
+)
+_CODE_TYPES = frozenset(("code", "string", "uri", "Coding", "CodeableConcept", "Quantity"))
+_SEVERITY = {
+    "required": ("fs501", "error"),
+    "extensible": ("fs503", "warning"),
+    "preferred": ("fs502", "information"),
+}
+
+
+class Run:
+    def __init__(self, validator: Validator, issues: list[Issue]) -> None:
+        self.v = validator
+        self.issues = issues
+        self.path: list[str | int] = []
+        self.depth = 0
+        self.resources: list[dict[str, Any]] = []  # enclosing resources, outermost first
+        self.bundle_urls: set[str] | None = None
+        self.bundle_targets: dict[str, set[str | None]] = {}
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def issue(self, code: str, message: str, *, severity: str = "error", extra: list[str | int] | None = None,
+              profile: str | None = None) -> None:  # fmt: skip
+        path = list(self.path)
+        if extra:
+            path.extend(extra)
+        self.issues.append(Issue(code, severity, path, message, profile))
+
+    # -- resources -----------------------------------------------------------------------
+
+    def resource(self, data: Any, profiles: list[str] | tuple[str, ...] = ()) -> None:
+        if not isinstance(data, dict):
+            self.issue("fs202", f"expected a resource (a JSON object), got {type(data).__name__}")
+            return
+        rtype = data.get("resourceType")
+        schemas = []
+        for url in profiles:
+            chain = self.v.compiler.chain(url)
+            if not chain:
+                self.issue("fs701", f"profile {url} is not loaded", severity=self.v.unknown_severity)
+            schemas += chain
+        meta_profiles = (
+            (data.get("meta") or {}).get("profile") if isinstance(data.get("meta"), dict) else None
+        )
+        for _i, url in enumerate(meta_profiles if isinstance(meta_profiles, list) else ()):
+            if not isinstance(url, str):
+                continue
+            chain = self.v.compiler.chain(url.split("|", 1)[0]) or self.v.compiler.chain(url)
+            if not chain:
+                self.issue("fs701", f"meta.profile {url} is not loaded", severity=self.v.unknown_severity,
+                           extra=["meta", "profile"])  # fmt: skip
+            schemas += chain
+        if isinstance(rtype, str):
+            chain = self.v.compiler.chain(rtype)
+            if not chain and not self.v.anonymous:
+                if self.v.strict:
+                    self.issue("fs701", f"unknown resourceType {rtype!r}")
+                return  # nothing known to validate it against
+            schemas += chain
+        elif "resourceType" in data or not self.v.anonymous:
+            self.issue("fs701" if self.v.strict else "fs201", "missing or invalid resourceType",
+                       severity="error")  # fmt: skip
+        if not self.resources:
+            schemas = self.v.root_overlays(self) + schemas
+        plan = self.v.compiler.plan(schemas)
+        self.resources.append(data)
+        try:
+            if rtype == "Bundle":
+                self.bundle(data)
+            self.node(data, plan)
+        finally:
+            self.resources.pop()
+
+    def bundle(self, data: dict[str, Any]) -> None:
+        entries = data.get("entry")
+        if not isinstance(entries, list):
+            return
+        by_identity: dict[tuple[str, str], list[tuple[int, str | None]]] = {}
+        urls: set[str] = set()
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            full = entry.get("fullUrl")
+            res = entry.get("resource")
+            if isinstance(full, str):
+                if not (full.startswith(("urn:uuid:", "urn:oid:")) or "://" in full):
+                    self.issue(
+                        "fs1003",
+                        f"fullUrl {full!r} is neither absolute nor a urn",
+                        extra=["entry", i, "fullUrl"],
+                    )
+                urls.add(full)
+            if (
+                isinstance(res, dict)
+                and isinstance(res.get("id"), str)
+                and isinstance(res.get("resourceType"), str)
+            ):
+                version = (
+                    (res.get("meta") or {}).get("versionId") if isinstance(res.get("meta"), dict) else None
+                )
+                ident = (f"{res['resourceType']}/{res['id']}", str(version))
+                by_identity.setdefault(ident, []).append((i, full if isinstance(full, str) else None))
+        if data.get("type") != "history":
+            for (ident, _), hits in by_identity.items():
+                if len({full for _, full in hits}) > 1:
+                    for i, _full in hits:
+                        self.issue("fs1201", f"{ident} appears in {len(hits)} entries with different fullUrls",
+                                   extra=["entry", i, "resource", "id"])  # fmt: skip
+        kind = data.get("type")
+        first = entries[0].get("resource") if entries and isinstance(entries[0], dict) else None
+        expected = {"document": "Composition", "message": "MessageHeader"}.get(kind)
+        if expected and (not isinstance(first, dict) or first.get("resourceType") != expected):
+            self.issue(
+                "fs1202", f"a {kind} Bundle must start with a {expected}", extra=["entry", 0, "resource"]
+            )
+        self.bundle_targets = {ident: {f for _, f in hits} for (ident, _), hits in by_identity.items()}
+        self.bundle_urls = urls
+
+    # -- objects -------------------------------------------------------------------------
+
+    def node(self, data: dict[str, Any], plan: Plan) -> None:
+        if self.depth >= MAX_DEPTH:
+            self.issue("fs1302", f"nesting deeper than {MAX_DEPTH} levels is not validated", severity="error")
+            return
+        self.depth += 1
+        path = self.path
+        present_groups: dict[str, list[str]] | None = None
+        for key, value in data.items():
+            if key == "resourceType" and self.resources and data is self.resources[-1]:
+                continue
+            if key[:1] == "_":
+                self.primitive_extension(data, key, value, plan)
+                companion = plan.element(key[1:])
+                if companion is not None and companion.choice_of is not None and key[1:] not in data:
+                    if present_groups is None:
+                        present_groups = {}
+                    present_groups.setdefault(companion.choice_of, []).append(key[1:])
+                continue
+            if key in plan.excluded:
+                path.append(key)
+                self.issue("fs207", f"element {key!r} is not allowed here", profile=plan.excluded[key])
+                path.pop()
+                continue
+            ep = plan.element(key)
+            if ep is None or (ep.choices is not None and ep.type is None):
+                path.append(key)
+                hint = f" (use one of {', '.join(sorted(ep.choices))})" if ep is not None else ""
+                self.issue("fs201", f"unknown element {key!r}{hint}")
+                path.pop()
+                continue
+            if ep.choice_of is not None:
+                allowed = plan.groups.get(ep.choice_of)
+                if allowed is not None and key not in allowed:
+                    path.append(key)
+                    self.issue(
+                        "fs801",
+                        f"{key} is not an allowed type for {ep.choice_of}[x] here ({', '.join(sorted(allowed))})",
+                    )
+                    path.pop()
+                if present_groups is None:
+                    present_groups = {}
+                present_groups.setdefault(ep.choice_of, []).append(key)
+            path.append(key)
+            self.value(value, ep)
+            path.pop()
+        if present_groups:
+            for _group, keys in present_groups.items():
+                if len(keys) > 1:
+                    self.issue("fs802", f"only one of {', '.join(keys)} may be present")
+        for key, origin in plan.required.items():
+            if key in data or (present_groups and key in present_groups):
+                continue
+            if "_" + key in data:
+                ep = plan.element(key)
+                if ep is not None and ep.binding is not None and ep.binding[0].get("strength") == "required":
+                    # An extension (e.g. data-absent-reason) does not satisfy a required binding.
+                    self.issue("fs501", f"{key} needs a code from {ep.binding[0]['valueSet']}", extra=[key])
+                continue
+            self.issue("fs301", f"required element {key!r} is missing", extra=[key], profile=origin)
+        for key, origin in plan.excluded.items():
+            if present_groups and key in present_groups:
+                self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
+        if plan.constraints and self.v.invariants is not None:
+            self.constraints(data, plan)
+        self.depth -= 1
+
+    def constraints(self, data: Any, plan: Plan) -> None:
+        resource = self.resources[-1] if self.resources else data
+        root = self.resources[0] if self.resources else data
+        for key, (c, origin) in plan.constraints.items():
+            result = self.v.invariants.evaluate(
+                c["expression"], data, resource=resource, root=root, path=plan.type_name
+            )
+            if result.ok is False:
+                severity = "warning" if c.get("severity") == "warning" else "error"
+                self.issue("fs601", f"constraint {key} failed: {c.get('human') or c['expression']}",
+                           severity=severity, profile=origin)  # fmt: skip
+
+    def primitive_extension(self, data: dict[str, Any], key: str, value: Any, plan: Plan) -> None:
+        base = key[1:]
+        ep = plan.element(base)
+        self.path.append(key)
+        try:
+            if ep is None:
+                self.issue("fs201", f"unknown element {key!r}")
+                return
+            if not ep.is_primitive:
+                self.issue("fs401", f"{key}: only primitive elements carry a '_' companion")
+                return
+            main = data.get(base)
+            items = value if isinstance(value, list) else [value]
+            if isinstance(value, list) != ep.array:
+                self.issue("fs401", f"{key} must be {'an array' if ep.array else 'an object'} like {base}")
+                return
+            if not isinstance(value, list) and not isinstance(value, dict):
+                self.issue("fs401", f"{key} must be an object with id/extension")
+                return
+            if isinstance(value, list) and isinstance(main, list) and len(value) != len(main):
+                self.issue("fs402", f"{key} has {len(value)} items but {base} has {len(main)}")
+            element_plan = self.v.compiler.element_plan()
+            for i, item in enumerate(items):
+                if item is None:
+                    continue
+                if isinstance(value, list):
+                    self.path.append(i)
+                if isinstance(item, dict) and item:
+                    self.node(item, element_plan)
+                else:
+                    self.issue("fs202", "expected an object with id/extension")
+                if isinstance(value, list):
+                    self.path.pop()
+        finally:
+            self.path.pop()
+
+    # -- values --------------------------------------------------------------------------
+
+    def value(self, value: Any, ep: ElementPlan) -> None:
+        if ep.array:
+            if not isinstance(value, list):
+                self.issue("fs203", "expected an array")
+                items: list[Any] = [value]
+            else:
+                items = value
+                if not items:
+                    self.issue("fs303", "arrays must not be empty; omit the element instead")
+                    return
+            if ep.min and len(items) < ep.min:
+                self.issue("fs303", f"at least {ep.min} item(s) required, found {len(items)}")
+            if ep.max is not None and len(items) > ep.max:
+                self.issue("fs302", f"at most {ep.max} item(s) allowed, found {len(items)}")
+            extras = self.v.slices(self, items, ep) if ep.slicing is not None else None
+            path = self.path
+            for i, item in enumerate(items):
+                path.append(i)
+                self.item(item, ep, extras[i] if extras else ())
+                path.pop()
+        elif isinstance(value, list):
+            self.issue("fs203", "expected a single value, got an array")
+        else:
+            self.item(value, ep, ())
+
+    def item(self, item: Any, ep: ElementPlan, extra: tuple[dict[str, Any], ...]) -> None:
+        if item is None:
+            self.issue("fs202", "null is only allowed as a placeholder in arrays with a '_' companion")
+            return
+        if ep.is_primitive:
+            code = primitives.check(ep.type, item)  # type: ignore[arg-type]
+            if code is not None:
+                self.issue(code, f"invalid {ep.type}: {str(item)[:80]!r}")
+        elif ep.is_resource:
+            self.resource(item, ep.profiles)
+            return
+        elif ep.type is None and not isinstance(item, dict):
+            code = None  # untyped overlay: nothing to check the value against
+        else:
+            if not isinstance(item, dict):
+                self.issue("fs204" if ep.type is None else "fs202", f"expected an object ({ep.type})")
+                return
+            if not item:
+                self.issue("fs202", "empty objects are not allowed: an element needs a value or children")
+                return
+            if ep.type == "Extension" or ep.key in ("extension", "modifierExtension"):
+                extra = self.v.extension_schemas(self, item, ep, extra)
+                if not extra and not self.v.compiler.chain("Extension"):
+                    return  # no Extension definition loaded: nothing to check the item against
+            child = ep.child(extra)
+            if ep.type_missing:
+                self.issue("fs701", f"type {ep.type} is not loaded", severity=self.v.unknown_severity)
+            self.node(item, child)
+            if ep.type == "Reference":
+                self.v.reference(self, item, ep)
+        for fixed, origin in ep.fixed:
+            if not equals(fixed, item):
+                self.issue("fs206", f"value must be exactly {_short(fixed)}", profile=origin)
+        for pattern, origin in ep.patterns:
+            if not matches(pattern, item):
+                self.issue("fs205", f"value must match the pattern {_short(pattern)}", profile=origin)
+        if ep.binding is not None and self.v.terminology is not None and ep.type in _CODE_TYPES:
+            self.v.binding(self, item, ep)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
