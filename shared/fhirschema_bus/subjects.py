@@ -42,6 +42,7 @@ STORAGE_GET_SCHEMA = f"{PREFIX}.storage.get"
 STORAGE_GET_RESOURCE = f"{PREFIX}.storage.resource"
 STORAGE_LIST = f"{PREFIX}.storage.list"
 STORAGE_DELETE = f"{PREFIX}.storage.delete"
+STORAGE_UPSERT = f"{PREFIX}.storage.upsert"  # synchronous put (gateway uploads), replies a SchemaRecord
 SERVICE_HEARTBEAT = f"{PREFIX}.heartbeat"  # + ".<service>"
 
 # --- durable consumers (shared by all replicas of a service) ---
