@@ -147,6 +147,15 @@ class PutSchema(BaseModel):
     model_config = {"populate_by_name": True}
 
 
+class IndexPackage(BaseModel):
+    """Storage request/reply: index the canonical resources (StructureDefinition, ValueSet,
+    CodeSystem, ...) of a package tarball already stored in S3, so STORAGE_GET_RESOURCE finds them
+    by url. Resources travel inside the tarball, never one message each."""
+
+    package: str  # name#version
+    object: ObjectRef
+
+
 class SchemaQuery(BaseModel):
     """Storage request/reply: fetch by id, or by canonical url (optionally `url|version`)."""
 

@@ -43,6 +43,7 @@ STORAGE_GET_RESOURCE = f"{PREFIX}.storage.resource"
 STORAGE_LIST = f"{PREFIX}.storage.list"
 STORAGE_DELETE = f"{PREFIX}.storage.delete"
 STORAGE_UPSERT = f"{PREFIX}.storage.upsert"  # synchronous put (gateway uploads), replies a SchemaRecord
+STORAGE_INDEX_PACKAGE = f"{PREFIX}.storage.index"  # IndexPackage -> {"resources": n}: index a stored tarball
 SERVICE_HEARTBEAT = f"{PREFIX}.heartbeat"  # + ".<service>"
 
 # --- durable consumers (shared by all replicas of a service) ---
