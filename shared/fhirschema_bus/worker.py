@@ -1,0 +1,234 @@
+"""The shared FastStream bootstrap for workers (validator, converter, ...).
+
+`Worker` owns what every worker process needs: the NatsBroker (connected from NatsSettings), the
+JetStream topology ensured before any subscriber binds its durable consumer, a heartbeat in
+`KV_SERVICES`, Prometheus metrics, and one acknowledgement policy for all JetStream messages
+(`ReliableConsume`):
+
+- handler returned → ack;
+- malformed payload (JSON / pydantic ValidationError) or `PermanentError` → dead letter + TERM;
+- any other exception → NAK with the configured backoff, and a dead letter once the message has
+  reached `NatsSettings.max_deliver` deliveries.
+
+Subscribers are declared with `ack_policy=AckPolicy.MANUAL` so that FastStream leaves acks to us.
+Nothing connects at import time; `FastStream.run()` handles SIGTERM/SIGINT (graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream import BaseMiddleware, FastStream
+from faststream.message import StreamMessage
+from faststream.nats import NatsBroker
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from prometheus_client import Counter, Histogram, start_http_server
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import Heartbeat
+from fhirschema_bus.dead_letters import send_to_dead_letters
+from fhirschema_bus.settings import NatsSettings
+from fhirschema_bus.topology import ensure_topology
+
+log = logging.getLogger("fhirschema.worker")
+
+# Module-level metrics: prometheus_client registers each name once per process (several Worker
+# objects in one test process share them, told apart by the `service` label).
+PROCESSED = Counter("fhirschema_messages_processed_total", "Messages acked", ["service", "subject"])
+FAILED = Counter("fhirschema_messages_failed_total", "Handler failures (nak'ed)", ["service", "subject"])
+DEAD = Counter("fhirschema_messages_dead_lettered_total", "Messages dead-lettered", ["service", "subject"])
+LATENCY = Histogram(
+    "fhirschema_message_seconds",
+    "Handling time per message",
+    ["service", "subject"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_WORKER_")
+
+    metrics_port: int = 0  # 0: no /metrics endpoint (tests, several workers in one process)
+    heartbeat_seconds: float = 10.0
+    instance: str = ""  # default: <hostname>-<pid>
+    fetch_batch: int = 32  # messages per pull request, handled concurrently
+    threads: int = 2  # worker threads for CPU-bound engine calls
+
+    def instance_id(self) -> str:
+        raw = self.instance or f"{socket.gethostname()}-{os.getpid()}"
+        return re.sub(r"[^A-Za-z0-9_=-]", "-", raw)  # a valid KV key part
+
+
+class PermanentError(Exception):
+    """Retrying cannot help (e.g. a referenced payload that is not JSON): dead-letter at once."""
+
+
+class Worker:
+    def __init__(
+        self,
+        service: str,
+        *,
+        version: str = "0.1.0",
+        nats: NatsSettings | None = None,
+        settings: WorkerSettings | None = None,
+    ) -> None:
+        self.service = service
+        self.version = version
+        self.nats = nats or NatsSettings()
+        self.settings = settings or WorkerSettings()
+        self.instance = self.settings.instance_id()
+        self.details: Callable[[], dict[str, Any]] = dict  # extra heartbeat detail
+        self.broker = NatsBroker(
+            self.nats.url,
+            middlewares=[self._middleware],
+            log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at debug
+            max_reconnect_attempts=-1,
+        )
+        self.app = FastStream(
+            self.broker,
+            on_startup=[self._on_startup],
+            after_startup=[self._started],
+            on_shutdown=[self._on_shutdown],
+        )
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._metrics_server: Any = None
+        self._startup_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> Client:
+        return self.broker.connection
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.broker.config.connection_state.stream
+
+    def on_startup(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run after NATS is connected and the topology exists, before subscribers start."""
+        self._startup_hooks.append(hook)
+
+    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._shutdown_hooks.append(hook)
+
+    def _middleware(self, msg: Any, context: Any) -> ReliableConsume:
+        return ReliableConsume(msg, context=context, worker=self)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def _on_startup(self) -> None:
+        await self.broker.connect()
+        # Before the subscribers start: they must bind to the durables we configure, not create
+        # their own with FastStream's defaults.
+        await ensure_topology(self.js, self.nats)
+        for hook in self._startup_hooks:
+            await hook()
+        if self.settings.metrics_port:
+            self._metrics_server, _ = start_http_server(self.settings.metrics_port)
+
+    async def _started(self) -> None:
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"{self.service}-heartbeat")
+        log.info("%s %s started (instance %s)", self.service, self.version, self.instance)
+
+    async def _on_shutdown(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        with contextlib.suppress(Exception):
+            kv = await self.js.key_value(s.KV_SERVICES)
+            await kv.delete(self.heartbeat_key)
+        for hook in self._shutdown_hooks:
+            await hook()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+
+    @property
+    def heartbeat_key(self) -> str:
+        return f"{self.service}.{self.instance}"
+
+    async def _beat(self) -> None:
+        kv = await self.js.key_value(s.KV_SERVICES)
+        while True:
+            beat = Heartbeat(
+                service=self.service, instance=self.instance, version=self.version, detail=self.details()
+            )
+            try:
+                await kv.put(self.heartbeat_key, beat.model_dump_json().encode())
+            except Exception as e:  # NATS reconnecting: the next beat will do
+                log.warning("heartbeat failed: %s", e)
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (FastStream installs the signal handlers)."""
+        await self.app.run()
+
+    # -- acknowledgement policy ----------------------------------------------------------------
+
+    def backoff(self, deliveries: int) -> float:
+        delays = self.nats.backoff_seconds or [1.0]
+        return delays[min(max(deliveries, 1), len(delays)) - 1]
+
+
+class ReliableConsume(BaseMiddleware):
+    """Ack, retry with backoff, or dead-letter one JetStream message (see module docstring)."""
+
+    def __init__(self, msg: Any, /, *, context: Any, worker: Worker) -> None:
+        super().__init__(msg, context=context)
+        self.worker = worker
+
+    async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
+        raw = msg.raw_message
+        try:
+            deliveries = raw.metadata.num_delivered
+        except Exception:
+            return await call_next(msg)  # core NATS request/reply: FastStream's own handling
+        w, subject = self.worker, raw.subject
+        labels = (w.service, subject)
+        t0 = time.perf_counter()
+        try:
+            result = await call_next(msg)
+        except asyncio.CancelledError:
+            raise  # shutting down: no ack, JetStream redelivers after ack_wait
+        except (ValidationError, PermanentError) as e:
+            await self._dead(msg, f"{type(e).__name__}: {e}", deliveries, labels)
+            return None
+        except Exception as e:
+            FAILED.labels(*labels).inc()
+            error = f"{type(e).__name__}: {e}"
+            if deliveries >= w.nats.max_deliver:
+                await self._dead(msg, error, deliveries, labels)
+            else:
+                log.warning("%s: delivery %d failed, retrying: %s", subject, deliveries, error)
+                await msg.nack(delay=w.backoff(deliveries))
+            return None
+        await msg.ack()
+        PROCESSED.labels(*labels).inc()
+        LATENCY.labels(*labels).observe(time.perf_counter() - t0)
+        return result
+
+    async def _dead(
+        self, msg: StreamMessage[Any], error: str, deliveries: int, labels: tuple[str, str]
+    ) -> None:
+        w = self.worker
+        try:
+            await send_to_dead_letters(w.js, msg.raw_message, error, w.service, deliveries=deliveries)
+        except Exception as e:
+            # The dead-letter stream is unreachable: keep the message, it comes back later.
+            log.error("dead-lettering failed (%s); message kept for redelivery", e)
+            await msg.nack(delay=w.backoff(deliveries))
+            return
+        DEAD.labels(*labels).inc()
+        log.error("%s dead-lettered after %d deliveries: %s", labels[1], deliveries, error)
