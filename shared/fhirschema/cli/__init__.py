@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("convert", "packages")
+SUBCOMMANDS = ("convert", "validate", "packages")
 
 
 def build_parser() -> argparse.ArgumentParser:

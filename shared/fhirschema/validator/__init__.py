@@ -83,7 +83,13 @@ class Validator:
         assigned: list[Any] = []
         counts = dict.fromkeys(slicing.slices, 0)
         extras: list[tuple[dict[str, Any], ...]] = []
-        check = self._profile_check
+        memo: dict[tuple[int, str], bool] = {}
+
+        def check(op: str, data: Any, want: Any) -> bool:
+            if op == "$valueset":
+                return self._in_value_set(data, want)
+            return self._profile_check(data, want, memo)
+
         for i, item in enumerate(items):
             hit = None
             for sl in named:
@@ -132,15 +138,41 @@ class Validator:
                 run.issue("fs902", f"slice {sl.name!r} allows at most {sl.max} item(s), found {n}")
         return extras
 
-    def _profile_check(self, data: Any, profiles: list[str]) -> bool:
+    def _in_value_set(self, data: Any, value_set: str) -> bool:
+        if self.terminology is None:
+            return True  # cannot tell: do not split slices on it
+        if isinstance(data, str):
+            codes = [(None, data)]
+        elif isinstance(data, dict):
+            codings = data.get("coding") if "coding" in data else [data]
+            codes = [(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)]
+        else:
+            return False
+        return any(
+            self.terminology.check(value_set, system, code).status != "not-member"
+            for system, code in codes
+            if isinstance(code, str)
+        )
+
+    def _profile_check(self, data: Any, profiles: list[str], memo: dict[tuple[int, str], bool]) -> bool:
+        """Does `data` conform to one of `profiles`? Declared in meta.profile, or validates clean."""
         if not isinstance(data, dict):
             return False
-        declared = (data.get("meta") or {}).get("profile") or () if isinstance(data.get("meta"), dict) else ()
+        meta = data.get("meta")
+        declared = meta.get("profile") or () if isinstance(meta, dict) else ()
         for url in profiles:
             if url in declared:
                 return True
-            chain = self.compiler.chain(url)
-            if chain and "resourceType" in data and chain[0][0].get("type") == data["resourceType"]:
+            key = (id(data), url)
+            if key not in memo:
+                chain = self.compiler.chain(url)
+                if not chain or chain[0][0].get("type") not in (None, data.get("resourceType")):
+                    memo[key] = False
+                else:
+                    issues: list[Issue] = []
+                    Run(self, issues).resource(data, (url,))
+                    memo[key] = not any(i.severity in ("error", "fatal") for i in issues)
+            if memo[key]:
                 return True
         return False
 
@@ -179,7 +211,11 @@ class Validator:
             m = _REF.match(ref)
             target_type = m.group("type") if m else None
             allowed = ep.ref_types()
-            if allowed is not None and target_type and target_type not in allowed:
+            # Only judge real resource types: `.../Network/x` (an IG's own URL scheme) says nothing.
+            known = target_type is not None and (
+                not m.group("base") or bool(self.compiler.chain(target_type))
+            )
+            if allowed is not None and known and target_type not in allowed:
                 run.issue(
                     "fs1001", f"reference to {target_type} is not allowed here ({', '.join(sorted(allowed))})"
                 )
@@ -217,6 +253,9 @@ class Validator:
                 if isinstance(c, dict) and isinstance(c.get("code"), str)
             ]
         if not checks:
+            if t == "CodeableConcept" and strength == "required" and isinstance(item, dict):
+                run.issue("fs501", f"no code given; a code from the required value set {vs} is needed",
+                          profile=origin)  # fmt: skip
             return
         results = [self.terminology.check(vs, system, value, display) for system, value, display in checks]
         if any(r.status == "member" for r in results):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-ProfileCheck = Callable[[Any, list[str]], bool]
+# Called for operators that need more than the data: ("$profile", data, [urls]) and
+# ("$valueset", data, url). Returns whether `data` satisfies it.
+ProfileCheck = Callable[[str, Any, Any], bool]
 
 
 def matches(pattern: Any, data: Any, profile_check: ProfileCheck | None = None) -> bool:
@@ -40,8 +42,8 @@ def _operator(op: str, want: Any, data: dict[str, Any], profile_check: ProfileCh
     if op == "$type":
         rtype = data.get("resourceType")
         return rtype is None or rtype in want
-    if op == "$profile":
-        return profile_check is None or profile_check(data, want)
+    if op in ("$profile", "$valueset"):
+        return profile_check is None or profile_check(op, data, want)
     if op == "$value":
         return data == want
     return True
@@ -67,7 +69,7 @@ def _keyed_operator(
         "$profile" in want
         and present
         and profile_check is not None
-        and not profile_check(data[key], want["$profile"])
+        and not profile_check("$profile", data[key], want["$profile"])
     ):
         return False
     rest = {k: v for k, v in want.items() if k[0] != "$"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from fhirschema.slicing import build_match
 from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES
 
 BINDING_RANK = {"required": 0, "extensible": 1, "preferred": 2, "example": 3}
@@ -67,6 +68,25 @@ class Slicing:
                 sl.max = entry["max"] if sl.max is None else min(sl.max, entry["max"])
             if entry.get("schema"):
                 sl.schemas.append(entry["schema"])
+
+    def finish(self, key: str) -> None:
+        """Give every slice a match: a profile may restate slices without their discriminator."""
+        for sl in self.slices.values():
+            if sl.match not in (None, {}) or not sl.schemas:
+                continue
+            schema = sl.schemas[0]
+            match = build_match(self.discriminators, schema) if self.discriminators else {}
+            if not match and key in ("extension", "modifierExtension"):
+                match = build_match([{"type": "value", "path": "url"}], schema)
+            binding = schema.get("binding") or {}
+            if not match and binding.get("strength") == "required" and binding.get("valueSet"):
+                match = {"$valueset": binding["valueSet"]}  # slices told apart by their value sets
+            if not match:  # no discriminator anywhere: use what the slice fixes about its items
+                guess = [{"type": "pattern", "path": "$this"}]
+                guess += [{"type": "pattern", "path": k} for k, el in (schema.get("elements") or {}).items()
+                          if "fixed" in el or "pattern" in el]  # fmt: skip
+                match = build_match(guess, schema)
+            sl.match = match or None
 
 
 class ElementPlan:
@@ -148,6 +168,8 @@ class ElementPlan:
                 if self.slicing is None:
                     self.slicing = Slicing()
                 self.slicing.add(el["slicing"])
+        if self.slicing is not None:
+            self.slicing.finish(key)
         self.is_resource = self.type in RESOURCE_SLOTS
         self.is_primitive = self.type in PRIMITIVES or (self.type is not None and self.type[:1].islower())
 

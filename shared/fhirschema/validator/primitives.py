@@ -93,7 +93,8 @@ _LEXICAL: dict[str, Callable[[Any], bool]] = {
     "code": lambda v: _CODE.match(v) is not None,
     "id": lambda v: _ID.match(v) is not None,
     "uri": lambda v: bool(v) and _NO_WS.match(v) is not None,
-    "url": lambda v: _URI_SCHEME.match(v) is not None,
+    # R4's regex for url is `\S*`: relative urls (Attachment.url "Binary/f006") are legal.
+    "url": lambda v: bool(v) and _NO_WS.match(v) is not None,
     "canonical": lambda v: bool(v) and _NO_WS.match(v) is not None,
     "oid": lambda v: _OID.match(v) is not None,
     "uuid": lambda v: _UUID.match(v) is not None,

@@ -32,6 +32,7 @@ class Run:
         self.path: list[str | int] = []
         self.depth = 0
         self.resources: list[dict[str, Any]] = []  # enclosing resources, outermost first
+        self.starts: list[int] = []  # len(self.path) where each enclosing resource begins
         self.bundle_urls: set[str] | None = None
         self.bundle_targets: dict[str, set[str | None]] = {}
 
@@ -82,12 +83,14 @@ class Run:
             schemas = self.v.root_overlays(self) + schemas
         plan = self.v.compiler.plan(schemas)
         self.resources.append(data)
+        self.starts.append(len(self.path))
         try:
             if rtype == "Bundle":
                 self.bundle(data)
             self.node(data, plan)
         finally:
             self.resources.pop()
+            self.starts.pop()
 
     def bundle(self, data: dict[str, Any]) -> None:
         entries = data.get("entry")
@@ -205,9 +208,16 @@ class Run:
     def constraints(self, data: Any, plan: Plan) -> None:
         resource = self.resources[-1] if self.resources else data
         root = self.resources[0] if self.resources else data
+        type_name = plan.type_name
+        if type_name in (None, "BackboneElement", "Element") and self.resources:
+            # Backbone elements are typed by their path (Parameters.parameter), not by a type name.
+            keys = [p for p in self.path[self.starts[-1] :] if isinstance(p, str)]
+            type_name = (
+                ".".join([resource.get("resourceType", ""), *keys]) if keys else resource.get("resourceType")
+            )
         for key, (c, origin) in plan.constraints.items():
             result = self.v.invariants.evaluate(
-                c["expression"], data, resource=resource, root=root, path=plan.type_name
+                c["expression"], data, resource=resource, root=root, path=type_name
             )
             if result.ok is False:
                 severity = "warning" if c.get("severity") == "warning" else "error"
