@@ -89,6 +89,7 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.instance = self.settings.instance_id()
         self.details: Callable[[], dict[str, Any]] = dict  # extra heartbeat detail
+        self.state: dict[str, Any] = {}  # what the service's bootstrap wires at start-up
         self.broker = NatsBroker(
             self.nats.url,
             middlewares=[self._middleware],
