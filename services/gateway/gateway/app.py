@@ -1,0 +1,48 @@
+"""The FastAPI app factory: `create_app()` (uvicorn --factory gateway.app:create_app)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway import __version__
+from gateway.bootstrap import Container, Settings, bootstrap
+from gateway.errors import install_error_handlers
+from gateway.metrics import MetricsMiddleware
+from gateway.routers import convert, dead_letters, jobs, ops, schemas, stream, validate
+
+DESCRIPTION = """HTTP front of the FHIRSchema services. Every request travels over NATS JetStream
+to independent validator, converter and storage services; programs may also publish straight to
+NATS (see the AsyncAPI document)."""
+
+
+def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
+    container = container or bootstrap(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await container.start()
+        try:
+            yield
+        finally:
+            await container.stop()
+
+    app = FastAPI(
+        title="FHIRSchema gateway",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    install_error_handlers(app)
+    for r in (validate, stream, convert, schemas, jobs, dead_letters, ops):
+        app.include_router(r.router)
+    app.add_middleware(MetricsMiddleware, metrics=container.metrics)
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):  # tracing only when a collector is configured
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="health,metrics")
+    return app

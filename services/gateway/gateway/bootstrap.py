@@ -1,0 +1,106 @@
+"""Wiring in one place: settings -> adapters -> services. Nothing connects at import time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from pydantic_settings import BaseSettings
+
+from fhirschema_bus.jobs import JobStore as SharedJobStore
+from fhirschema_bus.settings import GatewaySettings, NatsSettings, RedisSettings, S3Settings
+from gateway.adapters.dead_letters import StreamDeadLetters
+from gateway.adapters.objects import SharedObjectStore
+from gateway.adapters.storage import NatsSchemaRepository
+from gateway.bus import Bus
+from gateway.errors import BusUnavailable
+from gateway.metrics import Metrics
+from gateway.ports import JobStore
+from gateway.service.conversion import ConversionService
+from gateway.service.dispatch import Dispatcher
+from gateway.service.validation import ValidationService
+
+
+@dataclass
+class Settings:
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    s3: S3Settings = field(default_factory=S3Settings)  # type: ignore[arg-type]  # keys from env
+    redis: RedisSettings = field(default_factory=RedisSettings)
+
+
+class Jobs:
+    """The shared JobStore, opened on first use (NATS may come up after the gateway)."""
+
+    def __init__(self, bus: Bus):
+        self.bus = bus
+        self._store: JobStore | None = None
+        self._nc: object = None
+
+    async def __call__(self) -> JobStore:
+        js = self.bus.js  # raises 503 when NATS is down
+        if self._store is None or self._nc is not self.bus.nc:
+            self._store = await SharedJobStore.open(js)
+            self._nc = self.bus.nc
+        return self._store
+
+
+@dataclass
+class Container:
+    settings: Settings
+    instance: str
+    bus: Bus
+    metrics: Metrics
+    objects: SharedObjectStore
+    redis: aioredis.Redis
+    jobs: Jobs
+    dead_letters: StreamDeadLetters
+    schemas: NatsSchemaRepository
+    validation: ValidationService
+    conversion: ConversionService
+
+    async def start(self) -> None:
+        await self.bus.start()
+
+    async def stop(self) -> None:
+        await self.bus.stop()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+    async def ping_redis(self) -> None:
+        try:
+            await self.redis.ping()
+        except Exception as e:
+            raise BusUnavailable(f"Redis at {self.settings.redis.url}: {e or type(e).__name__}") from e
+
+
+def bootstrap(settings: Settings | None = None) -> Container:
+    settings = settings or Settings()
+    instance = f"gateway-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    bus = Bus(settings.nats, name=instance)
+    metrics = Metrics()
+    objects = SharedObjectStore(settings.s3)
+    jobs = Jobs(bus)
+    dispatch = Dispatcher(bus, objects, settings.s3.bucket_payloads, jobs)
+    schemas = NatsSchemaRepository(bus)
+    timeout = settings.gateway.sync_timeout_seconds
+    return Container(
+        settings=settings,
+        instance=instance,
+        bus=bus,
+        metrics=metrics,
+        objects=objects,
+        redis=aioredis.from_url(settings.redis.url, socket_connect_timeout=2, socket_timeout=2),
+        jobs=jobs,
+        dead_letters=StreamDeadLetters(bus),
+        schemas=schemas,
+        validation=ValidationService(dispatch, metrics, timeout),
+        conversion=ConversionService(dispatch, schemas, timeout),
+    )
+
+
+def load_settings(**overrides: BaseSettings) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

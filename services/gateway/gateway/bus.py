@@ -1,0 +1,176 @@
+"""The NATS connection: JetStream publishing with ack, and one reply inbox per gateway instance.
+
+Synchronous requests (POST /validate, POST /convert/structuredefinition, the WebSocket) publish
+a request whose `reply_to` is `<inbox>.<job id>`; the gateway subscribes to `<inbox>.*` once at
+start-up and hands each reply to the future waiting for that job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from fhirschema_bus.contracts import HEADER_MSG_ID
+from fhirschema_bus.settings import NatsSettings
+from fhirschema_bus.topology import ensure_topology
+from gateway.errors import BusUnavailable
+
+log = logging.getLogger("gateway.bus")
+
+LateReply = Callable[[str, bytes], Awaitable[None]]
+NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError)
+
+
+class ReplyRouter:
+    """Routes replies on `<inbox>.<job id>` to the future registered for that job id."""
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self.on_late: LateReply | None = None
+
+    def subject(self, job_id: str) -> str:
+        return f"{self.prefix}.{job_id}"
+
+    def expect(self, job_id: str) -> asyncio.Future[bytes]:
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[job_id] = fut
+        return fut
+
+    def forget(self, job_id: str) -> None:
+        self._waiting.pop(job_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def on_msg(self, msg: Msg) -> None:
+        job_id = msg.subject.rsplit(".", 1)[-1]
+        fut = self._waiting.pop(job_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.data)
+        elif self.on_late is not None:
+            try:
+                await self.on_late(job_id, msg.data)
+            except Exception:
+                log.exception("late reply for %s could not be recorded", job_id)
+
+
+class Bus:
+    def __init__(self, settings: NatsSettings, name: str = "fhirschema-gateway"):
+        self.settings = settings
+        self.name = name
+        self.nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self.replies = ReplyRouter()
+        self._retry: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None or not self.connected:
+            raise BusUnavailable("NATS is unavailable")
+        return self._js
+
+    @property
+    def client(self) -> Client:
+        if self.nc is None or not self.nc.is_connected:
+            raise BusUnavailable("NATS is unavailable")
+        return self.nc
+
+    async def start(self) -> None:
+        """Connect now if NATS is up, else keep trying in the background (the app still serves)."""
+        try:
+            await self._connect()
+        except NATS_ERRORS as e:
+            log.warning("NATS not reachable at %s (%s); retrying in the background", self.settings.url, e)
+            self._retry = asyncio.create_task(self._connect_loop())
+
+    async def _connect_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._connect()
+                return
+            except NATS_ERRORS:
+                continue
+
+    async def _connect(self) -> None:
+        nc = await nats.connect(
+            self.settings.url,
+            name=self.name,
+            connect_timeout=2,
+            reconnect_time_wait=1,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+        )
+        try:
+            js = nc.jetstream()
+            await ensure_topology(js, self.settings)
+            self.replies.prefix = nc.new_inbox()
+            await nc.subscribe(f"{self.replies.prefix}.*", cb=self.replies.on_msg)
+        except BaseException:
+            await nc.close()
+            raise
+        self.nc, self._js = nc, js
+
+    async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+        if self.nc is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self.nc.drain()
+            self.nc = self._js = None
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str, timeout: float = 5.0) -> None:
+        """Publish to JetStream and wait for the stream's ack (de-duplicated by `msg_id`)."""
+        js = self.js
+        try:
+            ack = await js.publish_async(subject, payload, headers={HEADER_MSG_ID: msg_id})
+            await asyncio.wait_for(ack, timeout)
+        except (TimeoutError, *NATS_ERRORS) as e:
+            raise BusUnavailable(
+                f"NATS did not accept the message on {subject}: {e or type(e).__name__}"
+            ) from e
+
+    async def publish_many(self, messages: list[tuple[str, bytes, str]], timeout: float = 30.0) -> None:
+        """Pipelined publishes (no wait per message); all acks awaited at the end."""
+        js = self.js
+        try:
+            acks = [
+                await js.publish_async(subject, payload, headers={HEADER_MSG_ID: msg_id}, wait_stall=timeout)
+                for subject, payload, msg_id in messages
+            ]
+            await asyncio.wait_for(asyncio.gather(*acks), timeout)
+        except (TimeoutError, *NATS_ERRORS) as e:
+            raise BusUnavailable(f"NATS did not accept the batch: {e or type(e).__name__}") from e
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """Core NATS request/reply (storage lookups)."""
+        try:
+            msg = await self.client.request(subject, payload, timeout=timeout)
+        except nats.errors.NoRespondersError as e:
+            raise BusUnavailable(f"no service answers on {subject}") from e
+        except (TimeoutError, *NATS_ERRORS) as e:
+            raise BusUnavailable(f"request on {subject} failed: {e or type(e).__name__}") from e
+        return msg.data
+
+    async def ping(self) -> None:
+        try:
+            await self.client.flush(timeout=2)
+        except (TimeoutError, *NATS_ERRORS) as e:
+            raise BusUnavailable(f"NATS: {e or type(e).__name__}") from e

@@ -1,0 +1,100 @@
+"""Gateway errors and their JSON rendering (FHIR OperationOutcome for every error)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+FHIR_JSON = "application/fhir+json"
+
+_ISSUE_CODES = {
+    400: "structure",
+    404: "not-found",
+    405: "not-supported",
+    409: "conflict",
+    413: "too-long",
+    415: "not-supported",
+    422: "invalid",
+    503: "transient",
+    504: "timeout",
+}
+
+
+class GatewayError(Exception):
+    """An error with an HTTP status and a clear message; rendered as an OperationOutcome."""
+
+    status = 500
+
+    def __init__(self, message: str, *, status: int | None = None, extra: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.extra = extra or {}
+
+
+class BadRequest(GatewayError):
+    status = 400
+
+
+class NotFound(GatewayError):
+    status = 404
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+
+
+class Unprocessable(GatewayError):
+    status = 422
+
+
+class BusUnavailable(GatewayError):
+    status = 503
+
+
+class Timeout(GatewayError):
+    status = 504
+
+
+def operation_outcome(message: str, status: int, severity: str = "error") -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": severity, "code": _ISSUE_CODES.get(status, "exception"), "diagnostics": message}
+        ],
+    }
+
+
+def error_response(
+    message: str, status: int, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    body = operation_outcome(message, status)
+    if extra:
+        body.update(extra)
+    return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> Response:
+        headers = {"Location": exc.extra["location"]} if "location" in exc.extra else None
+        return error_response(exc.message, exc.status, exc.extra, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(str(exc.detail), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return error_response("invalid request: " + "; ".join(parts), 400)

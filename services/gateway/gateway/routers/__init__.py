@@ -1,0 +1,1 @@
+"""HTTP routers: thin, one per area; they parse, call the service layer, and shape responses."""

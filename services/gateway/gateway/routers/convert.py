@@ -1,0 +1,72 @@
+"""POST /convert/structuredefinition, POST /convert/batch, GET /convert/status/{job}, GET /convert/formats."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from fhirschema_bus.contracts import JobKind, JobStatus
+from gateway.bodies import (
+    JSON_TYPES,
+    NDJSON_TYPES,
+    parse_items,
+    parse_resource,
+    read_body,
+    require_media_type,
+)
+from gateway.deps import ContainerDep, ConversionDep, JobsDep, ValidationDep
+from gateway.errors import PayloadTooLarge
+from gateway.routers.validate import ERRORS, accepted, find_job
+from gateway.service.conversion import FORMATS
+
+router = APIRouter(prefix="/convert", tags=["convert"])
+
+
+@router.post("/structuredefinition", responses={422: {"description": "conversion failed"}, **ERRORS})
+async def convert_structuredefinition(
+    request: Request,
+    c: ContainerDep,
+    conversion: ConversionDep,
+    store: Annotated[bool, Query(description="also store the schema in the repository")] = False,
+    package: Annotated[str | None, Query(description="name#version provenance when storing")] = None,
+    timeout: Annotated[float | None, Query(gt=0, le=300)] = None,
+) -> dict[str, Any]:
+    """One StructureDefinition -> its FHIRSchema (by the converter service)."""
+    require_media_type(request, JSON_TYPES)
+    sd = parse_resource(await read_body(request, c.settings.gateway.max_body_bytes))
+    result = await conversion.convert(sd, store=store, package=package, timeout=timeout)
+    if store or result.get("stored"):
+        return {"schema": result.get("schema"), "stored": result.get("stored")}
+    return result.get("schema") or {}
+
+
+@router.post("/batch", status_code=202, responses=ERRORS)
+async def convert_batch(
+    request: Request,
+    c: ContainerDep,
+    validation: ValidationDep,
+    store: bool = False,
+    package: str | None = None,
+) -> Response:
+    """A Bundle, array or NDJSON of StructureDefinitions -> a conversion job."""
+    mt = require_media_type(request, JSON_TYPES | NDJSON_TYPES)
+    items = parse_items(await read_body(request, c.settings.gateway.max_body_bytes), mt)
+    if len(items) > c.settings.gateway.max_batch_items:
+        raise PayloadTooLarge(
+            f"the batch holds {len(items)} items; the limit is {c.settings.gateway.max_batch_items}"
+        )
+    job = await validation.submit_batch(items, [], JobKind.CONVERT, {"store": store, "package": package})
+    return accepted(job, "/convert")
+
+
+@router.get("/status/{job}", response_model=JobStatus)
+async def convert_status(job: str, jobs: JobsDep) -> JobStatus:
+    return await find_job(jobs, job, JobKind.CONVERT)
+
+
+@router.get("/formats")
+async def convert_formats() -> dict[str, Any]:
+    """Supported inputs and outputs."""
+    return FORMATS

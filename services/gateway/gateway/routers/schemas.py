@@ -1,0 +1,70 @@
+"""GET/POST /schemas, GET/PUT/DELETE /schemas/{id}: the schema repository (storage service)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from fhirschema_bus.contracts import SchemaRecord
+from gateway.bodies import JSON_TYPES, parse_resource, read_body, require_media_type
+from gateway.deps import ContainerDep, ConversionDep
+from gateway.routers.validate import ERRORS
+
+router = APIRouter(prefix="/schemas", tags=["schemas"])
+
+
+@router.get("", response_model=list[SchemaRecord])
+async def list_schemas(
+    c: ContainerDep,
+    url: str | None = None,
+    type: str | None = None,
+    package: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[SchemaRecord]:
+    return await c.schemas.list(url=url, type=type, package=package, limit=limit, offset=offset)
+
+
+async def _body(request: Request, c: ContainerDep) -> dict[str, Any]:
+    require_media_type(request, JSON_TYPES)
+    return parse_resource(await read_body(request, c.settings.gateway.max_body_bytes))
+
+
+def _record(record: SchemaRecord, status: int) -> Response:
+    return Response(
+        record.model_dump_json().encode(),
+        status_code=status,
+        media_type="application/json",
+        headers={"Location": f"/schemas/{record.id}"},
+    )
+
+
+@router.post("", status_code=201, responses={201: {"model": SchemaRecord}, **ERRORS})
+async def upload_schema(
+    request: Request, c: ContainerDep, conversion: ConversionDep, package: str | None = None
+) -> Response:
+    """A StructureDefinition (converted on upload) or a FHIRSchema (stored as is)."""
+    record = await conversion.upload(await _body(request, c), package=package)
+    return _record(record, 201)
+
+
+@router.get("/{schema_id:path}")
+async def get_schema(schema_id: str, conversion: ConversionDep) -> Response:
+    return Response(orjson.dumps(await conversion.get(schema_id)), media_type="application/json")
+
+
+@router.put("/{schema_id:path}", responses={200: {"model": SchemaRecord}, **ERRORS})
+async def replace_schema(
+    schema_id: str, request: Request, c: ContainerDep, conversion: ConversionDep, package: str | None = None
+) -> Response:
+    record = await conversion.upload(await _body(request, c), schema_id=schema_id, package=package)
+    return _record(record, 200)
+
+
+@router.delete("/{schema_id:path}", status_code=204)
+async def delete_schema(schema_id: str, conversion: ConversionDep) -> Response:
+    await conversion.delete(schema_id)
+    return Response(status_code=204)

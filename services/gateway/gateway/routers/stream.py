@@ -1,0 +1,112 @@
+"""WS /validate/stream: resources in, outcomes out as they complete; job status subscriptions.
+
+Client -> server text frames: a FHIR resource (JSON object), or {"subscribe": "<job id>"}
+(optionally {"unsubscribe": "<job id>"}). Server -> client: {"index": n, "valid": ..., "outcome":
+...} for the n-th resource sent (0-based), {"job": id, "event": JobEvent} for subscriptions and
+{"index": n, "error": "..."} / {"error": "..."} for problems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from nats.js.api import DeliverPolicy
+
+from fhirschema_bus import subjects as s
+from gateway.bodies import profiles_of
+from gateway.bootstrap import Container
+from gateway.deps import get_container
+from gateway.errors import GatewayError
+
+router = APIRouter(tags=["validate"])
+
+
+class Session:
+    def __init__(self, ws: WebSocket, c: Container, profiles: list[str]):
+        self.ws, self.c, self.profiles = ws, c, profiles
+        self.send_lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.subs: dict[str, Any] = {}
+        self.next_index = 0
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await self.ws.send_text(orjson.dumps(obj).decode())
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def handle(self, text: str) -> None:
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as e:
+            await self.send({"error": f"malformed JSON: {e}"})
+            return
+        if isinstance(data, dict) and set(data) == {"subscribe"}:
+            await self.subscribe(str(data["subscribe"]))
+        elif isinstance(data, dict) and set(data) == {"unsubscribe"}:
+            sub = self.subs.pop(str(data["unsubscribe"]), None)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        elif isinstance(data, dict):
+            index, self.next_index = self.next_index, self.next_index + 1
+            self.spawn(self.validate(index, data, text.encode()))
+        else:
+            await self.send({"error": 'expected a JSON object: a resource or {"subscribe": job}'})
+
+    async def validate(self, index: int, resource: dict[str, Any], raw: bytes) -> None:
+        try:
+            res = await self.c.validation.validate_one(resource, raw, profiles_of(resource, self.profiles))
+        except GatewayError as e:
+            await self.send({"index": index, "error": e.message, "status": e.status, **e.extra})
+            return
+        await self.send({"index": index, "job": res.job_id, "valid": res.valid, "outcome": res.outcome})
+
+    async def subscribe(self, job_id: str) -> None:
+        try:
+            jobs = await self.c.jobs()
+            job = await jobs.get(job_id)
+            if job is None:
+                await self.send({"job": job_id, "error": f"no job {job_id!r}", "status": 404})
+                return
+            await self.send({"job": job_id, "status": orjson.loads(job.model_dump_json())})
+
+            async def forward(msg: Any) -> None:
+                await self.send({"job": job_id, "event": orjson.loads(msg.data)})
+
+            subject = s.job_result_subject(s.JOB_EVENTS, job_id)
+            self.subs[job_id] = await self.c.bus.js.subscribe(
+                subject, cb=forward, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+            )
+        except GatewayError as e:
+            await self.send({"job": job_id, "error": e.message, "status": e.status})
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for sub in self.subs.values():
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+@router.websocket("/validate/stream")
+async def validate_stream(ws: WebSocket) -> None:
+    c = get_container(ws)
+    await ws.accept()
+    session = Session(ws, c, ws.query_params.getlist("profile"))
+    c.metrics.ws_clients.inc()
+    try:
+        while True:
+            await session.handle(await ws.receive_text())
+    except WebSocketDisconnect:
+        pass
+    finally:
+        c.metrics.ws_clients.dec()
+        await session.close()

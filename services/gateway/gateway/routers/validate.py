@@ -1,0 +1,115 @@
+"""POST /validate, POST /validate/batch, GET /validate/status/{job}, GET /validate/results/{job}."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from fhirschema_bus.contracts import JobKind, JobStatus
+from gateway.bodies import (
+    JSON_TYPES,
+    NDJSON_TYPES,
+    parse_items,
+    parse_resource,
+    profiles_of,
+    read_body,
+    require_media_type,
+)
+from gateway.deps import ContainerDep, JobsDep, ValidationDep
+from gateway.errors import FHIR_JSON, NotFound, PayloadTooLarge
+from gateway.ports import JobStore
+
+router = APIRouter(prefix="/validate", tags=["validate"])
+
+OUTCOME = {"content": {FHIR_JSON: {}}, "description": "OperationOutcome"}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "malformed JSON"},
+    413: {"description": "body too large"},
+    415: {"description": "unsupported content type"},
+    503: {"description": "NATS unavailable"},
+}
+Profiles = Annotated[list[str], Query(alias="profile", description="profile canonical URL (repeatable)")]
+
+
+@router.post(
+    "", responses={200: OUTCOME, 504: {"description": "no result in time; body has the job id"}, **ERRORS}
+)
+async def validate(
+    request: Request,
+    c: ContainerDep,
+    validation: ValidationDep,
+    profile: Profiles = [],  # noqa: B006  (FastAPI query default)
+    timeout: Annotated[float | None, Query(gt=0, le=300, description="seconds to wait")] = None,
+) -> Response:
+    """Validate one resource; answers the OperationOutcome (200 for valid and invalid resources)."""
+    require_media_type(request, JSON_TYPES)
+    raw = await read_body(request, c.settings.gateway.max_body_bytes)
+    resource = parse_resource(raw)
+    result = await validation.validate_one(resource, raw, profiles_of(resource, profile), timeout)
+    verdict = "failed" if result.failed else ("valid" if result.valid else "invalid")
+    return Response(
+        orjson.dumps(result.outcome),
+        media_type=FHIR_JSON,
+        headers={"X-Validation-Result": verdict, "X-Job-Id": result.job_id},
+    )
+
+
+@router.post("/batch", status_code=202, responses={202: {"description": "job accepted"}, **ERRORS})
+async def validate_batch(
+    request: Request,
+    c: ContainerDep,
+    validation: ValidationDep,
+    profile: Profiles = [],  # noqa: B006
+) -> Response:
+    """A Bundle, a JSON array or NDJSON body; every resource becomes one item of a job."""
+    mt = require_media_type(request, JSON_TYPES | NDJSON_TYPES)
+    items = parse_items(await read_body(request, c.settings.gateway.max_body_bytes), mt)
+    limit = c.settings.gateway.max_batch_items
+    if len(items) > limit:
+        raise PayloadTooLarge(f"the batch holds {len(items)} resources; the limit is {limit}")
+    job = await validation.submit_batch(items, list(profile), JobKind.VALIDATE, {"profiles": list(profile)})
+    return accepted(job, "/validate")
+
+
+def accepted(job: JobStatus, base: str) -> Response:
+    location = f"{base}/status/{job.id}"
+    body = {"job": job.id, "state": job.state, "total": job.total, "status": location}
+    if job.kind is JobKind.VALIDATE:
+        body["results"] = f"{base}/results/{job.id}"
+    return Response(
+        orjson.dumps(body), status_code=202, media_type="application/json", headers={"Location": location}
+    )
+
+
+async def find_job(jobs: JobStore, job_id: str, kind: JobKind | None = None) -> JobStatus:
+    job = await jobs.get(job_id)
+    if job is None or (kind is not None and job.kind is not kind):
+        raise NotFound(f"no {kind.value + ' ' if kind else ''}job {job_id!r}")
+    return job
+
+
+@router.get("/status/{job}", response_model=JobStatus)
+async def validate_status(job: str, jobs: JobsDep) -> JobStatus:
+    """State, total, done, valid, invalid, failed, timestamps."""
+    return await find_job(jobs, job, JobKind.VALIDATE)
+
+
+@router.get(
+    "/results/{job}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}, "description": "one result per line"}},
+)
+async def validate_results(
+    job: str,
+    jobs: JobsDep,
+    validation: ValidationDep,
+    wait: Annotated[float, Query(ge=0, le=600, description="seconds to wait for missing results")] = 0.0,
+) -> StreamingResponse:
+    """NDJSON lines {"index", "source", "valid", "outcome"}; what is there now, or (wait > 0) the
+    results as they arrive until the job is complete."""
+    status = await find_job(jobs, job, JobKind.VALIDATE)
+    lines = validation.results(status, wait)
+    return StreamingResponse(lines, media_type="application/x-ndjson", headers={"X-Job-State": status.state})

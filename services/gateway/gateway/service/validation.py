@@ -1,0 +1,170 @@
+"""Validation use cases: one resource synchronously, batches as jobs, results read back."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from nats.js.api import DeliverPolicy
+
+from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import JobKind, JobStatus, ValidateResult
+from gateway.bodies import Item
+from gateway.errors import BadRequest, BusUnavailable, Timeout
+from gateway.metrics import Metrics
+from gateway.service.dispatch import Dispatcher, ReplyTimeout, new_job_id
+
+log = logging.getLogger("gateway.validation")
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    job_id: str
+    valid: bool
+    failed: bool
+    outcome: Any
+
+
+def _message(job_id: str, index: int, kind: str, payload: Any, profiles: list[str], **extra: Any) -> bytes:
+    msg: dict[str, Any] = {"job_id": job_id, "index": index, "profiles": profiles, **extra}
+    msg["resource" if kind == "inline" else "resource_ref"] = payload
+    return orjson.dumps(msg)
+
+
+def _line(result: dict[str, Any]) -> bytes:
+    return orjson.dumps(
+        {
+            "index": result.get("index"),
+            "source": result.get("source"),
+            "valid": result.get("valid"),
+            "outcome": result.get("outcome"),
+        }
+    )
+
+
+class ValidationService:
+    def __init__(self, dispatch: Dispatcher, metrics: Metrics, sync_timeout: float):
+        self.d = dispatch
+        self.metrics = metrics
+        self.sync_timeout = sync_timeout
+        dispatch.bus.replies.on_late = self.on_late
+
+    # --- one resource, synchronously --------------------------------------------------------
+
+    async def validate_one(
+        self, resource: dict[str, Any], raw: bytes, profiles: list[str], timeout: float | None = None
+    ) -> SyncOutcome:
+        job_id = new_job_id()
+        kind, payload = await self.d.payload(job_id, 0, resource, raw)
+        message = _message(job_id, 0, kind, payload, profiles, reply_to=self.d.reply_to(job_id))
+        self.metrics.sync_in_flight.inc()
+        try:
+            data = await self.d.call(s.VALIDATE_ONE, job_id, message, timeout or self.sync_timeout)
+        except ReplyTimeout as t:
+            self.metrics.sync_timeouts.inc()
+            await self._track_late(t)
+            raise Timeout(
+                f"no validation result within {timeout or self.sync_timeout:g} s; "
+                f"the result will be available at /validate/status/{job_id}",
+                extra={"job": job_id, "location": f"/validate/status/{job_id}"},
+            ) from None
+        finally:
+            self.metrics.sync_in_flight.dec()
+        result = orjson.loads(data)
+        return SyncOutcome(
+            job_id, bool(result.get("valid")), bool(result.get("error")), result.get("outcome")
+        )
+
+    async def _track_late(self, t: ReplyTimeout) -> None:
+        """A job record for the timed-out request, so that its late result can be looked up."""
+        jobs = await self.d.jobs()
+        with contextlib.suppress(Exception):  # a KV hiccup must not hide the 504
+            await jobs.create(JobKind.VALIDATE, 1, job_id=t.job_id, detail={"sync": True})
+        late = self.d.settle(t)
+        if late is not None:
+            await self.on_late(t.job_id, late)
+
+    async def on_late(self, job_id: str, data: bytes) -> None:
+        """A reply after its caller gave up: keep it as the job's result and count it."""
+        result = ValidateResult.model_validate_json(data)
+        subject = s.job_result_subject(s.VALIDATE_RESULT, job_id)
+        await self.d.bus.js.publish(subject, data, headers={"Nats-Msg-Id": f"{job_id}.{result.index}"})
+        outcome = "failed" if result.error else ("valid" if result.valid else "invalid")
+        jobs = await self.d.jobs()
+        await jobs.record(job_id, result.index, outcome)
+
+    # --- batches ----------------------------------------------------------------------------
+
+    async def submit_batch(
+        self, items: list[Item], profiles: list[str], kind: JobKind, detail: dict
+    ) -> JobStatus:
+        for item in items:
+            if not isinstance(item.resource, dict):
+                raise BadRequest(f"item {item.source} is not a JSON object (a FHIR resource)")
+        if not items:
+            raise BadRequest("the batch holds no resources")
+        job_id = new_job_id()
+        jobs = await self.d.jobs()
+        job = await jobs.create(kind, len(items), job_id=job_id, detail=detail)
+        subject = s.VALIDATE_BATCH_ITEM if kind is JobKind.VALIDATE else s.CONVERT_BATCH_ITEM
+        try:
+            messages = []
+            for item in items:
+                pkind, payload = await self.d.payload(job_id, item.index, item.resource)
+                if kind is JobKind.VALIDATE:
+                    body = _message(job_id, item.index, pkind, payload, profiles, source=item.source)
+                else:
+                    key = "structure_definition" if pkind == "inline" else "structure_definition_ref"
+                    body = orjson.dumps({"job_id": job_id, "index": item.index, key: payload, **detail})
+                messages.append((subject, body, f"{job_id}.{item.index}"))
+            await self.d.bus.publish_many(messages)
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                await jobs.fail(job_id, f"could not enqueue the batch: {e}")
+            raise BusUnavailable(f"could not enqueue the batch: {e}") from e
+        self.metrics.batch_items.inc(len(items))
+        return job
+
+    # --- results ----------------------------------------------------------------------------
+
+    async def results(self, job: JobStatus, wait: float = 0.0) -> AsyncIterator[bytes]:
+        """NDJSON lines: the assembled S3 object when there is one, else live from the stream."""
+        if job.results is not None:
+            async for line in self.d.objects.iter_lines(job.results):
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    yield _line(orjson.loads(line)) + b"\n"
+            return
+        async for line in self._live(job, wait):
+            yield line
+
+    async def _live(self, job: JobStatus, wait: float) -> AsyncIterator[bytes]:
+        js = self.d.bus.js
+        subject = s.job_result_subject(s.VALIDATE_RESULT, job.id)
+        info = await js.stream_info(s.STREAM_RESULTS, subjects_filter=subject)
+        available = (info.state.subjects or {}).get(subject, 0)
+        want = max(job.total, available) if wait > 0 else available
+        if want == 0:
+            return
+        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        seen: set[int] = set()
+        try:
+            received = 0
+            while received < available or (wait > 0 and len(seen) < job.total):
+                try:
+                    msg = await sub.next_msg(timeout=wait if received >= available else 5.0)
+                except TimeoutError:
+                    break
+                received += 1
+                result = orjson.loads(msg.data)
+                index = result.get("index", 0)
+                if index in seen:
+                    continue  # at least once on the bus, once in the output
+                seen.add(index)
+                yield _line(result) + b"\n"
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
