@@ -1,0 +1,91 @@
+"""Batch results: when a job finishes, its results (stream FHIRSCHEMA_RESULTS, subject
+`fhirschema.result.<kind>.<job>`) become one NDJSON object `<job>.ndjson` in bucket_results, and
+the job's status in KV gets `results` (compare-and-set, other services update it too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats.errors
+import orjson
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import JobKind, JobStatus, ObjectRef
+from fhirschema_bus.object_store import ObjectStore
+
+log = logging.getLogger("storage.results")
+RESULT_BASE = {JobKind.VALIDATE: s.VALIDATE_RESULT, JobKind.CONVERT: s.CONVERT_RESULT}
+
+
+class ResultAssembler:
+    def __init__(self, js: JetStreamContext, store: ObjectStore, bucket: str) -> None:
+        self.js = js
+        self.store = store
+        self.bucket = bucket
+
+    async def assemble(self, job_id: str) -> ObjectRef | None:
+        """Idempotent: a job whose status already names its results is left alone."""
+        kv = await self.js.key_value(s.KV_JOBS)
+        try:
+            entry = await kv.get(job_id)
+        except KeyNotFoundError:
+            log.warning("job %s: no status in KV, results not assembled", job_id)
+            return None
+        job = JobStatus.model_validate_json(entry.value or b"{}")
+        if job.results is not None or job.kind not in RESULT_BASE:
+            return job.results
+        lines = await self.read_results(s.job_result_subject(RESULT_BASE[job.kind], job_id))
+        key = f"{job_id}.ndjson"
+        ref = await self.store.aput_bytes(
+            self.bucket, key, b"".join(ln + b"\n" for ln in lines), "application/x-ndjson"
+        )
+        await self._set_results(job_id, ref)
+        log.info("job %s: %d results -> s3://%s/%s", job_id, len(lines), ref.bucket, ref.key)
+        return ref
+
+    async def read_results(self, subject: str) -> list[bytes]:
+        """Every result of one job, once per item index, in index order."""
+        info = await self.js.stream_info(s.STREAM_RESULTS, subjects_filter=subject)
+        expected = (info.state.subjects or {}).get(subject, 0)
+        if not expected:
+            return []
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0
+        )
+        sub = await self.js.pull_subscribe(subject, stream=s.STREAM_RESULTS, config=cfg)
+        by_index: dict[int, bytes] = {}
+        seen = 0
+        try:
+            while seen < expected:
+                try:
+                    msgs = await sub.fetch(batch=min(1000, expected - seen), timeout=2.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break
+                for m in msgs:
+                    seen += 1
+                    try:
+                        idx = int(orjson.loads(m.data).get("index", seen))
+                    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                        idx = -seen
+                    by_index.setdefault(idx, m.data)
+        finally:
+            await sub.unsubscribe()
+        return [by_index[i] for i in sorted(by_index)]
+
+    async def _set_results(self, job_id: str, ref: ObjectRef) -> None:
+        kv = await self.js.key_value(s.KV_JOBS)
+        for _ in range(100):
+            entry = await kv.get(job_id)
+            job = JobStatus.model_validate_json(entry.value or b"{}")
+            job.results = ref
+            try:
+                await kv.update(job_id, job.model_dump_json().encode(), last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                await asyncio.sleep(0.01)
+        raise RuntimeError(f"job {job_id}: could not set results (too many concurrent updates)")

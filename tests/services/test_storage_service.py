@@ -1,0 +1,185 @@
+"""The storage service on real NATS, S3 and Redis: request/reply, durable puts, resources, S3 down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from storage_service.app import Storage, bootstrap
+from storage_service.index import SchemaIndex
+
+from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import (
+    IndexPackage,
+    JobEvent,
+    JobKind,
+    JobState,
+    JobStatus,
+    PutSchema,
+    SchemaQuery,
+)
+from fhirschema_bus.object_store import ObjectStore
+from fhirschema_bus.servers import RunningServer, start_s3
+from fhirschema_bus.settings import NatsSettings, RedisSettings
+from tests.conftest import PACKAGES
+from tests.services.test_object_store import settings_for
+
+pytestmark = pytest.mark.servers
+
+
+def schema(url: str, version: str, name: str, type_: str = "Patient") -> dict[str, Any]:
+    return {"url": url, "version": version, "name": name, "type": type_, "kind": "resource", "elements": {}}
+
+
+async def start_storage(nats_srv: RunningServer, s3_srv: RunningServer, redis_srv: RunningServer) -> Storage:
+    redis_url = redis_srv.url.rsplit("/", 1)[0] + f"/{1 + uuid.uuid4().int % 14}"
+    idx = SchemaIndex.from_url(redis_url, 3600)
+    await idx.redis.flushdb()  # type: ignore[union-attr]
+    s3 = settings_for(s3_srv, "st")
+    store = ObjectStore(s3, attempts=2, wait_min=0.05, wait_max=0.1, timeout=1.0)
+    st = bootstrap(NatsSettings(url=nats_srv.url), s3, RedisSettings(url=redis_url), store=store, index=idx)
+    await st.app.start()
+    return st
+
+
+@pytest.fixture
+async def storage(
+    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
+) -> AsyncIterator[Storage]:
+    st = await start_storage(nats_server, s3_server, redis_server)
+    yield st
+    await st.app.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
+    c = await nats.connect(nats_server.url)
+    yield c
+    await c.drain()
+
+
+async def ask(nc: Client, subject: str, body: Any, timeout: float = 10.0) -> Any:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return json.loads((await nc.request(subject, data, timeout=timeout)).data)
+
+
+async def test_upsert_get_list_delete(storage: Storage, nc: Client) -> None:
+    url = f"http://example.org/StructureDefinition/p-{uuid.uuid4().hex[:6]}"
+    put1 = PutSchema(schema=schema(url, "1.0.0", "P"), package="ex.pkg#1.0.0").model_dump(by_alias=True)
+    rec1 = await ask(nc, s.STORAGE_UPSERT, put1)
+    assert rec1["id"] == "ex.pkg#1.0.0/P" and rec1["object"]["key"] == "ex.pkg/1.0.0/P.json"
+    assert (await ask(nc, s.STORAGE_UPSERT, put1))["id"] == rec1["id"]  # idempotent: same id and key
+    rec2 = await ask(
+        nc, s.STORAGE_UPSERT, {"schema": schema(url, "2.0.0", "P", "Observation"), "package": "ex.pkg#2.0.0"}
+    )
+    upload = await ask(nc, s.STORAGE_UPSERT, {"schema": schema(url + "-up", "0.1", "Up")})
+    assert upload["object"]["key"].startswith("_uploads/")
+
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url}))["version"] == "2.0.0"  # latest
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": f"{url}|1.0.0"}))["version"] == "1.0.0"
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"id": rec1["id"]}))["url"] == url
+    missing = await ask(nc, s.STORAGE_GET_SCHEMA, {"url": "http://nope"})
+    assert missing["status"] == 404 and "no schema" in missing["error"]
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, b"{not json"))["status"] == 400
+
+    listed = await ask(nc, s.STORAGE_LIST, {"url": url})
+    assert listed["total"] == 2 and {i["version"] for i in listed["items"]} == {"1.0.0", "2.0.0"}
+    assert (await ask(nc, s.STORAGE_LIST, {"type": "Observation"}))["items"][0]["id"] == rec2["id"]
+    assert (await ask(nc, s.STORAGE_LIST, {"package": "ex.pkg"}))["total"] == 2
+    page = await ask(nc, s.STORAGE_LIST, {"limit": 1, "offset": 1})
+    assert page["total"] == 3 and len(page["items"]) == 1
+
+    assert await ask(nc, s.STORAGE_DELETE, {"id": rec2["id"]}) == {"deleted": True}
+    assert await ask(nc, s.STORAGE_DELETE, {"id": rec2["id"]}) == {"deleted": False}
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url}))["version"] == "1.0.0"  # latest again
+
+
+async def test_durable_put_and_restart_rebuilds_index(
+    storage: Storage,
+    nc: Client,
+    nats_server: RunningServer,
+    s3_server: RunningServer,
+    redis_server: RunningServer,
+) -> None:
+    js = nc.jetstream()
+    url = f"http://example.org/StructureDefinition/d-{uuid.uuid4().hex[:6]}"
+    body = PutSchema(schema=schema(url, "1", "D"), package="d.pkg#1").model_dump_json(by_alias=True)
+    await js.publish(s.STORAGE_PUT_SCHEMA, body.encode(), headers={"Nats-Msg-Id": url})
+    for _ in range(100):
+        got = await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url})
+        if "error" not in got:
+            break
+        await asyncio.sleep(0.1)
+    assert got["url"] == url
+    # The S3 copy of the index survives Redis loss: a fresh storage on the same buckets finds it.
+    await storage.index.redis.flushdb()  # type: ignore[union-attr]
+    storage.index.records.clear()
+    storage.index.urls.clear()
+    await storage.repo.start()
+    assert (await storage.repo.list(SchemaQuery(url=url)))[1] == 1
+
+
+async def test_resources_from_package_tarball(storage: Storage, nc: Client) -> None:
+    data = (PACKAGES / "hl7.fhir.us.core#3.1.1.tgz").read_bytes()
+    ref = storage.store.put_bytes(storage.store.settings.bucket_packages, "hl7.fhir.us.core/3.1.1.tgz", data)
+    reply = await ask(
+        nc, s.STORAGE_INDEX_PACKAGE, IndexPackage(package="hl7.fhir.us.core#3.1.1", object=ref).model_dump()
+    )
+    assert reply["resources"] > 100
+    vs = await ask(nc, s.STORAGE_GET_RESOURCE, {"url": "http://hl7.org/fhir/us/core/ValueSet/birthsex"})
+    assert vs["resourceType"] == "ValueSet" and vs["url"].endswith("birthsex")
+    cs = await ask(
+        nc, s.STORAGE_GET_RESOURCE, {"url": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category|3.1.1"}
+    )
+    assert cs["resourceType"] == "CodeSystem"
+    assert (await ask(nc, s.STORAGE_GET_RESOURCE, {"url": "http://nope"}))["status"] == 404
+
+
+async def test_results_assembled_when_job_finishes(storage: Storage, nc: Client) -> None:
+    js = nc.jetstream()
+    job = uuid.uuid4().hex
+    kv = await js.key_value(s.KV_JOBS)
+    await kv.put(job, JobStatus(id=job, kind=JobKind.VALIDATE, total=3).model_dump_json().encode())
+    for i in (2, 0, 1, 0):  # out of order, one duplicate
+        res = {"job_id": job, "index": i, "valid": True, "outcome": {"resourceType": "OperationOutcome"}}
+        await js.publish(s.job_result_subject(s.VALIDATE_RESULT, job), json.dumps(res).encode())
+    ev = JobEvent(job_id=job, state=JobState.SUCCEEDED, total=3, done=3, valid=3)
+    await js.publish(f"{s.JOB_EVENTS}.{job}", ev.model_dump_json().encode())
+    for _ in range(100):
+        status = JobStatus.model_validate_json((await kv.get(job)).value or b"")
+        if status.results:
+            break
+        await asyncio.sleep(0.1)
+    assert status.results is not None and status.results.key == f"{job}.ndjson"
+    lines = list(storage.store.iter_lines(status.results.bucket, status.results.key))
+    assert [json.loads(ln)["index"] for ln in lines] == [0, 1, 2]
+
+
+@pytest.mark.slow
+async def test_keeps_serving_when_s3_is_down(
+    nats_server: RunningServer, redis_server: RunningServer, nc: Client, tmp_path: Path
+) -> None:
+    own = start_s3(tmp_path)
+    st = await start_storage(nats_server, own, redis_server)
+    try:
+        url = f"http://example.org/StructureDefinition/s3down-{uuid.uuid4().hex[:6]}"
+        rec = await ask(nc, s.STORAGE_UPSERT, {"schema": schema(url, "1", "S"), "package": "down#1"})
+        own.stop()
+        down = await ask(nc, s.STORAGE_UPSERT, {"schema": schema(url + "x", "1", "X"), "package": "down#1"})
+        assert down["status"] == 503 and "unavailable" in down["error"]
+        # cached schemas, the index and listings still answer
+        assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url}))["url"] == url
+        assert (await ask(nc, s.STORAGE_LIST, {"package": "down#1"}))["total"] == 1
+        await st.index.drop_schema(rec["id"])  # not cached any more -> clear error, not a hang
+        gone = await ask(nc, s.STORAGE_GET_SCHEMA, {"id": rec["id"]})
+        assert gone["status"] == 503
+    finally:
+        await st.app.stop()
+        own.stop()
