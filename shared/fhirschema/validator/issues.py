@@ -22,6 +22,9 @@ _FHIR_CODE = {
     "fs1301": "invalid", "fs1302": "too-costly", "fs1303": "too-long",
 }  # fmt: skip
 
+_FHIR_CODE.update({f"fs{n}": "value" for n in range(104, 124)})
+_FHIR_CODE.update({"fs101": "structure", "fs102": "structure", "fs103": "structure"})
+
 SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
 
 

@@ -123,6 +123,11 @@ def check(type_name: str, value: Any) -> str | None:
             return "fs102"
     elif not isinstance(value, str):
         return "fs101"
+    elif not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone UTF-16 surrogates: not Unicode text
+            return CODES.get(type_name, "fs117")
     if type_name in ("unsignedInt", "positiveInt") and isinstance(value, float) and not value.is_integer():
         return "fs112"  # not a whole number at all: the integer rule, as the reference validators report
     rule = _LEXICAL.get(type_name)

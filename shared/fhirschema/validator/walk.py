@@ -31,6 +31,7 @@ class Run:
         self.issues = issues
         self.path: list[str | int] = []
         self.depth = 0
+        self.too_deep = False
         self.resources: list[dict[str, Any]] = []  # enclosing resources, outermost first
         self.starts: list[int] = []  # len(self.path) where each enclosing resource begins
         self.bundle_urls: set[str] | None = None
@@ -142,6 +143,7 @@ class Run:
     def node(self, data: dict[str, Any], plan: Plan) -> None:
         if self.depth >= MAX_DEPTH:
             self.issue("fs1302", f"nesting deeper than {MAX_DEPTH} levels is not validated", severity="error")
+            self.too_deep = True  # and FHIRPath over such data would be unbounded too
             return
         self.depth += 1
         path = self.path
@@ -201,7 +203,7 @@ class Run:
         for key, origin in plan.excluded.items():
             if present_groups and key in present_groups:
                 self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
-        if plan.constraints and self.v.invariants is not None:
+        if plan.constraints and self.v.invariants is not None and not self.too_deep:
             self.constraints(data, plan)
         self.depth -= 1
 

@@ -1,0 +1,82 @@
+"""Hostile input: never a crash, always a clear issue; memory and time stay bounded."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from fhirschema.context import FhirContext
+from fhirschema.invariants import Invariants
+from fhirschema.validator import Validator
+from tests.conftest import PACKAGES
+
+
+@pytest.fixture(scope="module")
+def validator() -> Validator:
+    ctx = FhirContext.from_specs([PACKAGES / "hl7.fhir.r4.core#4.0.1.tgz"])
+    return Validator(ctx, invariants=Invariants())
+
+
+@pytest.mark.parametrize("data", [[], "Patient", 42, None, True, [{"resourceType": "Patient"}]])
+def test_non_object_json(validator: Validator, data: object) -> None:
+    result = validator.validate(data)
+    assert not result.valid
+    assert result.issues[0].code == "fs202"
+    assert result.to_outcome()["resourceType"] == "OperationOutcome"
+
+
+def test_missing_and_unknown_resource_type(validator: Validator) -> None:
+    missing = validator.validate({"id": "x"})
+    assert not missing.valid and "resourceType" in missing.issues[0].message
+    assert (
+        Validator(validator.source, strict=True).validate({"resourceType": "Nonsense"}).issues[0].code
+        == "fs701"
+    )
+
+
+def test_ten_thousand_deep_nesting(validator: Validator) -> None:
+    node: dict = {"linkId": "leaf", "type": "display"}
+    for i in range(10_000):
+        node = {"linkId": str(i), "type": "group", "item": [node]}
+    resource = {"resourceType": "Questionnaire", "status": "active", "item": [node]}
+    limit = sys.getrecursionlimit()
+    result = validator.validate(resource)
+    assert sys.getrecursionlimit() == limit
+    assert not result.valid
+    assert any(i.code == "fs1302" for i in result.issues)
+
+
+def test_fifty_megabyte_resource(validator: Validator) -> None:
+    data = "QUFB" * (50 * 1024 * 1024 // 4)
+    resource = {"resourceType": "Binary", "contentType": "application/octet-stream", "data": data}
+    started = time.perf_counter()
+    result = validator.validate(resource)
+    assert result.valid, result.issues
+    assert time.perf_counter() - started < 30
+
+
+def test_many_entries_bundle(validator: Validator) -> None:
+    entries = [{"fullUrl": f"urn:uuid:00000000-0000-0000-0000-{i:012d}",
+                "resource": {"resourceType": "Patient", "id": str(i), "active": True}} for i in range(5_000)]  # fmt: skip
+    result = validator.validate({"resourceType": "Bundle", "type": "collection", "entry": entries})
+    assert result.valid, result.issues[:3]
+
+
+def test_invalid_surrogates_are_reported(validator: Validator) -> None:
+    result = validator.validate({"resourceType": "Patient", "name": [{"family": "Sm\ud800ith"}]})
+    assert [(i.code, i.path) for i in result.errors()] == [("fs117", ["name", 0, "family"])]
+    result.to_outcome()  # the outcome itself is still serialisable
+
+
+def test_outcome_format(validator: Validator) -> None:
+    result = validator.validate({"resourceType": "Patient", "name": [{"given": ["a", ""]}]})
+    issue = result.to_outcome()["issue"][0]
+    assert issue["severity"] == "error"
+    assert issue["code"] == "value"
+    assert issue["expression"] == ["Patient.name[0].given[1]"]
+    assert issue["details"]["coding"][0]["code"] == "fs117"
+    narrative = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">A</div>'}
+    ok = validator.validate({"resourceType": "Patient", "text": narrative, "active": True}).to_outcome()
+    assert ok["issue"] == [{"severity": "information", "code": "informational", "diagnostics": "All OK"}]
