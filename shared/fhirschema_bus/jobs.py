@@ -3,12 +3,14 @@
 Many replicas update one job at the same time, so every change is a read-modify-write guarded by
 the KV revision (optimistic concurrency, retried on conflict). An item is counted once even when
 its message is redelivered: `record` first creates the marker "<job>.<index>" in `KV_IDEMPOTENCY`
-(`create` fails if the key exists) and only the winner updates the counts.
+(`create` fails if the key exists: the cheap path for redeliveries), then adds the index to the
+job's counted ranges and the counts in one revision-checked write (see COUNTED_KEY).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import random
 import uuid
@@ -22,6 +24,12 @@ from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobEvent, JobKind, JobState, JobStatus, Outcome, now
 
 MAX_CONFLICT_RETRIES = 200  # two replicas x a few hundred items in flight on one key
+PENDING, COUNTED = b"pending", b"counted"
+# The authority for "counted once": the job's counted indexes as inclusive [lo, hi] ranges, updated
+# in the same revision-checked write as the counts. The KV_IDEMPOTENCY marker alone cannot be: a
+# worker killed between creating the marker and updating the counts would lose the item. Items
+# are processed roughly in order, so the list stays a handful of ranges (gaps ~ items in flight).
+COUNTED_KEY = "counted"
 
 
 class JobNotFound(KeyError):
@@ -33,6 +41,8 @@ class JobStore:
         self._js = js
         self._jobs = jobs
         self._done = done
+        self._pending: dict[str, list[tuple[int, Outcome, asyncio.Future[JobStatus | None]]]] = {}
+        self._flushers: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> JobStore:
@@ -91,32 +101,72 @@ class JobStore:
         return await self._finish(job_id, JobState.FAILED, error)
 
     async def record(self, job_id: str, index: int, outcome: Outcome) -> JobStatus | None:
-        """Count one item's outcome exactly once; None when already counted or no such job."""
+        """Count one item's outcome exactly once; None when already counted or no such job.
+
+        Returns once the count is stored (ack the message after that). Concurrent calls for one
+        job are merged into one KV write (group commit): many handlers in flight on one hot key
+        would otherwise spend their time losing revision races.
+        """
         marker = f"{job_id}.{index}"
         try:
-            await self._done.create(marker, outcome.encode())
+            await self._done.create(marker, PENDING)
         except KeyWrongLastSequenceError:
-            return None  # a redelivery: the first delivery counted it
+            with contextlib.suppress(KeyNotFoundError):
+                if (await self._done.get(marker)).value == COUNTED:
+                    return None  # a redelivery: the first delivery counted it
+            # PENDING: an earlier delivery died (or is still running) between marking and
+            # counting. The job's own index ranges decide, atomically with the counts.
+        future: asyncio.Future[JobStatus | None] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(job_id, []).append((index, outcome, future))
+        if job_id not in self._flushers:
+            self._flushers[job_id] = asyncio.create_task(self._flush(job_id))
+        job = await future
+        if job is not None:
+            with contextlib.suppress(Exception):  # only a shortcut for later redeliveries
+                await self._done.put(marker, COUNTED)
+        return job
+
+    async def _flush(self, job_id: str) -> None:
+        try:
+            while batch := self._pending.pop(job_id, None):
+                try:
+                    results = await self._count(job_id, [(i, o) for i, o, _ in batch])
+                except JobNotFound:
+                    results = [None] * len(batch)  # e.g. a single POST /validate: no job tracks it
+                except Exception as e:
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                for (_, _, fut), res in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(res)
+        finally:
+            self._flushers.pop(job_id, None)
+
+    async def _count(self, job_id: str, items: list[tuple[int, Outcome]]) -> list[JobStatus | None]:
+        fresh: list[bool] = []
 
         def change(job: JobStatus) -> bool:
+            fresh.clear()
             if job.state in (JobState.CANCELLED, JobState.FAILED):
+                fresh.extend([True] * len(items))  # not counted, but not a duplicate either
                 return False  # late items of a stopped job are not counted
-            setattr(job, outcome, getattr(job, outcome) + 1)
-            job.done += 1
+            ranges = job.detail.setdefault(COUNTED_KEY, [])
+            for index, outcome in items:
+                fresh.append(_add_index(ranges, index))
+                if fresh[-1]:
+                    setattr(job, outcome, getattr(job, outcome) + 1)
+                    job.done += 1
+            if not any(fresh):
+                return False
             if job.state is JobState.QUEUED:
                 job.state = JobState.RUNNING
             _finish_if_done(job)
             return True
 
-        try:
-            return await self._update(job_id, change, progress=True)
-        except JobNotFound:
-            return None  # e.g. a single POST /validate that no job tracks
-        except BaseException:
-            # The counts were not updated: drop the marker so that the redelivery counts the item.
-            with contextlib.suppress(Exception):
-                await self._done.delete(marker)
-            raise
+        job = await self._update(job_id, change, progress=True)
+        return [job if ok else None for ok in fresh]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -140,7 +190,7 @@ class JobStore:
             if not entry.value:
                 raise JobNotFound(job_id)
             job = JobStatus.model_validate_json(entry.value)
-            before = job.state
+            before, before_done = job.state, job.done
             if not change(job):
                 return job
             job.updated = now()
@@ -150,7 +200,7 @@ class JobStore:
                 # Another replica won the race: back off a little (jitter spreads the retries).
                 await asyncio.sleep(random.uniform(0, 0.005))
                 continue
-            if job.state is not before or not progress or _progress_tick(job):
+            if job.state is not before or not progress or _progress_tick(job, before_done):
                 await self._publish(job)
             return job
         raise RuntimeError(f"job {job_id}: too many concurrent updates")
@@ -163,12 +213,31 @@ class JobStore:
         await self._js.publish(s.job_result_subject(s.JOB_EVENTS, job.id), event.model_dump_json().encode())
 
 
+def _add_index(ranges: list[list[int]], i: int) -> bool:
+    """Insert `i` into sorted, disjoint, inclusive ranges; False if it is already there."""
+    k = bisect.bisect_right([r[0] for r in ranges], i)  # ranges[k - 1] starts at or before i
+    if k and ranges[k - 1][1] >= i:
+        return False
+    left = bool(k) and ranges[k - 1][1] == i - 1
+    right = k < len(ranges) and ranges[k][0] == i + 1
+    if left and right:
+        ranges[k - 1][1] = ranges[k][1]
+        del ranges[k]
+    elif left:
+        ranges[k - 1][1] = i
+    elif right:
+        ranges[k][0] = i
+    else:
+        ranges.insert(k, [i, i])
+    return True
+
+
 def _finish_if_done(job: JobStatus) -> None:
     if job.total and job.done >= job.total and not job.state.final:
         job.state, job.finished = JobState.SUCCEEDED, now()
 
 
-def _progress_tick(job: JobStatus) -> bool:
+def _progress_tick(job: JobStatus, before: int) -> bool:
     # Progress events about every 1% of a job: a WebSocket needs a moving bar, not 100k events.
     step = max(1, job.total // 100)
-    return job.done % step == 0
+    return job.done // step != before // step

@@ -1,0 +1,204 @@
+"""The validator service end to end on a real NATS, in local-packages mode (R4 core from files).
+
+Replicas run in-process (FastStream apps in the test loop) or as `python -m validator_service`
+subprocesses (the kill -9 test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import nats
+import orjson
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import (
+    HEADER_MSG_ID,
+    JobKind,
+    JobState,
+    JobStatus,
+    ValidateRequest,
+    ValidateResult,
+)
+from fhirschema_bus.jobs import JobStore
+from fhirschema_bus.servers import RunningServer
+from fhirschema_bus.settings import NatsSettings
+from fhirschema_bus.topology import ensure_topology
+from fhirschema_bus.worker import Worker, WorkerSettings
+from tests.conftest import PACKAGES, ROOT
+from validator_service import ValidatorSettings, bootstrap
+
+R4 = str(PACKAGES / "hl7.fhir.r4.core#4.0.1.tgz")
+FAST_RETRY = [0.05, 0.1, 0.2, 0.4]
+
+
+def patient(i: int, valid: bool = True) -> dict[str, Any]:
+    res: dict[str, Any] = {"resourceType": "Patient", "id": f"p{i}", "name": [{"family": f"F{i}"}]}
+    res["gender"] = "female" if valid else "bogus"
+    return res
+
+
+def validator(nats_url: str, name: str = "") -> Worker:
+    return bootstrap(
+        settings=ValidatorSettings(packages=R4),
+        nats=NatsSettings(url=nats_url, backoff_seconds=FAST_RETRY),
+        worker_settings=WorkerSettings(instance=name or f"test-{uuid.uuid4().hex[:8]}", heartbeat_seconds=1),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(*workers: Worker) -> AsyncIterator[tuple[Worker, ...]]:
+    for w in workers:
+        await w.app.start()
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            await w.app.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    await ensure_topology(client.jetstream())
+    yield client
+    await client.drain()
+
+
+async def publish_batch(js: JetStreamContext, job_id: str, resources: list[dict[str, Any]]) -> None:
+    async def one(i: int, res: dict[str, Any]) -> None:
+        req = ValidateRequest(job_id=job_id, index=i, resource=res)
+        await js.publish(
+            s.VALIDATE_BATCH_ITEM,
+            req.model_dump_json().encode(),
+            headers={HEADER_MSG_ID: f"req.{job_id}.{i}"},
+        )
+
+    items = list(enumerate(resources))
+    for k in range(0, len(items), 250):
+        await asyncio.gather(*(one(i, r) for i, r in items[k : k + 250]))
+
+
+async def wait_job(store: JobStore, job_id: str, timeout: float = 60.0) -> JobStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = await store.get(job_id)
+        if job is not None and job.state.final:
+            return job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} not finished in {timeout}s: {await store.get(job_id)}")
+
+
+async def stored_results(js: JetStreamContext, job_id: str) -> int:
+    subject = s.job_result_subject(s.VALIDATE_RESULT, job_id)
+    info = await js.stream_info(s.STREAM_RESULTS, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+async def test_single_valid_and_invalid_patient(nc: Client, nats_server: RunningServer) -> None:
+    js = nc.jetstream()
+    async with running(validator(nats_server.url)):
+        results = []
+        for i, ok in ((0, True), (1, False)):
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox, max_msgs=1)
+            req = ValidateRequest(job_id=uuid.uuid4().hex, resource=patient(i, ok), reply_to=inbox)
+            await js.publish(s.VALIDATE_ONE, req.model_dump_json().encode())
+            msg = await sub.next_msg(timeout=10)
+            results.append(ValidateResult.model_validate_json(msg.data))
+            assert await stored_results(js, req.job_id) == 1
+    good, bad = results
+    assert good.valid and good.resource_type == "Patient" and good.error is None
+    assert good.outcome["resourceType"] == "OperationOutcome"
+    assert not bad.valid and bad.error is None  # invalid FHIR is a result, not a failure
+    assert any("bogus" in i["diagnostics"] and i["severity"] == "error" for i in bad.outcome["issue"])
+
+
+async def test_two_replicas_share_a_batch_each_result_stored_once(
+    nc: Client, nats_server: RunningServer
+) -> None:
+    js = nc.jetstream()
+    store = await JobStore.open(js)
+    total = 2000
+    job = await store.create(JobKind.VALIDATE, total=total)
+    a, b = validator(nats_server.url, "replica-a"), validator(nats_server.url, "replica-b")
+    async with running(a, b):
+        t0 = time.monotonic()
+        await publish_batch(js, job.id, [patient(i, valid=i % 10 != 0) for i in range(total)])
+        final = await wait_job(store, job.id)
+        elapsed = time.monotonic() - t0
+        handled = (a.state["service"].handled, b.state["service"].handled)
+        beats = await (await js.key_value(s.KV_SERVICES)).keys()
+    print(f"\n2 replicas, {total} items: {elapsed:.2f}s ({total / elapsed:.0f}/s), split {handled}")
+    assert final.state is JobState.SUCCEEDED
+    assert (final.done, final.valid, final.invalid, final.failed) == (total, total - 200, 200, 0)
+    assert await stored_results(js, job.id) == total
+    assert min(handled) > 0, f"one replica did nothing: {handled}"
+    assert {"validator.replica-a", "validator.replica-b"} <= set(beats)
+
+
+@pytest.fixture
+def spawn(nats_server: RunningServer) -> Iterator[Any]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "FHIRSCHEMA_NATS_URL": nats_server.url,
+            "FHIRSCHEMA_NATS_ACK_WAIT_SECONDS": "1",
+            "FHIRSCHEMA_NATS_BACKOFF_SECONDS": orjson.dumps(FAST_RETRY).decode(),
+            "FHIRSCHEMA_VALIDATOR_PACKAGES": R4,
+            "FHIRSCHEMA_WORKER_INSTANCE": name,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "validator_service"], env=env, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def test_killed_replica_loses_nothing(nc: Client, spawn: Any) -> None:
+    js = nc.jetstream()
+    store = await JobStore.open(js)
+    total = 1500
+    job = await store.create(JobKind.VALIDATE, total=total)
+    first = spawn("doomed")
+    await publish_batch(js, job.id, [patient(i) for i in range(total)])
+    deadline = time.monotonic() + 30
+    while (j := await store.get(job.id)) is not None and j.done < total // 5:
+        assert time.monotonic() < deadline and first.poll() is None, "first replica made no progress"
+        await asyncio.sleep(0.02)
+    first.kill()  # SIGKILL mid-batch: its unacked messages must come back
+    first.wait()
+    mid = await store.get(job.id)
+    assert mid is not None and mid.done < total, "batch finished before the kill; make it bigger"
+    second = spawn("rescuer")
+    final = await wait_job(store, job.id, timeout=60)
+    # A clean SIGTERM stop of the second replica (graceful shutdown) within a few seconds.
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(10) == 0
+    assert final.state is JobState.SUCCEEDED and final.done == final.valid == total
+    assert await stored_results(js, job.id) == total
