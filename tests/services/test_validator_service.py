@@ -22,6 +22,7 @@ import orjson
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from validator_service import ValidatorSettings, bootstrap
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
@@ -38,7 +39,6 @@ from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import ensure_topology
 from fhirschema_bus.worker import Worker, WorkerSettings
 from tests.conftest import PACKAGES, ROOT
-from validator_service import ValidatorSettings, bootstrap
 
 R4 = str(PACKAGES / "hl7.fhir.r4.core#4.0.1.tgz")
 FAST_RETRY = [0.05, 0.1, 0.2, 0.4]
