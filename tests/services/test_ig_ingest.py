@@ -1,0 +1,167 @@
+"""ig-ingest on real servers: packages from a directory and from a local registry land in storage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from ig_ingest.app import bootstrap
+from ig_ingest.sources import DirectorySource, PackageNotFound, RegistrySource, fetch_first
+from nats.aio.client import Client
+from storage_service.app import Storage
+
+from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import IngestRequest, JobState, JobStatus
+from fhirschema_bus.object_store import ObjectStore
+from fhirschema_bus.servers import RunningServer
+from fhirschema_bus.settings import NatsSettings, PackageSettings
+from fhirschema_bus.worker import Worker, WorkerSettings
+from tests.conftest import PACKAGES
+from tests.services.registry_server import serve_registry
+from tests.services.test_storage_service import ask, start_storage
+
+SMALL = "hl7.fhir.us.core#3.1.1"
+
+
+@pytest.fixture
+def pkg_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "pkgs"
+    d.mkdir()
+    shutil.copy(PACKAGES / f"{SMALL}.tgz", d)
+    return d
+
+
+def test_registry_server_mimics_protocol(pkg_dir: Path) -> None:
+    with serve_registry(pkg_dir) as reg:
+        meta = httpx.get(f"{reg.base}/hl7.fhir.us.core").json()
+        assert meta["dist-tags"]["latest"] == "3.1.1"
+        assert meta["versions"]["3.1.1"]["dist"]["tarball"] == f"{reg.base}/hl7.fhir.us.core/3.1.1"
+        assert httpx.get(f"{reg.base}/hl7.fhir.us.core/").status_code == 200
+        assert httpx.get(f"{reg.base}/nope").status_code == 404
+        assert httpx.get(f"{reg.base}/hl7.fhir.us.core/9.9.9").status_code == 404
+        npm = httpx.get(f"{reg.base}/hl7.fhir.us.core/-/hl7.fhir.us.core-3.1.1.tgz")
+        assert npm.content[:2] == b"\x1f\x8b"
+
+
+def test_sources_first_wins_and_retries(pkg_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with serve_registry(pkg_dir) as reg:
+        reg.fail_next = 2  # two 503s, then the tarball: retried transparently
+        data, origin = fetch_first([DirectorySource(empty), RegistrySource(reg.base)], SMALL)
+        assert data[:2] == b"\x1f\x8b" and origin == reg.base
+        data2, origin2 = fetch_first([DirectorySource(pkg_dir), RegistrySource(reg.base)], SMALL)
+        assert origin2 == str(pkg_dir) and data2 == data
+        with pytest.raises(PackageNotFound, match="not found"):
+            fetch_first([DirectorySource(empty), RegistrySource(reg.base)], "x.y#1.0")
+
+
+@pytest.fixture
+async def storage(
+    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
+) -> AsyncIterator[Storage]:
+    st = await start_storage(nats_server, s3_server, redis_server)
+    yield st
+    await st.app.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
+    c = await nats.connect(nats_server.url)
+    yield c
+    await c.drain()
+
+
+async def run_ingest(storage: Storage, nats_server: RunningServer, sources: str, startup: str = "") -> Worker:
+    w = bootstrap(
+        nats=NatsSettings(url=nats_server.url),
+        s3=storage.store.settings,
+        packages=PackageSettings(package_sources=sources, packages=startup),
+        worker_settings=WorkerSettings(heartbeat_seconds=60),
+        store=ObjectStore(storage.store.settings),
+    )
+    await w.app.start()
+    return w
+
+
+async def wait_job(nc: Client, job_id: str, timeout: float = 60.0) -> JobStatus:
+    kv = await nc.jetstream().key_value(s.KV_JOBS)
+    for _ in range(int(timeout * 10)):
+        try:
+            job = JobStatus.model_validate_json((await kv.get(job_id)).value or b"")
+            if job.state.final:
+                return job
+        except Exception:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+async def wait_schemas(nc: Client, package: str, n: int, timeout: float = 30.0) -> dict:
+    for _ in range(int(timeout * 10)):
+        listed = await ask(nc, s.STORAGE_LIST, {"package": package, "limit": 1000})
+        if listed["total"] >= n:
+            return listed
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"only {listed['total']} schemas of {package} stored")
+
+
+async def test_ingest_from_directory_at_startup(
+    storage: Storage, nats_server: RunningServer, nc: Client, pkg_dir: Path
+) -> None:
+    w = await run_ingest(storage, nats_server, str(pkg_dir), startup=SMALL)
+    try:
+        await asyncio.sleep(0.5)
+        jobs = [j for j in await w.state["jobs"].list_recent(200) if j.detail.get("package") == SMALL]
+        job = await wait_job(nc, jobs[0].id)
+        assert job.state is JobState.SUCCEEDED, job
+        assert job.total == 30 and job.done == 30 and job.failed == 0
+        listed = await wait_schemas(nc, SMALL, 30)
+        assert all(i["package"] == SMALL for i in listed["items"])
+        patient = await ask(
+            nc,
+            s.STORAGE_GET_SCHEMA,
+            {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"},
+        )
+        assert patient["type"] == "Patient" and patient["elements"]
+        vs = await ask(
+            nc, s.STORAGE_GET_RESOURCE, {"url": "http://hl7.org/fhir/us/core/ValueSet/omb-race-category"}
+        )
+        assert vs["resourceType"] == "ValueSet"
+        tgz = storage.store.settings.bucket_packages
+        assert storage.store.exists(tgz, "hl7.fhir.us.core/hl7.fhir.us.core#3.1.1.tgz")
+    finally:
+        await w.app.stop()
+
+
+async def test_ingest_request_from_registry(
+    storage: Storage, nats_server: RunningServer, nc: Client, pkg_dir: Path
+) -> None:
+    with serve_registry(pkg_dir) as reg:
+        w = await run_ingest(storage, nats_server, "/nonexistent")
+        try:
+            js = nc.jetstream()
+            job_id = uuid.uuid4().hex
+            req = IngestRequest(job_id=job_id, package=SMALL, sources=[reg.base])
+            await js.publish(s.INGEST_PACKAGE, req.model_dump_json().encode())
+            job = await wait_job(nc, job_id)
+            assert job.state is JobState.SUCCEEDED and job.done == 30, job
+            assert any(p.endswith("/hl7.fhir.us.core/3.1.1") for p in reg.requests)
+            await wait_schemas(nc, SMALL, 30)
+            # unknown package -> failed job with a clear error, message not retried forever
+            bad = uuid.uuid4().hex
+            await js.publish(
+                s.INGEST_PACKAGE,
+                json.dumps({"job_id": bad, "package": "no.such#1.0.0", "sources": [reg.base]}).encode(),
+            )
+            failed = await wait_job(nc, bad)
+            assert failed.state is JobState.FAILED and "not found" in (failed.error or "")
+        finally:
+            await w.app.stop()
