@@ -1,0 +1,223 @@
+"""`make up`: the whole stack on loopback — NATS, S3, Redis and every service as its own process.
+
+Ports (env): FHIRSCHEMA_DEVSTACK_NATS_PORT (4222), FHIRSCHEMA_DEVSTACK_S3_PORT (8333),
+FHIRSCHEMA_DEVSTACK_REDIS_PORT (6379), FHIRSCHEMA_GATEWAY_PORT (8080); a busy port falls back to a
+free one (said on the console); 0 means "any free port". Data and logs under FHIRSCHEMA_DEVSTACK_DIR
+(default .devstack/). Ctrl-C or SIGTERM stops everything (process groups) within 5 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from fhirschema_bus import servers as srv
+
+SERVICES = [  # (name, module run with `python -m`)
+    ("storage", "storage_service"),
+    ("converter", "converter_service"),
+    ("validator", "validator_service"),
+    ("ig-ingest", "ig_ingest"),
+    ("gateway", "gateway"),
+]
+STOP_GRACE = 3.0  # SIGTERM -> SIGKILL; servers get the rest of the 5 s
+
+
+def say(msg: str) -> None:
+    print(f"[devstack] {msg}", flush=True)
+
+
+def pick_port(name: str, env: str, default: int) -> int:
+    wanted = int(os.environ.get(env, default))
+    if wanted and srv.port_is_free(wanted):
+        return wanted
+    port = srv.free_port()
+    if wanted:
+        say(f"{name}: port {wanted} is busy, using {port} instead (set {env} to choose)")
+    return port
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop_signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)  # the whole group: children of the service too
+
+
+@dataclass
+class Stack:
+    base: Path
+    servers: dict[str, srv.RunningServer] = field(default_factory=dict)
+    children: list[Child] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    gateway_url: str = ""
+
+    def start_servers(self) -> None:
+        ports = {
+            "nats": pick_port("NATS", "FHIRSCHEMA_DEVSTACK_NATS_PORT", 4222),
+            "s3": pick_port("S3", "FHIRSCHEMA_DEVSTACK_S3_PORT", 8333),
+            "redis": pick_port("Redis", "FHIRSCHEMA_DEVSTACK_REDIS_PORT", 6379),
+        }
+        starters = {"nats": srv.start_nats, "s3": srv.start_s3, "redis": srv.start_redis}
+        with ThreadPoolExecutor(3) as pool:
+            futures = {k: pool.submit(f, self.base, port=ports[k]) for k, f in starters.items()}
+        errors = []
+        for k, fut in futures.items():
+            try:
+                self.servers[k] = fut.result()
+                say(
+                    f"{k:9} {self.servers[k].url}  (pid {self.servers[k].pid}, log {self.servers[k].log_path})"
+                )
+            except Exception as e:
+                errors.append(f"{k}: {e}")
+        if errors:
+            raise srv.ServerStartError("\n".join(errors))
+
+    def service_env(self) -> dict[str, str]:
+        gw_port = pick_port("gateway", "FHIRSCHEMA_GATEWAY_PORT", 8080)
+        self.gateway_url = f"http://{srv.HOST}:{gw_port}"
+        s3 = self.servers["s3"]
+        env = {
+            **os.environ,
+            "FHIRSCHEMA_NATS_URL": self.servers["nats"].url,
+            "FHIRSCHEMA_S3_ENDPOINT": s3.url.removeprefix("http://"),
+            "FHIRSCHEMA_S3_ACCESS_KEY": s3.access_key or srv.S3_ACCESS_KEY,
+            "FHIRSCHEMA_S3_SECRET_KEY": s3.secret_key or srv.S3_SECRET_KEY,
+            "FHIRSCHEMA_REDIS_URL": self.servers["redis"].url,
+            "FHIRSCHEMA_GATEWAY_HOST": srv.HOST,
+            "FHIRSCHEMA_GATEWAY_PORT": str(gw_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        return env
+
+    def start_services(self) -> None:
+        self.env = self.service_env()
+        logs = self.base / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name, module in SERVICES:
+            if not _runnable(module):
+                say(f"{name:9} MISSING: module {module} (or its __main__) is not importable; not started")
+                continue
+            log = logs / f"{name}.log"
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", module], stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                )  # fmt: skip
+            self.children.append(Child(name, proc, log))
+            say(f"{name:9} started (pid {proc.pid}, log {log})")
+        self.write_state()
+
+    def write_state(self) -> None:
+        state = {
+            "servers": {k: s.pid for k, s in self.servers.items()},
+            "services": {c.name: c.proc.pid for c in self.children},
+            "gateway": self.gateway_url,
+        }
+        (self.base / "state.json").write_text(json.dumps(state, indent=2))
+
+    def wait_gateway(self, timeout: float = 60.0) -> bool:
+        gw = next((c for c in self.children if c.name == "gateway"), None)
+        if gw is None:
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if gw.proc.poll() is not None:
+                say(f"gateway exited with code {gw.proc.returncode}; log tail:\n{srv._tail(gw.log, 20)}")
+                return False
+            with (
+                contextlib.suppress(Exception),
+                urllib.request.urlopen(f"{self.gateway_url}/health", timeout=1) as r,
+            ):
+                if r.status == 200:
+                    return True
+            time.sleep(0.2)
+        say(f"gateway did not answer /health within {timeout:.0f}s (log {gw.log})")
+        return False
+
+    def check_children(self, reported: set[str]) -> None:
+        for c in self.children:
+            if c.proc.poll() is not None and c.name not in reported:
+                reported.add(c.name)
+                say(f"{c.name} exited with code {c.proc.returncode}; log tail:\n{srv._tail(c.log, 15)}")
+
+    def stop(self) -> None:
+        t0 = time.monotonic()
+        for c in self.children:
+            c.stop_signal(signal.SIGTERM)
+        deadline = t0 + STOP_GRACE
+        for c in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                c.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for c in self.children:
+            if c.proc.poll() is None:
+                say(f"{c.name} did not stop in {STOP_GRACE:.0f}s: killed")
+            c.stop_signal(signal.SIGKILL)  # also any grandchild left in the group
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                c.proc.wait(timeout=1.0)
+        with ThreadPoolExecutor(max(1, len(self.servers))) as pool:
+            list(pool.map(lambda s: s.stop(timeout=1.0), self.servers.values()))
+        say(f"stopped everything in {time.monotonic() - t0:.1f}s")
+
+
+def _runnable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"{module}.__main__") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def main() -> int:
+    base = Path(os.environ.get("FHIRSCHEMA_DEVSTACK_DIR", ".devstack")).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    stack = Stack(base)
+    code = 0
+    try:
+        stack.start_servers()
+        stack.start_services()
+        say(f"package sources: {os.environ.get('FHIRSCHEMA_PACKAGE_SOURCES', '(default registries)')}")
+        if stack.wait_gateway():
+            say(f"gateway   {stack.gateway_url}  (docs {stack.gateway_url}/docs) — Ctrl-C stops everything")
+        reported: set[str] = set()
+        while True:
+            stack.check_children(reported)
+            time.sleep(0.5)
+    except _Stop as e:
+        say(f"{e}: stopping")
+    except srv.ServerStartError as e:
+        say(f"could not start: {e}")
+        code = 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stack.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
