@@ -1,0 +1,115 @@
+"""Offline checks of the deployment manifests (no cluster, no Docker): `python k8s/check.py`.
+
+Kubernetes: every document parses, has apiVersion/kind/metadata.name/namespace, Deployment and
+StatefulSet selectors match their pod labels, every Service selects some workload, env refs
+(ConfigMap/Secret) exist, the HPA targets an existing Deployment. Compose: every service has an
+image or a build whose Dockerfile exists, depends_on names defined services, and host names in
+the environment URLs are services.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = {"Deployment", "StatefulSet"}
+
+
+def load_k8s(root: Path = ROOT / "k8s") -> list[dict[str, Any]]:
+    docs = []
+    for f in sorted(root.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    return docs
+
+
+def check_k8s(docs: list[dict[str, Any]]) -> list[str]:
+    errs: list[str] = []
+    by_kind: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        kind, meta = d.get("kind"), d.get("metadata") or {}
+        name = meta.get("name")
+        if not (d.get("apiVersion") and kind and name):
+            errs.append(f"document without apiVersion/kind/metadata.name: {d}")
+            continue
+        if kind != "Namespace" and meta.get("namespace") != "fhirschema":
+            errs.append(f"{kind}/{name}: namespace must be fhirschema")
+        by_kind.setdefault(kind, {})[name] = d
+    pod_labels: list[dict] = []
+    for kind in WORKLOADS:
+        for name, d in by_kind.get(kind, {}).items():
+            spec = d["spec"]
+            sel = spec.get("selector", {}).get("matchLabels", {})
+            labels = spec["template"]["metadata"].get("labels", {})
+            if not sel or any(labels.get(k) != v for k, v in sel.items()):
+                errs.append(f"{kind}/{name}: selector {sel} does not match pod labels {labels}")
+            pod_labels.append(labels)
+            for c in spec["template"]["spec"]["containers"]:
+                if not c.get("image"):
+                    errs.append(f"{kind}/{name}: container {c.get('name')} has no image")
+                for ref in c.get("envFrom", []):
+                    for key, k in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+                        if key in ref and ref[key]["name"] not in by_kind.get(k, {}):
+                            errs.append(f"{kind}/{name}: {k} {ref[key]['name']} not defined")
+                for env in c.get("env", []):
+                    src = (env.get("valueFrom") or {}).get("secretKeyRef")
+                    if src and src["name"] not in by_kind.get("Secret", {}):
+                        errs.append(f"{kind}/{name}: Secret {src['name']} not defined")
+    for name, svc in by_kind.get("Service", {}).items():
+        sel = svc["spec"].get("selector", {})
+        if not any(all(lbl.get(k) == v for k, v in sel.items()) for lbl in pod_labels):
+            errs.append(f"Service/{name}: selector {sel} matches no workload")
+    for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+        ref = hpa["spec"]["scaleTargetRef"]
+        if ref["name"] not in by_kind.get(ref["kind"], {}):
+            errs.append(f"HPA/{name}: target {ref['kind']}/{ref['name']} not defined")
+        if hpa["spec"].get("minReplicas", 1) > hpa["spec"]["maxReplicas"]:
+            errs.append(f"HPA/{name}: minReplicas > maxReplicas")
+    return errs
+
+
+def check_compose(path: Path = ROOT / "docker-compose.yml") -> tuple[list[str], list[str]]:
+    """(errors, missing Dockerfiles)."""
+    doc = yaml.safe_load(path.read_text())
+    services: dict[str, dict] = doc.get("services", {})
+    errs, missing = [], []
+    for name, svc in services.items():
+        if not (svc.get("image") or svc.get("build")):
+            errs.append(f"compose {name}: neither image nor build")
+        if build := svc.get("build"):
+            ctx = ROOT / (build.get("context", ".") if isinstance(build, dict) else build)
+            dockerfile = ctx / (
+                build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
+            )
+            if not dockerfile.is_file():
+                missing.append(str(dockerfile.relative_to(ROOT)))
+        for dep in svc.get("depends_on", []):
+            if dep not in services:
+                errs.append(f"compose {name}: depends_on unknown service {dep}")
+        env = svc.get("environment") or {}
+        for key, value in env.items() if isinstance(env, dict) else []:
+            for host in re.findall(r"^[a-z]+://([A-Za-z0-9_-]+)[:/]", str(value)):
+                if host not in services:
+                    errs.append(f"compose {name}: {key} points at unknown host {host}")
+            if key.endswith("_ENDPOINT") and str(value).split(":")[0] not in services:
+                errs.append(f"compose {name}: {key} points at unknown host {value}")
+    return errs, missing
+
+
+def main() -> int:
+    errs = check_k8s(load_k8s())
+    cerrs, missing = check_compose()
+    for e in [*errs, *cerrs]:
+        print("ERROR", e)
+    for m in missing:
+        print("MISSING", m)
+    print("ok" if not (errs or cerrs or missing) else "problems found")
+    return 1 if errs or cerrs or missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
