@@ -28,7 +28,7 @@ def test_k8s_checker_catches_mistakes() -> None:
     docs = check.load_k8s()
     for d in docs:
         if d["kind"] == "Deployment" and d["metadata"]["name"] == "gateway":
-            d["spec"]["selector"]["matchLabels"] = {"app": "gw"}
+            d["spec"]["template"]["metadata"]["labels"] = {"app": "gw"}
     errs = check.check_k8s(docs)
     assert any("Deployment/gateway: selector" in e for e in errs)
     assert any("Service/gateway" in e for e in errs)
