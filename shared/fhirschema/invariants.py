@@ -31,6 +31,8 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from fhirschema.fastpath import compile_subset, guard
+
 __all__ = ["InvariantResult", "InvariantSyntaxError", "Invariants"]
 
 # Well-known FHIR environment variables (FHIR R4 §2.1.9.1); %resource etc. are per call.
@@ -146,6 +148,14 @@ class Invariants:
         root: dict | None = None,
         path: str | None = None,
     ) -> InvariantResult:
+        fast = compile_subset(expression)
+        if fast is not None:  # the common subset, natively (see fastpath.py); None → full engine
+            verdict = fast(node, {"root": root if root is not None else resource, "resource": resource})
+            if verdict is not None:
+                return _TRUE if verdict else _FALSE
+        shortcut = guard(expression)
+        if shortcut is not None and shortcut(node):
+            return _TRUE
         compiled = self.compile(expression)
         if compiled.ast is None:
             return InvariantResult(None, compiled.error)
@@ -176,6 +186,10 @@ class Invariants:
             # fhirpathpy messages can embed whole collections: keep the issue readable.
             return InvariantResult(None, f"evaluation failed: {str(exc)[:200]}")
         return _as_result(result)
+
+
+_TRUE = InvariantResult(True)
+_FALSE = InvariantResult(False)
 
 
 def _ignore_trace(label: str, value: object) -> None:
