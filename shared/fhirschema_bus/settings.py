@@ -12,7 +12,12 @@ class NatsSettings(BaseSettings):
     url: str = "nats://127.0.0.1:4222"
     max_deliver: int = 5  # then the message goes to the dead-letter stream
     ack_wait_seconds: float = 30.0
-    backoff_seconds: list[float] = Field(default_factory=lambda: [0.5, 2.0, 5.0, 15.0])
+    # Server-side BackOff of the durable consumers. Keep it empty: when set, NATS uses
+    # backoff[0] as the ack wait (in-flight work is redelivered after 0.5 s, whatever
+    # ack_wait_seconds says) and ignores the delay of a NAK (measured with nats-server 2.12).
+    backoff_seconds: list[float] = Field(default_factory=list)
+    # Delays between retries of a failed message: the worker NAKs with these (one per delivery).
+    retry_delays_seconds: list[float] = Field(default_factory=lambda: [0.5, 2.0, 5.0, 15.0])
 
 
 class S3Settings(BaseSettings):
