@@ -179,7 +179,7 @@ class Worker:
     # -- acknowledgement policy ----------------------------------------------------------------
 
     def backoff(self, deliveries: int) -> float:
-        delays = self.nats.backoff_seconds or [1.0]
+        delays = self.nats.retry_delays_seconds or [1.0]
         return delays[min(max(deliveries, 1), len(delays)) - 1]
 
 

@@ -36,7 +36,7 @@ from fhirschema_bus.contracts import (
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.servers import RunningServer
 from fhirschema_bus.settings import NatsSettings
-from fhirschema_bus.topology import ensure_topology
+from fhirschema_bus.topology import DURABLES, consumer_config, ensure_topology
 from fhirschema_bus.worker import Worker, WorkerSettings
 from tests.conftest import PACKAGES, ROOT
 
@@ -53,7 +53,7 @@ def patient(i: int, valid: bool = True) -> dict[str, Any]:
 def validator(nats_url: str, name: str = "") -> Worker:
     return bootstrap(
         settings=ValidatorSettings(packages=R4),
-        nats=NatsSettings(url=nats_url, backoff_seconds=FAST_RETRY),
+        nats=NatsSettings(url=nats_url, retry_delays_seconds=FAST_RETRY),
         worker_settings=WorkerSettings(instance=name or f"test-{uuid.uuid4().hex[:8]}", heartbeat_seconds=1),
     )
 
@@ -158,7 +158,7 @@ def spawn(nats_server: RunningServer) -> Iterator[Any]:
             **os.environ,
             "FHIRSCHEMA_NATS_URL": nats_server.url,
             "FHIRSCHEMA_NATS_ACK_WAIT_SECONDS": "1",
-            "FHIRSCHEMA_NATS_BACKOFF_SECONDS": orjson.dumps(FAST_RETRY).decode(),
+            "FHIRSCHEMA_NATS_RETRY_DELAYS_SECONDS": orjson.dumps(FAST_RETRY).decode(),
             "FHIRSCHEMA_VALIDATOR_PACKAGES": R4,
             "FHIRSCHEMA_WORKER_INSTANCE": name,
         }
@@ -180,8 +180,24 @@ def spawn(nats_server: RunningServer) -> Iterator[Any]:
                 proc.wait()
 
 
+@pytest.fixture
+async def short_ack_wait(nc: Client) -> AsyncIterator[None]:
+    """The batch durable with a 1 s ack wait, so a dead replica's messages come back quickly.
+
+    ensure_topology never changes an existing consumer, so the test updates it (and restores it).
+    """
+    js = nc.jetstream()
+    durable = next(d for d in DURABLES if d.name == s.DURABLE_VALIDATOR_BATCH)
+    await js.add_consumer(s.STREAM_REQUESTS, consumer_config(durable, NatsSettings(ack_wait_seconds=1.0)))
+    yield
+    await js.add_consumer(s.STREAM_REQUESTS, consumer_config(durable, NatsSettings()))
+
+
+@pytest.mark.usefixtures("short_ack_wait")
 async def test_killed_replica_loses_nothing(nc: Client, spawn: Any) -> None:
     js = nc.jetstream()
+    ci = await js.consumer_info(s.STREAM_REQUESTS, s.DURABLE_VALIDATOR_BATCH)
+    assert ci.config.ack_wait == 1.0
     store = await JobStore.open(js)
     total = 1500
     job = await store.create(JobKind.VALIDATE, total=total)
