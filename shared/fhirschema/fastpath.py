@@ -12,6 +12,7 @@ stay with the maintained library.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -363,18 +364,25 @@ def _compare(a: Eval, b: Eval, op: str) -> Eval:
         left, right = a(n, env), b(n, env)
         if not left or not right:
             return []
-        x, y = _single(left), _single(right)
-        # Only numbers: dates and quantities need FHIRPath's precision rules.
-        if (
-            not isinstance(x, int | float)
-            or not isinstance(y, int | float)
-            or isinstance(x, bool)
-            or isinstance(y, bool)
-        ):
-            raise Unsupported("ordering of non-numbers")
+        x, y = _ordered(_single(left)), _ordered(_single(right))
         return [x < y if op == "<" else x > y if op == ">" else x <= y if op == "<=" else x >= y]
 
     return fn
+
+
+_FULL_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _ordered(value: Any) -> Any:
+    """A comparable form: numbers, and full date-times with zones (as instants).
+
+    Partial dates and zone-less times need FHIRPath's precision rules: left to the full engine.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _FULL_DATETIME.match(value):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    raise Unsupported("ordering needs FHIRPath precision rules")
 
 
 Check = Callable[[Any, dict[str, Any]], bool | None]
