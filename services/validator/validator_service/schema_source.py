@@ -58,8 +58,12 @@ class StorageClient:
         except (NatsTimeout, NoRespondersError) as e:
             raise SourceUnavailable(f"storage did not answer {subject} for {ref}: {e!r}") from e
         data = orjson.loads(reply.data) if reply.data else None
-        if not isinstance(data, dict) or ("error" in data and len(data) <= 2):
-            return None  # {"error": "not found"} (a schema never has just an `error` key)
+        if not isinstance(data, dict):
+            return None
+        if "error" in data and set(data) <= {"error", "status"}:  # storage's error reply
+            if int(data.get("status") or 0) >= 500:  # S3 behind storage is down: retry later
+                raise SourceUnavailable(f"storage: {data['error']}")
+            return None  # 404 (unknown url) or 400
         return data
 
 
