@@ -113,9 +113,11 @@ class Bus:
             name=self.name,
             connect_timeout=2,
             reconnect_time_wait=1,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=1,  # the first connect fails fast; start() retries
             allow_reconnect=True,
+            error_cb=self._on_error,
         )
+        nc.options["max_reconnect_attempts"] = -1  # once connected: reconnect forever
         try:
             js = nc.jetstream()
             await ensure_topology(js, self.settings)
@@ -125,6 +127,9 @@ class Bus:
             await nc.close()
             raise
         self.nc, self._js = nc, js
+
+    async def _on_error(self, e: Exception) -> None:
+        log.warning("NATS: %s", e or type(e).__name__)
 
     async def stop(self) -> None:
         if self._retry is not None:

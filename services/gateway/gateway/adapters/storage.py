@@ -63,4 +63,4 @@ class NatsSchemaRepository:
     async def delete(self, schema_id: str) -> bool:
         query = SchemaQuery(id=schema_id)
         data = await self._call(s.STORAGE_DELETE, query.model_dump_json(exclude_none=True).encode())
-        return data is not None
+        return bool(data) and bool(data.get("deleted", True) if isinstance(data, dict) else data)

@@ -15,10 +15,12 @@ router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
 
 @router.get("", response_model=list[DeadLetter])
 async def list_dead_letters(
-    c: ContainerDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    c: ContainerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[int, Query(ge=0, description="stream sequence to continue after")] = 0,
 ) -> list[DeadLetter]:
-    """Newest first."""
-    return [letter for _, letter in await c.dead_letters.list(limit)]
+    """Oldest first; page with ?after=<last stream_seq>."""
+    return await c.dead_letters.list(limit, after)
 
 
 @router.get("/{seq}", response_model=DeadLetter)

@@ -90,7 +90,10 @@ class ValidationService:
 
     async def on_late(self, job_id: str, data: bytes) -> None:
         """A reply after its caller gave up: keep it as the job's result and count it."""
-        result = ValidateResult.model_validate_json(data)
+        try:
+            result = ValidateResult.model_validate_json(data)
+        except ValueError:
+            return  # e.g. a conversion reply after its caller gave up: nothing to keep
         subject = s.job_result_subject(s.VALIDATE_RESULT, job_id)
         await self.d.bus.js.publish(subject, data, headers={"Nats-Msg-Id": f"{job_id}.{result.index}"})
         outcome = "failed" if result.error else ("valid" if result.valid else "invalid")

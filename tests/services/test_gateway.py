@@ -1,0 +1,333 @@
+"""The gateway over real NATS, S3 and Redis, with the real validator and storage services."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import tarfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import websockets
+
+from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import DeadLetter, JobKind
+from tests.services.test_gateway_support import MAX_BODY, MAX_ITEMS, R4, Stack, gateway_stack, settings_for
+
+PATIENT = {"resourceType": "Patient", "gender": "female", "birthDate": "1970-01-01"}
+BAD_PATIENT = {"resourceType": "Patient", "gender": "robot", "birthDate": "yesterday"}
+FHIR = {"content-type": "application/fhir+json"}
+
+
+@pytest.fixture(scope="session")
+async def stack(nats_server, s3_server, redis_server, tmp_path_factory) -> AsyncIterator[Stack]:
+    async with gateway_stack(nats_server, s3_server, redis_server, tmp_path_factory.mktemp("gw")) as st:
+        yield st
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with stack.client() as c:
+        yield c
+
+
+async def wait_final(client: httpx.AsyncClient, path: str, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await client.get(path)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return body
+        await asyncio.sleep(0.1)
+
+
+def sd_from_core(name: str) -> dict[str, Any]:
+    with tarfile.open(R4) as tar:
+        f = tar.extractfile(f"package/StructureDefinition-{name}.json")
+        assert f is not None
+        return orjson.loads(f.read())
+
+
+# --- operations -------------------------------------------------------------------------------
+
+
+async def test_health_openapi_docs(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for p in (
+        "/validate",
+        "/validate/batch",
+        "/schemas/{schema_id}",
+        "/jobs/{job_id}",
+        "/dead-letters/{seq}/replay",
+    ):
+        assert p in paths
+    assert "swagger" in (await client.get("/docs")).text.lower()
+
+
+async def test_ready_and_info(client: httpx.AsyncClient) -> None:
+    r = await client.get("/ready")
+    assert r.status_code == 200, r.text
+    assert all(c["ok"] for c in r.json()["checks"].values())
+    for _ in range(50):  # the validator's heartbeat lands in KV within a moment
+        info = (await client.get("/info")).json()
+        if any(sv["service"] == "validator" for sv in info["services"]):
+            break
+        await asyncio.sleep(0.2)
+    assert info["version"] and info["nats"] is True
+    assert {sv["service"] for sv in info["services"]} >= {"validator"}
+
+
+async def test_ready_names_what_failed(nats_server, s3_server, stack: Stack) -> None:
+    from gateway.app import create_app
+
+    st = settings_for(nats_server.url, s3_server, "redis://127.0.0.1:1/0")
+    app = create_app(st)
+    transport = httpx.ASGITransport(app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as c,
+    ):
+        r = await c.get("/ready")
+    assert r.status_code == 503
+    assert r.json()["failed"] == ["redis"]
+
+
+async def test_nats_unavailable_is_503(s3_server, redis_server, stack: Stack) -> None:
+    from gateway.app import create_app
+
+    app = create_app(settings_for("nats://127.0.0.1:1", s3_server, redis_server.url))
+    transport = httpx.ASGITransport(app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as c,
+    ):
+        assert (await c.get("/health")).status_code == 200
+        r = await c.post("/validate", json=PATIENT)
+        assert r.status_code == 503 and "NATS" in r.text
+        ready = await c.get("/ready")
+        assert ready.status_code == 503 and "nats" in ready.json()["failed"]
+
+
+async def test_metrics(client: httpx.AsyncClient) -> None:
+    await client.post("/validate", json=PATIENT)
+    text = (await client.get("/metrics")).text
+    assert 'gateway_http_requests_total{method="POST",route="/validate",status="200"}' in text
+    assert "gateway_http_request_seconds_bucket" in text
+    assert "gateway_sync_validations_in_flight" in text and "gateway_sync_timeouts_total" in text
+
+
+# --- POST /validate ---------------------------------------------------------------------------
+
+
+async def test_validate_valid_and_invalid(client: httpx.AsyncClient) -> None:
+    r = await client.post("/validate", content=orjson.dumps(PATIENT), headers=FHIR)
+    assert r.status_code == 200 and r.headers["x-validation-result"] == "valid"
+    assert r.json()["resourceType"] == "OperationOutcome"
+    r = await client.post("/validate", json=BAD_PATIENT)
+    assert r.status_code == 200 and r.headers["x-validation-result"] == "invalid"
+    assert any(i["severity"] == "error" for i in r.json()["issue"])
+
+
+async def test_validate_with_profile_query(client: httpx.AsyncClient) -> None:
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}
+    r = await client.post(
+        "/validate", params={"profile": "http://hl7.org/fhir/StructureDefinition/bodyweight"}, json=obs
+    )
+    assert r.status_code == 200 and r.headers["x-validation-result"] == "invalid"  # no category, no value
+
+
+async def test_validate_large_resource_goes_by_reference(client: httpx.AsyncClient) -> None:
+    big = {**PATIENT, "name": [{"family": f"N{i:06d}" * 8} for i in range(12_000)]}
+    body = orjson.dumps(big)
+    assert 512 * 1024 < len(body) < MAX_BODY
+    r = await client.post("/validate", content=body, headers=FHIR)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-validation-result"] == "valid"
+
+
+async def test_validate_errors(client: httpx.AsyncClient) -> None:
+    r = await client.post("/validate", content=b"{not json", headers=FHIR)
+    assert r.status_code == 400 and "malformed JSON" in r.json()["issue"][0]["diagnostics"]
+    assert (await client.post("/validate", content=b"[1]", headers=FHIR)).status_code == 400
+    r = await client.post("/validate", content=b"<Patient/>", headers={"content-type": "application/xml"})
+    assert r.status_code == 415 and r.json()["resourceType"] == "OperationOutcome"
+    r = await client.post("/validate", content=b'{"a":"' + b"x" * MAX_BODY + b'"}', headers=FHIR)
+    assert r.status_code == 413
+
+
+async def test_validate_timeout_then_status(client: httpx.AsyncClient) -> None:
+    r = await client.post("/validate", params={"timeout": 0.0001}, json=BAD_PATIENT)
+    assert r.status_code == 504, r.text
+    job = r.json()["job"]
+    assert r.headers["location"] == f"/validate/status/{job}"
+    status = await wait_final(client, f"/validate/status/{job}")
+    assert status["state"] == "succeeded" and status["invalid"] == 1
+    lines = (await client.get(f"/validate/results/{job}")).text.splitlines()
+    assert len(lines) == 1 and orjson.loads(lines[0])["valid"] is False
+    assert "gateway_sync_timeouts_total 1.0" in (await client.get("/metrics")).text
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+async def test_batch_json_array(client: httpx.AsyncClient) -> None:
+    items = [PATIENT, BAD_PATIENT, PATIENT, {"resourceType": "Patient", "active": "yes"}]
+    r = await client.post("/validate/batch", json=items)
+    assert r.status_code == 202, r.text
+    job = r.json()["job"]
+    assert r.headers["location"] == f"/validate/status/{job}"
+    status = await wait_final(client, r.headers["location"])
+    assert status["state"] == "succeeded"
+    assert (status["total"], status["done"], status["valid"], status["invalid"]) == (4, 4, 2, 2)
+    r = await client.get(f"/validate/results/{job}", params={"wait": 10})
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    rows = sorted((orjson.loads(x) for x in r.text.splitlines()), key=lambda x: x["index"])
+    assert [x["index"] for x in rows] == [0, 1, 2, 3]
+    assert [x["valid"] for x in rows] == [True, False, True, False]
+    assert rows[1]["source"] == "1" and rows[1]["outcome"]["resourceType"] == "OperationOutcome"
+
+
+async def test_batch_bundle_and_ndjson(client: httpx.AsyncClient) -> None:
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": PATIENT}] * 3}
+    r = await client.post("/validate/batch", content=orjson.dumps(bundle), headers=FHIR)
+    assert r.status_code == 202
+    assert (await wait_final(client, r.headers["location"]))["valid"] == 3
+    nd = b"\n".join(orjson.dumps(x) for x in (PATIENT, BAD_PATIENT)) + b"\n\n"
+    r = await client.post("/validate/batch", content=nd, headers={"content-type": "application/x-ndjson"})
+    job = r.json()["job"]
+    status = await wait_final(client, r.headers["location"])
+    assert (status["valid"], status["invalid"]) == (1, 1)
+    rows = [orjson.loads(x) for x in (await client.get(f"/validate/results/{job}?wait=10")).text.splitlines()]
+    assert sorted(x["source"] for x in rows) == ["line 1", "line 2"]
+
+
+async def test_batch_errors(client: httpx.AsyncClient) -> None:
+    nd = {"content-type": "application/x-ndjson"}
+    assert (await client.post("/validate/batch", content=b"{}\n{oops", headers=nd)).status_code == 400
+    assert (await client.post("/validate/batch", json=[])).status_code == 400
+    assert (await client.post("/validate/batch", json={"resourceType": "Patient"})).status_code == 400
+    assert (await client.post("/validate/batch", json=[{}] * (MAX_ITEMS + 1))).status_code == 413
+    big = b"[" + b",".join([b'{"resourceType":"Patient","id":"' + b"x" * 1000 + b'"}'] * 2100) + b"]"
+    assert (await client.post("/validate/batch", content=big, headers=FHIR)).status_code == 413
+    r = await client.post("/validate/batch", content=b"a,b", headers={"content-type": "text/csv"})
+    assert r.status_code == 415
+    for path in ("/validate/status/nope", "/validate/results/nope", "/convert/status/nope"):
+        r = await client.get(path)
+        assert r.status_code == 404 and r.json()["issue"][0]["code"] == "not-found"
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+async def test_jobs_list_and_cancel(client: httpx.AsyncClient, stack: Stack) -> None:
+    job = await stack.jobs.create(JobKind.VALIDATE, 10)
+    r = await client.get("/jobs", params={"kind": "validate"})
+    assert job.id in [j["id"] for j in r.json()]
+    r = await client.delete(f"/jobs/{job.id}")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert (await client.get(f"/validate/status/{job.id}")).json()["state"] == "cancelled"
+    assert (await client.delete("/jobs/unknown")).status_code == 404
+
+
+# --- WebSocket --------------------------------------------------------------------------------
+
+
+async def test_websocket_outcomes_and_events(stack: Stack) -> None:
+    job = await stack.jobs.create(JobKind.VALIDATE, 2)
+    async with websockets.connect(f"{stack.ws_url}/validate/stream") as ws:
+        await ws.send(orjson.dumps(PATIENT).decode())
+        await ws.send(orjson.dumps(BAD_PATIENT).decode())
+        got = {m["index"]: m for m in [orjson.loads(await ws.recv()) for _ in range(2)]}
+        assert got[0]["valid"] is True and got[1]["valid"] is False
+        assert got[1]["outcome"]["resourceType"] == "OperationOutcome"
+        await ws.send("{broken")
+        assert "malformed" in orjson.loads(await ws.recv())["error"]
+        await ws.send(orjson.dumps({"subscribe": job.id}).decode())
+        first = orjson.loads(await ws.recv())
+        assert first["job"] == job.id and first["status"]["total"] == 2
+        await stack.jobs.record(job.id, 0, "valid")
+        await stack.jobs.record(job.id, 1, "invalid")
+        events = [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+        assert events[-1]["event"]["state"] == "succeeded" and events[-1]["event"]["done"] == 2
+        await ws.send(orjson.dumps({"subscribe": "nope"}).decode())
+        assert orjson.loads(await ws.recv())["status"] == 404
+
+
+# --- conversion and schemas -------------------------------------------------------------------
+
+
+async def test_convert(client: httpx.AsyncClient) -> None:
+    formats = (await client.get("/convert/formats")).json()
+    assert formats["outputs"][0]["format"] == "FHIRSchema"
+    sd = sd_from_core("bodyweight")
+    r = await client.post("/convert/structuredefinition", json=sd)
+    assert r.status_code == 200, r.text
+    assert r.json()["url"] == sd["url"]
+    assert (await client.post("/convert/structuredefinition", json=PATIENT)).status_code == 400
+    r = await client.post("/convert/batch", json=[sd, sd_from_core("heartrate")])
+    assert r.status_code == 202
+    status = await wait_final(client, r.headers["location"])
+    assert status["state"] == "succeeded" and status["done"] == 2
+
+
+async def test_schemas_crud(client: httpx.AsyncClient) -> None:
+    schema = {"url": "http://example.org/fhir/StructureDefinition/demo", "name": "demo", "type": "Patient"}
+    schema |= {
+        "kind": "resource",
+        "derivation": "constraint",
+        "base": "http://hl7.org/fhir/StructureDefinition/Patient",
+    }
+    schema["elements"] = {"gender": {"min": 1}}
+    r = await client.post("/schemas", json=schema)
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    assert r.headers["location"] == f"/schemas/{sid}"
+    listed = (await client.get("/schemas", params={"url": schema["url"]})).json()
+    assert [x["id"] for x in listed] == [sid]
+    assert (await client.get(f"/schemas/{sid}")).json()["elements"] == {"gender": {"min": 1}}
+    r = await client.put(f"/schemas/{sid}", json={**schema, "elements": {"gender": {"min": 0}}})
+    assert r.status_code == 200 and r.json()["id"] == sid
+    assert (await client.get(f"/schemas/{sid}")).json()["elements"] == {"gender": {"min": 0}}
+    assert (await client.delete(f"/schemas/{sid}")).status_code == 204
+    assert (await client.get(f"/schemas/{sid}")).status_code == 404
+    assert (await client.delete(f"/schemas/{sid}")).status_code == 404
+    r = await client.post("/schemas", json=sd_from_core("bodyweight"), params={"package": "demo#1.0.0"})
+    assert r.status_code == 201, r.text
+    assert r.json()["url"] == "http://hl7.org/fhir/StructureDefinition/bodyweight"
+    assert (await client.post("/schemas", json={"hello": 1})).status_code == 400
+    assert (
+        await client.post("/schemas", content=b"x", headers={"content-type": "text/plain"})
+    ).status_code == 415
+
+
+# --- dead letters -----------------------------------------------------------------------------
+
+
+async def test_dead_letters(client: httpx.AsyncClient, stack: Stack) -> None:
+    payload = orjson.dumps({"job_id": "dl-test", "resource": PATIENT})
+    letter = DeadLetter(
+        subject=s.VALIDATE_BATCH_ITEM, payload=base64.b64encode(payload).decode(), error="boom",
+        deliveries=5, service="validator",
+    )  # fmt: skip
+    ack = await stack.js.publish(
+        f"{s.DEAD_LETTER}.{s.VALIDATE_BATCH_ITEM}", letter.model_dump_json().encode()
+    )
+    listed = (await client.get("/dead-letters")).json()
+    assert any(x["stream_seq"] == ack.seq and x["error"] == "boom" for x in listed)
+    r = await client.get(f"/dead-letters/{ack.seq}")
+    assert r.status_code == 200 and r.json()["deliveries"] == 5
+    r = await client.post(f"/dead-letters/{ack.seq}/replay")
+    assert r.status_code == 202 and r.json()["subject"] == s.VALIDATE_BATCH_ITEM
+    assert (await client.get("/dead-letters/999999")).status_code == 404
+    assert (await client.post("/dead-letters/999999/replay")).status_code == 404
+
+
+def test_support_paths_exist() -> None:
+    assert Path(R4).is_file()

@@ -1,0 +1,169 @@
+"""Support for the gateway tests (no tests here): the stack on the session's real servers.
+
+The gateway runs in-process under a real uvicorn on a free port (HTTP and WebSocket); the
+validator and storage services run as their own processes; the converter is a small in-test
+worker over the real engine until the converter service lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import orjson
+import uvicorn
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import ConvertRequest, ConvertResult
+from fhirschema_bus.jobs import JobStore
+from fhirschema_bus.servers import RunningServer, free_port
+from fhirschema_bus.settings import GatewaySettings, NatsSettings, RedisSettings, S3Settings
+from fhirschema_bus.topology import ensure_topology
+from tests.conftest import PACKAGES, ROOT
+
+for _svc in ("gateway", "validator", "storage"):  # not yet in every editable install
+    if str(ROOT / "services" / _svc) not in sys.path:
+        sys.path.insert(0, str(ROOT / "services" / _svc))
+
+from gateway.app import create_app  # noqa: E402
+from gateway.bootstrap import Settings  # noqa: E402
+
+R4 = PACKAGES / "hl7.fhir.r4.core#4.0.1.tgz"
+MAX_BODY = 2 * 1024 * 1024
+MAX_ITEMS = 500
+
+
+def settings_for(nats_url: str, s3: RunningServer, redis_url: str, port: int = 0, **gw: Any) -> Settings:
+    return Settings(
+        gateway=GatewaySettings(
+            host="127.0.0.1", port=port, max_body_bytes=MAX_BODY, max_batch_items=MAX_ITEMS, **gw
+        ),
+        nats=NatsSettings(url=nats_url),
+        s3=S3Settings(endpoint=f"127.0.0.1:{s3.port}", access_key=s3.access_key, secret_key=s3.secret_key),
+        redis=RedisSettings(url=redis_url),
+    )
+
+
+def service_env(st: Settings) -> dict[str, str]:
+    paths = [str(ROOT / "services" / n) for n in ("validator", "storage", "converter", "gateway")]
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
+        "FHIRSCHEMA_NATS_URL": st.nats.url,
+        "FHIRSCHEMA_S3_ENDPOINT": st.s3.endpoint,
+        "FHIRSCHEMA_S3_ACCESS_KEY": st.s3.access_key.get_secret_value(),
+        "FHIRSCHEMA_S3_SECRET_KEY": st.s3.secret_key.get_secret_value(),
+        "FHIRSCHEMA_REDIS_URL": st.redis.url,
+        "FHIRSCHEMA_VALIDATOR_PACKAGES": str(R4),
+    }
+
+
+def start_service(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def fake_converter(js: JetStreamContext, nc: Client, jobs: JobStore) -> None:
+    """Stands in for the converter service: the real engine behind the shared durable."""
+    from fhirschema.converter import convert
+
+    sub = await js.pull_subscribe(
+        f"{s.PREFIX}.convert.>", durable=s.DURABLE_CONVERTER, stream=s.STREAM_REQUESTS
+    )
+    while True:
+        try:
+            msgs = await sub.fetch(16, timeout=1.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            continue
+        for msg in msgs:
+            req = ConvertRequest.model_validate_json(msg.data)
+            try:
+                result = ConvertResult(
+                    job_id=req.job_id, index=req.index, schema=convert(req.structure_definition or {})
+                )
+            except Exception as e:
+                result = ConvertResult(job_id=req.job_id, index=req.index, error=str(e))
+            data = result.model_dump_json(by_alias=True, exclude_none=True).encode()
+            if req.reply_to:
+                await nc.publish(req.reply_to, data)
+            await jobs.record(req.job_id, req.index, "failed" if result.error else "valid")
+            await msg.ack()
+
+
+@dataclass
+class Stack:
+    base_url: str
+    ws_url: str
+    settings: Settings
+    nc: Client
+    js: JetStreamContext
+    jobs: JobStore
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def client(self, **kw: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=60.0, **kw)
+
+
+@contextlib.asynccontextmanager
+async def gateway_stack(
+    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer, logs: Path
+) -> AsyncIterator[Stack]:
+    port = free_port()
+    st = settings_for(nats_server.url, s3_server, redis_server.url, port)
+    nc = await nats.connect(st.nats.url)
+    js = nc.jetstream()
+    await ensure_topology(js, st.nats)
+    jobs = await JobStore.open(js)
+    env = service_env(st)
+    procs = {
+        "validator": start_service("validator_service", env, logs / "validator.log"),
+        "storage": start_service("storage_service", env, logs / "storage.log"),
+    }
+    converter = asyncio.create_task(fake_converter(js, nc, jobs))
+    server = uvicorn.Server(uvicorn.Config(create_app(st), host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.05)
+        stack = Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", st, nc, js, jobs, procs)
+        async with stack.client() as client:  # first validation: the validator loads R4 core
+            r = await client.post("/validate?timeout=120", json={"resourceType": "Patient"})
+            assert r.status_code == 200, (r.status_code, r.text, (logs / "validator.log").read_text()[-3000:])
+        yield stack
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serving
+        converter.cancel()
+        with contextlib.suppress(BaseException):
+            await converter
+        for proc in procs.values():
+            stop_process(proc)
+        await nc.close()
+
+
+def outcome_issues(body: bytes) -> list[dict[str, Any]]:
+    return orjson.loads(body).get("issue", [])
