@@ -13,18 +13,18 @@ from gateway.service.conversion import ConversionService
 from gateway.service.validation import ValidationService
 
 
-def get_container(conn: HTTPConnection) -> Container:
+async def get_container(conn: HTTPConnection) -> Container:
     return conn.app.state.container
 
 
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def get_validation(request: Request) -> ValidationService:
+async def get_validation(request: Request) -> ValidationService:
     return request.app.state.container.validation
 
 
-def get_conversion(request: Request) -> ConversionService:
+async def get_conversion(request: Request) -> ConversionService:
     return request.app.state.container.conversion
 
 

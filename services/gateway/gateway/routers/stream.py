@@ -19,7 +19,6 @@ from nats.js.api import DeliverPolicy
 from fhirschema_bus import subjects as s
 from gateway.bodies import profiles_of
 from gateway.bootstrap import Container
-from gateway.deps import get_container
 from gateway.errors import GatewayError
 
 router = APIRouter(tags=["validate"])
@@ -98,7 +97,7 @@ class Session:
 
 @router.websocket("/validate/stream")
 async def validate_stream(ws: WebSocket) -> None:
-    c = get_container(ws)
+    c: Container = ws.app.state.container
     await ws.accept()
     session = Session(ws, c, ws.query_params.getlist("profile"))
     c.metrics.ws_clients.inc()

@@ -18,8 +18,9 @@ from gateway.bodies import (
     read_body,
     require_media_type,
 )
+from gateway.bootstrap import Container
 from gateway.deps import ContainerDep, JobsDep, ValidationDep
-from gateway.errors import FHIR_JSON, NotFound, PayloadTooLarge
+from gateway.errors import FHIR_JSON, BadRequest, NotFound, PayloadTooLarge
 from gateway.ports import JobStore
 
 router = APIRouter(prefix="/validate", tags=["validate"])
@@ -34,21 +35,60 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 Profiles = Annotated[list[str], Query(alias="profile", description="profile canonical URL (repeatable)")]
 
 
+VALIDATE_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "profile",
+            "in": "query",
+            "required": False,
+            "description": "profile canonical URL (repeatable); meta.profile is used as well",
+            "schema": {"type": "array", "items": {"type": "string"}},
+            "style": "form",
+            "explode": True,
+        },
+        {
+            "name": "timeout",
+            "in": "query",
+            "required": False,
+            "description": "seconds to wait for the result (default: the gateway's sync timeout)",
+            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {t: {"schema": {"type": "object", "description": "a FHIR resource"}} for t in JSON_TYPES},
+    },
+}
+
+
+def _timeout(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"timeout must be a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 300:
+        raise BadRequest("timeout must be > 0 and <= 300 seconds")
+    return value
+
+
 @router.post(
-    "", responses={200: OUTCOME, 504: {"description": "no result in time; body has the job id"}, **ERRORS}
+    "",
+    openapi_extra=VALIDATE_OPENAPI,
+    responses={200: OUTCOME, 504: {"description": "no result in time; body has the job id"}, **ERRORS},
 )
-async def validate(
-    request: Request,
-    c: ContainerDep,
-    validation: ValidationDep,
-    profile: Profiles = [],  # noqa: B006  (FastAPI query default)
-    timeout: Annotated[float | None, Query(gt=0, le=300, description="seconds to wait")] = None,
-) -> Response:
-    """Validate one resource; answers the OperationOutcome (200 for valid and invalid resources)."""
+async def validate(request: Request) -> Response:
+    """Validate one resource; answers the OperationOutcome (200 for valid and invalid resources,
+    with `X-Validation-Result: valid|invalid|failed`)."""
+    # The hot path: no FastAPI dependencies or parameter models, just the request.
+    c: Container = request.app.state.container
     require_media_type(request, JSON_TYPES)
     raw = await read_body(request, c.settings.gateway.max_body_bytes)
     resource = parse_resource(raw)
-    result = await validation.validate_one(resource, raw, profiles_of(resource, profile), timeout)
+    query = request.query_params
+    profiles = profiles_of(resource, query.getlist("profile"))
+    result = await c.validation.validate_one(resource, raw, profiles, _timeout(query.get("timeout")))
     verdict = "failed" if result.failed else ("valid" if result.valid else "invalid")
     return Response(
         orjson.dumps(result.outcome),
