@@ -12,8 +12,8 @@ stay with the maintained library.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 Eval = Callable[[Any, dict[str, Any]], list[Any]]
