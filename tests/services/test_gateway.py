@@ -17,7 +17,18 @@ import websockets
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import DeadLetter, JobKind
-from tests.services.test_gateway_support import MAX_BODY, MAX_ITEMS, R4, Stack, gateway_stack, settings_for
+from fhirschema_bus.servers import free_port
+from tests.services.test_gateway_support import (
+    MAX_BODY,
+    MAX_ITEMS,
+    R4,
+    Stack,
+    gateway_stack,
+    service_env,
+    settings_for,
+    start_service,
+    stop_process,
+)
 
 PATIENT = {"resourceType": "Patient", "gender": "female", "birthDate": "1970-01-01"}
 BAD_PATIENT = {"resourceType": "Patient", "gender": "robot", "birthDate": "yesterday"}
@@ -192,6 +203,14 @@ async def test_batch_json_array(client: httpx.AsyncClient) -> None:
     assert [x["index"] for x in rows] == [0, 1, 2, 3]
     assert [x["valid"] for x in rows] == [True, False, True, False]
     assert rows[1]["source"] == "1" and rows[1]["outcome"]["resourceType"] == "OperationOutcome"
+    for _ in range(100):  # the storage service assembles the results into one S3 object
+        status = (await client.get(f"/validate/status/{job}")).json()
+        if status["results"]:
+            break
+        await asyncio.sleep(0.1)
+    assert status["results"], "results never assembled"
+    r = await client.get(f"/validate/results/{job}")
+    assert sorted((orjson.loads(x) for x in r.text.splitlines()), key=lambda x: x["index"]) == rows
 
 
 async def test_batch_bundle_and_ndjson(client: httpx.AsyncClient) -> None:
@@ -329,5 +348,21 @@ async def test_dead_letters(client: httpx.AsyncClient, stack: Stack) -> None:
     assert (await client.post("/dead-letters/999999/replay")).status_code == 404
 
 
-def test_support_paths_exist() -> None:
-    assert Path(R4).is_file()
+async def test_python_m_gateway_serves(stack: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**service_env(stack.settings), "FHIRSCHEMA_GATEWAY_PORT": str(port)}
+    proc = start_service("gateway", env, tmp_path / "gateway.log")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            for _ in range(100):
+                try:
+                    r = await c.get("/health")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            assert r.status_code == 200
+            r = await c.post("/validate", json=PATIENT)
+            assert r.status_code == 200 and r.headers["x-validation-result"] == "valid"
+    finally:
+        stop_process(proc)
+    assert proc.returncode is not None
