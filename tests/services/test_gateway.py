@@ -289,6 +289,16 @@ async def test_convert(client: httpx.AsyncClient) -> None:
     r = await client.post("/convert/structuredefinition", json=sd)
     assert r.status_code == 200, r.text
     assert r.json()["url"] == sd["url"]
+    r = await client.post(
+        "/convert/structuredefinition", params={"store": "true", "package": "demo#2.0.0"}, json=sd
+    )
+    assert r.status_code == 200 and r.headers["x-schema-stored"]
+    for _ in range(100):  # stored asynchronously by the storage service
+        listed = (await client.get("/schemas", params={"url": sd["url"], "package": "demo#2.0.0"})).json()
+        if listed:
+            break
+        await asyncio.sleep(0.1)
+    assert listed and listed[0]["package"] == "demo#2.0.0"
     assert (await client.post("/convert/structuredefinition", json=PATIENT)).status_code == 400
     r = await client.post("/convert/batch", json=[sd, sd_from_core("heartrate")])
     assert r.status_code == 202

@@ -1,8 +1,8 @@
 """Support for the gateway tests (no tests here): the stack on the session's real servers.
 
 The gateway runs in-process under a real uvicorn on a free port (HTTP and WebSocket); the
-validator and storage services run as their own processes; the converter is a small in-test
-worker over the real engine until the converter service lands.
+validator, converter and storage services run as their own processes (an in-test converter over
+the real engine stands in when the converter service is absent).
 """
 
 from __future__ import annotations
@@ -140,7 +140,11 @@ async def gateway_stack(
         "validator": start_service("validator_service", env, logs / "validator.log"),
         "storage": start_service("storage_service", env, logs / "storage.log"),
     }
-    converter = asyncio.create_task(fake_converter(js, nc, jobs))
+    if (ROOT / "services" / "converter" / "converter_service" / "__main__.py").is_file():
+        procs["converter"] = start_service("converter_service", env, logs / "converter.log")
+        converter = None
+    else:  # until the converter service exists: the real engine behind the shared durable
+        converter = asyncio.create_task(fake_converter(js, nc, jobs))
     server = uvicorn.Server(uvicorn.Config(create_app(st), host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     try:
@@ -157,9 +161,10 @@ async def gateway_stack(
         server.should_exit = True
         with contextlib.suppress(Exception):
             await serving
-        converter.cancel()
-        with contextlib.suppress(BaseException):
-            await converter
+        if converter is not None:
+            converter.cancel()
+            with contextlib.suppress(BaseException):
+                await converter
         for proc in procs.values():
             stop_process(proc)
         await nc.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
@@ -32,14 +33,16 @@ async def convert_structuredefinition(
     store: Annotated[bool, Query(description="also store the schema in the repository")] = False,
     package: Annotated[str | None, Query(description="name#version provenance when storing")] = None,
     timeout: Annotated[float | None, Query(gt=0, le=300)] = None,
-) -> dict[str, Any]:
+) -> Response:
     """One StructureDefinition -> its FHIRSchema (by the converter service)."""
     require_media_type(request, JSON_TYPES)
     sd = parse_resource(await read_body(request, c.settings.gateway.max_body_bytes))
     result = await conversion.convert(sd, store=store, package=package, timeout=timeout)
-    if store or result.get("stored"):
-        return {"schema": result.get("schema"), "stored": result.get("stored")}
-    return result.get("schema") or {}
+    headers = {}
+    if store:  # the converter hands the schema to the storage service over the work stream
+        stored = result.get("stored")
+        headers["X-Schema-Stored"] = f"{stored['bucket']}/{stored['key']}" if stored else "queued"
+    return Response(orjson.dumps(result.get("schema") or {}), media_type="application/json", headers=headers)
 
 
 @router.post("/batch", status_code=202, responses=ERRORS)
