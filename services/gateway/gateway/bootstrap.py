@@ -8,7 +8,6 @@ import uuid
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from pydantic_settings import BaseSettings
 
 from fhirschema_bus.jobs import JobStore as SharedJobStore
 from fhirschema_bus.settings import GatewaySettings, NatsSettings, RedisSettings, S3Settings
@@ -100,7 +99,3 @@ def bootstrap(settings: Settings | None = None) -> Container:
         validation=ValidationService(dispatch, metrics, timeout),
         conversion=ConversionService(dispatch, schemas, timeout),
     )
-
-
-def load_settings(**overrides: BaseSettings) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]
