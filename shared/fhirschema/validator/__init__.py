@@ -45,6 +45,7 @@ class Validator:
         self.references = references
         self.overlays = [(s, s.get("url")) for s in overlays]
         self.anonymous = bool(overlays)
+        self._code_memo: dict[tuple[str, str | None, str, str | None], Any] = {}
 
     def validate(self, resource: Any, profiles: Sequence[str] = ()) -> ValidationResult:
         issues: list[Issue] = []
@@ -234,6 +235,15 @@ class Validator:
         finally:
             run.path.pop()
 
+    def _check_code(self, vs: str, system: str | None, code: str, display: str | None) -> Any:
+        key = (vs, system, code, display)
+        found = self._code_memo.get(key)
+        if found is None:
+            found = self.terminology.check(vs, system, code, display)
+            if len(self._code_memo) < 100_000:  # bounded: a validator lives as long as its process
+                self._code_memo[key] = found
+        return found
+
     def binding(self, run: Run, item: Any, ep: ElementPlan) -> None:
         binding, origin = ep.binding  # type: ignore[misc]
         strength = binding.get("strength")
@@ -259,7 +269,7 @@ class Validator:
                 run.issue("fs501", f"no code given; a code from the required value set {vs} is needed",
                           profile=origin)  # fmt: skip
             return
-        results = [self.terminology.check(vs, system, value, display) for system, value, display in checks]
+        results = [self._check_code(vs, system, value, display) for system, value, display in checks]
         if any(r.status == "member" for r in results):
             for r in results:
                 if r.display_ok is False:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from fhirschema.slicing import build_match
-from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES
+from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES, checker
 
 BINDING_RANK = {"required": 0, "extensible": 1, "preferred": 2, "example": 3}
 RESOURCE_SLOTS = frozenset(("Resource", "DomainResource"))
@@ -93,6 +93,7 @@ class ElementPlan:
     """One key of a plan: the merge of that element across the schema set."""
 
     __slots__ = (
+        "_child0",
         "_children",
         "array",
         "binding",
@@ -101,18 +102,23 @@ class ElementPlan:
         "compiler",
         "defs",
         "fixed",
+        "is_extension",
         "is_primitive",
+        "is_reference",
         "is_resource",
         "key",
         "max",
         "min",
         "patterns",
+        "plain",
+        "prim",
         "profiles",
         "refers",
         "slicing",
         "type",
         "type_missing",
         "url",
+        "value_checks",
     )  # fmt: skip
 
     def __init__(self, key: str, defs: list[tuple[dict[str, Any], str | None]], compiler: Compiler) -> None:
@@ -172,9 +178,18 @@ class ElementPlan:
             self.slicing.finish(key)
         self.is_resource = self.type in RESOURCE_SLOTS
         self.is_primitive = self.type in PRIMITIVES or (self.type is not None and self.type[:1].islower())
+        self.prim = checker(self.type) if self.is_primitive and self.type else None
+        self.value_checks = bool(self.fixed or self.patterns or self.binding is not None)
+        self.is_extension = self.type == "Extension" or key in ("extension", "modifierExtension")
+        self.is_reference = self.type == "Reference"
+        # A primitive with nothing else to check: validated inline by the walk.
+        self.plain = self.prim is not None and not self.value_checks and self.slicing is None
+        self._child0: Plan | None = None
 
     def child(self, extra: tuple[dict[str, Any], ...] = ()) -> Plan:
         """The plan for a value of this element (plus extra schemas: a slice, an extension definition)."""
+        if not extra and self._child0 is not None:
+            return self._child0
         key = tuple(id(s) for s in extra)
         plan = self._children.get(key)
         if plan is None:
@@ -198,6 +213,8 @@ class ElementPlan:
             for profile in self.profiles:
                 schemas += self.compiler.chain(profile)
             plan = self._children[key] = self.compiler.plan(schemas)
+        if not extra:
+            self._child0 = plan
         return plan
 
     def ref_types(self) -> set[str] | None:

@@ -134,3 +134,38 @@ def check(type_name: str, value: Any) -> str | None:
     if rule is None or rule(value):
         return None
     return CODES[type_name]
+
+
+_CHECKERS: dict[str, Callable[[Any], str | None]] = {}
+
+
+def checker(type_name: str) -> Callable[[Any], str | None]:
+    """`check` specialised for one type: the hot path for plain ASCII strings skips the generic
+    dispatch (most primitive values in real resources are short ASCII strings)."""
+    found = _CHECKERS.get(type_name)
+    if found is not None:
+        return found
+    rule = _LEXICAL.get(type_name)
+    code = CODES.get(type_name)
+
+    def generic(value: Any) -> str | None:
+        return check(type_name, value)
+
+    if type_name in STRING_TYPES and rule is not None and code is not None:
+
+        def string_check(value: Any) -> str | None:
+            if type(value) is str and value.isascii():
+                return None if rule(value) else code
+            return check(type_name, value)
+
+        found = string_check
+    elif type_name == "boolean":
+
+        def boolean_check(value: Any) -> str | None:
+            return None if value is True or value is False else check(type_name, value)
+
+        found = boolean_check
+    else:
+        found = generic
+    _CHECKERS[type_name] = found
+    return found

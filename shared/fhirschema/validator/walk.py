@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from fhirschema.validator import primitives
 from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
 from fhirschema.validator.plans import ElementPlan, Plan
@@ -148,7 +147,31 @@ class Run:
         self.depth += 1
         path = self.path
         present_groups: dict[str, list[str]] | None = None
+        elements = plan._elements
+        excluded = plan.excluded
         for key, value in data.items():
+            ep = elements.get(key)
+            # Hot path: a primitive with nothing but its lexical rule to check.
+            if ep is not None and ep.plain and ep.choice_of is None and key not in excluded:
+                if not ep.array:
+                    if value is not None and type(value) is not list:
+                        code = ep.prim(value)
+                        if code is not None:
+                            path.append(key)
+                            self.bad_primitive(code, ep, value)
+                            path.pop()
+                        continue
+                elif type(value) is list and value and len(value) >= ep.min and (ep.max is None or len(value) <= ep.max):
+                    prim = ep.prim
+                    for i, v in enumerate(value):
+                        code = prim(v) if v is not None else "fs202"
+                        if code is not None:
+                            path.append(key)
+                            path.append(i)
+                            self.bad_primitive(code, ep, v)
+                            path.pop()
+                            path.pop()
+                    continue
             if key == "resourceType" and self.resources and data is self.resources[-1]:
                 continue
             if key[:1] == "_":
@@ -264,6 +287,12 @@ class Run:
 
     # -- values --------------------------------------------------------------------------
 
+    def bad_primitive(self, code: str, ep: ElementPlan, value: Any) -> None:
+        if code == "fs202":
+            self.issue(code, "null is only allowed as a placeholder in arrays with a '_' companion")
+        else:
+            self.issue(code, f"invalid {ep.type}: {str(value)[:80]!r}")
+
     def value(self, value: Any, ep: ElementPlan) -> None:
         if ep.array:
             if not isinstance(value, list):
@@ -293,10 +322,10 @@ class Run:
         if item is None:
             self.issue("fs202", "null is only allowed as a placeholder in arrays with a '_' companion")
             return
-        if ep.is_primitive:
-            code = primitives.check(ep.type, item)  # type: ignore[arg-type]
+        if ep.prim is not None:
+            code = ep.prim(item)
             if code is not None:
-                self.issue(code, f"invalid {ep.type}: {str(item)[:80]!r}")
+                self.bad_primitive(code, ep, item)
         elif ep.is_resource:
             self.resource(item, ep.profiles)
             return
@@ -309,7 +338,7 @@ class Run:
             if not item:
                 self.issue("fs202", "empty objects are not allowed: an element needs a value or children")
                 return
-            if ep.type == "Extension" or ep.key in ("extension", "modifierExtension"):
+            if ep.is_extension:
                 extra = self.v.extension_schemas(self, item, ep, extra)
                 if not extra and not self.v.compiler.chain("Extension"):
                     return  # no Extension definition loaded: nothing to check the item against
@@ -317,8 +346,10 @@ class Run:
             if ep.type_missing:
                 self.issue("fs701", f"type {ep.type} is not loaded", severity=self.v.unknown_severity)
             self.node(item, child)
-            if ep.type == "Reference":
+            if ep.is_reference:
                 self.v.reference(self, item, ep)
+        if not ep.value_checks:
+            return
         for fixed, origin in ep.fixed:
             if not equals(fixed, item):
                 self.issue("fs206", f"value must be exactly {_short(fixed)}", profile=origin)
