@@ -44,17 +44,22 @@ def _tokens(expr: str) -> list[tuple[str, str]] | None:
     return out
 
 
-def _children(items: list[Any], name: str) -> list[Any]:
+def _children(items: list[Any], name: str, choices: Any = None) -> list[Any]:
+    """Step to `name`. `choices`: the choice groups known at this node, None when unknown."""
     out: list[Any] = []
     for item in items:
         if not isinstance(item, dict):
             continue
         value = item.get(name)
         if value is None:
-            # choice element: `value` means valueQuantity, valueString, ...
+            # choice element: `value` means valueQuantity, valueString, ... but `response` is not
+            # `responseCode`: only the schema can tell, so without it leave this to fhirpathpy.
             for key, v in item.items():
                 if key.startswith(name) and len(key) > len(name) and key[len(name)].isupper():
-                    value = v
+                    if choices is None:
+                        raise Unsupported(f"is {name} a choice element?")
+                    if name in choices:
+                        value = v
                     break
         if value is None:
             if "_" + name in item:
@@ -140,10 +145,17 @@ class _Parser:
         return left
 
     def order(self) -> Eval:
-        left = self.union()
+        left = self.additive()
         if self.peek() in ("<", ">", "<=", ">="):
             op = self.take()[1]
-            return _compare(left, self.union(), op)
+            return _compare(left, self.additive(), op)
+        return left
+
+    def additive(self) -> Eval:
+        left = self.union()
+        while self.peek() == "+":
+            self.take()
+            left = _plus(left, self.union())
         return left
 
     def union(self) -> Eval:
@@ -176,6 +188,9 @@ class _Parser:
             self.expect(")")
             return self.invocations(inner, literal_base=True)
         if kind == "var":
+            if value in _CONSTANTS:
+                constant = _CONSTANTS[value]
+                return lambda n, env: [constant]
             if value not in ("%resource", "%rootResource"):
                 raise ValueError(value)
             key = "resource" if value == "%resource" else "root"
@@ -202,6 +217,17 @@ class _Parser:
             if self.peek() == "(":
                 self.take()
                 current = self.function(current, name)
+            elif self.t[self.i : self.i + 3] == [("op", "."), ("name", "ofType"), ("op", "(")]:
+                # `value.ofType(Quantity)` on a choice element is the key `valueQuantity`
+                self.i += 3
+                kind, type_name = self.take()
+                self.expect(")")
+                if kind != "name":
+                    raise ValueError("ofType")
+                key = name + type_name[:1].upper() + type_name[1:]
+                current = (lambda c, k: lambda n, env: _children_exact(c(n, env), k))(current, key)
+            elif current is base and not literal_base:  # a step from the focus: its schema is known
+                current = (lambda nm: lambda n, env: _children([n], nm, env.get("groups")))(name)
             else:
                 current = (lambda c, nm: lambda n, env: _children(c(n, env), nm))(current, name)
         return current
@@ -212,6 +238,22 @@ class _Parser:
                 return _exists(_where(base, self.criteria()))
             self.expect(")")
             return _FUNCS[name](base)
+        if name == "trace":  # debugging aid: the input, unchanged
+            while self.take()[1] != ")":
+                pass
+            return base
+        if name == "is":
+            kind, type_name = self.take()
+            self.expect(")")
+            if kind != "name" or not type_name[:1].isupper():
+                raise ValueError("is")
+            return _is_resource(base, type_name)
+        if name == "matches":
+            kind, arg = self.take()
+            self.expect(")")
+            if kind != "str":
+                raise ValueError(name)
+            return _matches(base, re.compile(arg[1:-1].replace("\\\\", "\\"), re.DOTALL))
         if name in ("all", "where"):
             criteria = self.criteria()
             return (_all if name == "all" else _where)(base, criteria)
@@ -262,16 +304,81 @@ def _count(base: Eval) -> Eval:
     return lambda n, env: [len(base(n, env))]
 
 
+_CONSTANTS = {
+    "%ucum": "http://unitsofmeasure.org",
+    "%sct": "http://snomed.info/sct",
+    "%loinc": "http://loinc.org",
+}
+
+
+def _children_exact(items: list[Any], key: str) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, dict):
+            value = item.get(key)
+            if value is None and "_" + key in item:
+                raise Unsupported("primitive with only an extension")
+            if isinstance(value, list):
+                out.extend(v for v in value if v is not None)
+            elif value is not None:
+                out.append(value)
+    return out
+
+
+def _plus(a: Eval, b: Eval) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left, right = a(n, env), b(n, env)
+        if not left or not right:
+            return []
+        x, y = _single(left), _single(right)
+        if type(x) is not int or type(y) is not int:
+            raise Unsupported("+ on non-integers")
+        return [x + y]
+
+    return fn
+
+
+def _is_resource(base: Eval, type_name: str) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        coll = base(n, env)
+        if not coll:
+            return []
+        value = _single(coll)
+        if not isinstance(value, dict) or "resourceType" not in value:
+            raise Unsupported("is() on a non-resource")
+        return [value["resourceType"] == type_name]
+
+    return fn
+
+
+def _matches(base: Eval, pattern: re.Pattern[str]) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        coll = base(n, env)
+        if not coll:
+            return []
+        value = _single(coll)
+        if not isinstance(value, str):
+            raise Unsupported("matches() on a non-string")
+        return [pattern.search(value) is not None]
+
+    return fn
+
+
 def _first(base: Eval) -> Eval:
     return lambda n, env: base(n, env)[:1]
 
 
+def _inner(env: dict[str, Any]) -> dict[str, Any]:
+    """The environment for criteria: their focus is an item, whose schema is not known here."""
+    return {**env, "groups": None} if env.get("groups") is not None else env
+
+
 def _where(base: Eval, criteria: Eval) -> Eval:
-    return lambda n, env: [x for x in base(n, env) if _truth(criteria(x, env)) is True]
+    return lambda n, env: [x for x in base(n, env) if _truth(criteria(x, _inner(env))) is True]
 
 
 def _all(base: Eval, criteria: Eval) -> Eval:
-    return lambda n, env: [all(_truth(criteria(x, env)) is True for x in base(n, env))]
+    return lambda n, env: [all(_truth(criteria(x, _inner(env))) is True for x in base(n, env))]
 
 
 _FUNCS = {

@@ -48,7 +48,12 @@ class Recorder(Invariants):
 
 
 @pytest.mark.parametrize("folder", ["r4-spec", "hl7.fhir.us.core#6.1.0"])
-def test_native_subset_agrees_with_fhirpathpy(folder: str) -> None:
+def test_native_subset_agrees_with_fhirpathpy(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fhirschema.validator.plans as plans
+
+    # Route every constraint through Invariants.evaluate, where the recorder compares both ways.
+    monkeypatch.setattr(plans, "compile_subset", lambda expression: None)
+    monkeypatch.setattr(plans, "guard", lambda expression: None)
     ctx = FhirContext.from_specs(
         [PACKAGES / "hl7.fhir.us.core#6.1.0.tgz", PACKAGES / "hl7.fhir.r4.core#4.0.1.tgz"],
         with_dependencies=False,
@@ -60,3 +65,35 @@ def test_native_subset_agrees_with_fhirpathpy(folder: str) -> None:
         validator.validate(orjson.loads(file.read_bytes()))
     assert recorder.compared > 1000
     assert recorder.disagreements == []
+
+
+def _invariant_issues(validator: Validator, resources: list[dict]) -> list[tuple[int, str, str]]:
+    found = []
+    for n, resource in enumerate(resources):
+        for issue in validator.validate(resource).issues:
+            if issue.code == "fs601":
+                found.append((n, str(issue.path), issue.message))
+    return found
+
+
+def test_same_invariant_verdicts_with_and_without_the_native_subset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end over every R4 spec and US Core 6.1.0 example: identical fs601 issues."""
+    import fhirschema.validator.plans as plans
+
+    ctx = FhirContext.from_specs(
+        [PACKAGES / "hl7.fhir.us.core#6.1.0.tgz", PACKAGES / "hl7.fhir.r4.core#4.0.1.tgz"],
+        with_dependencies=False,
+    )
+    resources = [
+        orjson.loads(f.read_bytes())
+        for folder in ("r4-spec", "hl7.fhir.us.core#6.1.0")
+        for f in sorted(Path(EXAMPLES / folder).glob("*.json"))
+    ]
+    import fhirschema.invariants as invariants
+
+    fast = _invariant_issues(Validator(ctx, invariants=Invariants()), resources)
+    for module in (plans, invariants):
+        monkeypatch.setattr(module, "compile_subset", lambda expression: None)
+        monkeypatch.setattr(module, "guard", lambda expression: None)
+    slow = _invariant_issues(Validator(ctx, invariants=Invariants()), resources)
+    assert fast == slow

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from fhirschema.fastpath import compile_subset, guard
 from fhirschema.slicing import build_match
 from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES, checker
 
@@ -234,7 +235,8 @@ class Plan:
     """The merged view of a schema set at one node."""
 
     __slots__ = (
-        "_elements", "compiler", "constraints", "excluded", "groups", "keys", "required", "schemas", "type_name",
+        "_checks", "_elements", "compiler", "constraints", "excluded", "groups", "keys", "required", "schemas",
+        "type_name",
     )  # fmt: skip
 
     def __init__(self, schemas: list[tuple[dict[str, Any], str | None]], compiler: Compiler) -> None:
@@ -258,12 +260,22 @@ class Plan:
                 if key not in STRUCTURAL_CONSTRAINTS and c.get("expression"):
                     self.constraints.setdefault(key, (c, origin))
         self._elements: dict[str, ElementPlan | None] = {}
+        self._checks: list[tuple[str, dict[str, Any], str | None, Any, Any]] | None = None
         # choice group → variant keys allowed by every schema that declares the group
         self.groups: dict[str, set[str]] = {}
         for key in self.keys:
             ep = self.element(key)
             if ep is not None and ep.choices is not None:
                 self.groups[key] = ep.choices
+
+    def checks(self) -> list[tuple[str, dict[str, Any], str | None, Any, Any]]:
+        """Constraints with their native FHIRPath forms (see fastpath.py), compiled once per plan."""
+        if self._checks is None:
+            self._checks = [
+                (key, c, origin, compile_subset(c["expression"]), guard(c["expression"]))
+                for key, (c, origin) in self.constraints.items()
+            ]
+        return self._checks
 
     def element(self, key: str) -> ElementPlan | None:
         try:

@@ -161,7 +161,12 @@ class Run:
                             self.bad_primitive(code, ep, value)
                             path.pop()
                         continue
-                elif type(value) is list and value and len(value) >= ep.min and (ep.max is None or len(value) <= ep.max):
+                elif (
+                    type(value) is list
+                    and value
+                    and len(value) >= ep.min
+                    and (ep.max is None or len(value) <= ep.max)
+                ):
                     prim = ep.prim
                     for i, v in enumerate(value):
                         code = prim(v) if v is not None else "fs202"
@@ -233,6 +238,24 @@ class Run:
     def constraints(self, data: Any, plan: Plan) -> None:
         resource = self.resources[-1] if self.resources else data
         root = self.resources[0] if self.resources else data
+        env = {"root": root, "resource": resource, "groups": plan.groups}
+        type_name: str | None = None
+        for key, c, origin, fast, shortcut in plan.checks():
+            verdict = fast(data, env) if fast is not None else None
+            if verdict is None and shortcut is not None and shortcut(data):
+                verdict = True
+            if verdict is None:  # outside the native subset: the full FHIRPath engine
+                if type_name is None:
+                    type_name = self.type_name(plan, resource)
+                verdict = self.v.invariants.evaluate(
+                    c["expression"], data, resource=resource, root=root, path=type_name
+                ).ok
+            if verdict is False:
+                severity = "warning" if c.get("severity") == "warning" else "error"
+                self.issue("fs601", f"constraint {key} failed: {c.get('human') or c['expression']}",
+                           severity=severity, profile=origin)  # fmt: skip
+
+    def type_name(self, plan: Plan, resource: dict[str, Any]) -> str | None:
         type_name = plan.type_name
         if type_name in (None, "BackboneElement", "Element") and self.resources:
             # Backbone elements are typed by their path (Parameters.parameter), not by a type name.
@@ -240,14 +263,7 @@ class Run:
             type_name = (
                 ".".join([resource.get("resourceType", ""), *keys]) if keys else resource.get("resourceType")
             )
-        for key, (c, origin) in plan.constraints.items():
-            result = self.v.invariants.evaluate(
-                c["expression"], data, resource=resource, root=root, path=type_name
-            )
-            if result.ok is False:
-                severity = "warning" if c.get("severity") == "warning" else "error"
-                self.issue("fs601", f"constraint {key} failed: {c.get('human') or c['expression']}",
-                           severity=severity, profile=origin)  # fmt: skip
+        return type_name
 
     def primitive_extension(self, data: dict[str, Any], key: str, value: Any, plan: Plan) -> None:
         base = key[1:]
