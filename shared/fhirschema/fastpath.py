@@ -399,30 +399,27 @@ def _implies(a: Eval, b: Eval) -> Eval:
     return fn
 
 
-def _or(a: Eval, b: Eval) -> Eval:
+def _junction(a: Eval, b: Eval, decisive: bool) -> Eval:
+    """`or` (decisive True) and `and` (decisive False), with FHIRPath's three-valued logic."""
+
     def fn(n: Any, env: dict[str, Any]) -> list[Any]:
         left = _truth(a(n, env))
-        if left is True:
-            return [True]
+        if left is decisive:
+            return [decisive]
         right = _truth(b(n, env))
-        if right is True:
-            return [True]
-        return [False] if left is False and right is False else []
+        if right is decisive:
+            return [decisive]
+        return [not decisive] if left is not None and right is not None else []
 
     return fn
+
+
+def _or(a: Eval, b: Eval) -> Eval:
+    return _junction(a, b, True)
 
 
 def _and(a: Eval, b: Eval) -> Eval:
-    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
-        left = _truth(a(n, env))
-        if left is False:
-            return [False]
-        right = _truth(b(n, env))
-        if right is False:
-            return [False]
-        return [True] if left is True and right is True else []
-
-    return fn
+    return _junction(a, b, False)
 
 
 def _xor(a: Eval, b: Eval) -> Eval:
