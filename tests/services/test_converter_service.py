@@ -19,7 +19,7 @@ from fhirschema_bus.servers import RunningServer
 from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import ensure_topology
 from fhirschema_bus.worker import WorkerSettings
-from tests.services.test_validator_service import FAST_RETRY, R4, running, wait_job
+from tests.services.test_validator_service import FAST_RETRY, R4, nats_private, running, wait_job
 
 PATIENT_SD = "http://hl7.org/fhir/StructureDefinition/Patient"
 
@@ -34,9 +34,13 @@ def structure_definitions() -> list[dict[str, Any]]:
     return [sd for u in urls if (sd := ctx.resource(u)) is not None]
 
 
+pytestmark = pytest.mark.servers
+__all__ = ["nats_private"]  # the module's own NATS server (a fixture)
+
+
 @pytest.fixture
-async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
+async def nc(nats_private: RunningServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_private.url)
     await ensure_topology(client.jetstream())
     yield client
     await client.drain()
@@ -50,11 +54,11 @@ def converter(url: str) -> Any:
 
 
 async def test_convert_one_reply_store_and_put(
-    nc: Client, nats_server: RunningServer, structure_definitions: list[dict[str, Any]]
+    nc: Client, nats_private: RunningServer, structure_definitions: list[dict[str, Any]]
 ) -> None:
     js = nc.jetstream()
     job_id = uuid.uuid4().hex
-    async with running(converter(nats_server.url)):
+    async with running(converter(nats_private.url)):
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, max_msgs=2)
         good = ConvertRequest(
@@ -85,13 +89,13 @@ async def test_convert_one_reply_store_and_put(
 
 
 async def test_convert_batch_counts_job(
-    nc: Client, nats_server: RunningServer, structure_definitions: list[dict[str, Any]]
+    nc: Client, nats_private: RunningServer, structure_definitions: list[dict[str, Any]]
 ) -> None:
     js = nc.jetstream()
     store = await JobStore.open(js)
     items = [*structure_definitions, {"resourceType": "StructureDefinition"}]
     job = await store.create(JobKind.CONVERT, total=len(items))
-    async with running(converter(nats_server.url)):
+    async with running(converter(nats_private.url)):
         for i, sd in enumerate(items):
             req = ConvertRequest(job_id=job.id, index=i, structure_definition=sd)
             await js.publish(s.CONVERT_BATCH_ITEM, req.model_dump_json().encode())

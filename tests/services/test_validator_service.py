@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -37,7 +38,7 @@ from fhirschema_bus.contracts import (
     ValidateResult,
 )
 from fhirschema_bus.jobs import JobStore
-from fhirschema_bus.servers import RunningServer
+from fhirschema_bus.servers import RunningServer, free_port, start_nats
 from fhirschema_bus.settings import NatsSettings, RedisSettings
 from fhirschema_bus.topology import DURABLES, consumer_config, ensure_topology
 from fhirschema_bus.worker import Worker, WorkerSettings
@@ -72,9 +73,22 @@ async def running(*workers: Worker) -> AsyncIterator[tuple[Worker, ...]]:
             await w.app.stop()
 
 
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture(scope="module")
+def nats_private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A NATS server of this module's own. The gateway tests keep validator and storage replicas
+    bound to the session server's shared durables for the whole session; they would take (and
+    answer) our messages, which is right for a deployment but not for these assertions."""
+    srv = start_nats(tmp_path_factory.mktemp("nats-private"))
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
-async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
+async def nc(nats_private: RunningServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_private.url)
     await ensure_topology(client.jetstream())
     yield client
     await client.drain()
@@ -110,9 +124,9 @@ async def stored_results(js: JetStreamContext, job_id: str) -> int:
     return (info.state.subjects or {}).get(subject, 0)
 
 
-async def test_single_valid_and_invalid_patient(nc: Client, nats_server: RunningServer) -> None:
+async def test_single_valid_and_invalid_patient(nc: Client, nats_private: RunningServer) -> None:
     js = nc.jetstream()
-    async with running(validator(nats_server.url)):
+    async with running(validator(nats_private.url)):
         results = []
         for i, ok in ((0, True), (1, False)):
             inbox = nc.new_inbox()
@@ -130,13 +144,13 @@ async def test_single_valid_and_invalid_patient(nc: Client, nats_server: Running
 
 
 async def test_two_replicas_share_a_batch_each_result_stored_once(
-    nc: Client, nats_server: RunningServer
+    nc: Client, nats_private: RunningServer
 ) -> None:
     js = nc.jetstream()
     store = await JobStore.open(js)
     total = 2000
     job = await store.create(JobKind.VALIDATE, total=total)
-    a, b = validator(nats_server.url, "replica-a"), validator(nats_server.url, "replica-b")
+    a, b = validator(nats_private.url, "replica-a"), validator(nats_private.url, "replica-b")
     async with running(a, b):
         t0 = time.monotonic()
         await publish_batch(js, job.id, [patient(i, valid=i % 10 != 0) for i in range(total)])
@@ -153,13 +167,14 @@ async def test_two_replicas_share_a_batch_each_result_stored_once(
 
 
 @pytest.fixture
-def spawn(nats_server: RunningServer) -> Iterator[Any]:
+def spawn(nats_private: RunningServer) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(name: str) -> subprocess.Popen[bytes]:
+    def start(name: str, metrics_port: int = 0) -> subprocess.Popen[bytes]:
         env = {
+            "FHIRSCHEMA_WORKER_METRICS_PORT": str(metrics_port),
             **os.environ,
-            "FHIRSCHEMA_NATS_URL": nats_server.url,
+            "FHIRSCHEMA_NATS_URL": nats_private.url,
             "FHIRSCHEMA_NATS_ACK_WAIT_SECONDS": "1",
             "FHIRSCHEMA_NATS_RETRY_DELAYS_SECONDS": orjson.dumps(FAST_RETRY).decode(),
             "FHIRSCHEMA_VALIDATOR_PACKAGES": R4,
@@ -181,6 +196,11 @@ def spawn(nats_server: RunningServer) -> Iterator[Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
 
 
 @pytest.fixture
@@ -214,8 +234,15 @@ async def test_killed_replica_loses_nothing(nc: Client, spawn: Any) -> None:
     first.wait()
     mid = await store.get(job.id)
     assert mid is not None and mid.done < total, "batch finished before the kill; make it bigger"
-    second = spawn("rescuer")
+    port = free_port()
+    second = spawn("rescuer", metrics_port=port)
     final = await wait_job(store, job.id, timeout=60)
+    metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+    assert (
+        'fhirschema_messages_processed_total{service="validator",subject="fhirschema.validate.batch"}'
+        in metrics
+    )
+    assert "fhirschema_message_seconds_bucket" in metrics
     # A clean SIGTERM stop of the second replica (graceful shutdown) within a few seconds.
     second.send_signal(signal.SIGTERM)
     assert second.wait(10) == 0
@@ -224,7 +251,7 @@ async def test_killed_replica_loses_nothing(nc: Client, spawn: Any) -> None:
 
 
 async def test_remote_schemas_from_storage_through_redis(
-    nc: Client, nats_server: RunningServer, redis_server: RunningServer
+    nc: Client, nats_private: RunningServer, redis_server: RunningServer
 ) -> None:
     """No local packages: schemas come from a (stand-in) storage service over NATS, via Redis."""
     ctx = local_context((R4,))
@@ -237,15 +264,13 @@ async def test_remote_schemas_from_storage_through_redis(
         await msg.respond(orjson.dumps(value if value is not None else {"error": "not found", "status": 404}))
 
     subs = [await nc.subscribe(subj, cb=storage) for subj in (s.STORAGE_GET_SCHEMA, s.STORAGE_GET_RESOURCE)]
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"  # a cold cache of our own in the shared Redis
     cache = Redis.from_url(redis_server.url)
-    for pattern in ("fhirschema:schema:*", "fhirschema:resource:*"):
-        async for key in cache.scan_iter(pattern):
-            await cache.delete(key)
 
     def remote() -> Worker:
         return bootstrap(
-            settings=ValidatorSettings(packages=""),
-            nats=NatsSettings(url=nats_server.url, retry_delays_seconds=FAST_RETRY),
+            settings=ValidatorSettings(packages="", cache_prefix=prefix),
+            nats=NatsSettings(url=nats_private.url, retry_delays_seconds=FAST_RETRY),
             worker_settings=WorkerSettings(instance=f"remote-{uuid.uuid4().hex[:6]}"),
             redis=RedisSettings(url=redis_server.url),
         )
@@ -272,6 +297,7 @@ async def test_remote_schemas_from_storage_through_redis(
         hits_before = redis_hits()
         async with running(remote()):  # a fresh replica: empty in-process memo, warm Redis
             again = await ask(2, False)
+        cached = await cache.exists(f"{prefix}schema:Patient")
     finally:
         for sub in subs:
             await sub.unsubscribe()
@@ -281,3 +307,4 @@ async def test_remote_schemas_from_storage_through_redis(
     assert first_round > 0 and any(u.endswith("/Patient") for u in asked)
     assert len(asked) == first_round, "the second replica should be served from Redis"
     assert redis_hits() > hits_before
+    assert cached

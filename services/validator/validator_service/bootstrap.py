@@ -41,6 +41,7 @@ class ValidatorSettings(BaseSettings):
     packages: str = ""  # comma-separated package paths: local mode, no storage service needed
     lru_size: int = 32  # compiled validators kept per process
     storage_timeout_seconds: float = 5.0
+    cache_prefix: str = "fhirschema:"  # Redis keys: <prefix><schema|resource>:<url>
 
     def package_list(self) -> list[str]:
         return [p.strip() for p in self.packages.split(",") if p.strip()]
@@ -78,6 +79,7 @@ def bootstrap(
                 StorageClient(worker.connection, settings.storage_timeout_seconds),
                 client,
                 rs.schema_ttl_seconds,
+                prefix=settings.cache_prefix,
             )
             source = RemoteSchemaSource(fetcher, loop, timeout=settings.storage_timeout_seconds * 2)
             transient = (SourceUnavailable,)
