@@ -1,7 +1,7 @@
-"""Real servers for the service tests: one NATS, one S3 and one Redis per test session.
+"""Real servers for the service tests: one NATS, one S3 and one Redis per test module.
 
 Each is started on first use (so a test run that needs only Redis never pays for S3) and stopped
-by PID when the session ends. Tests that use them are marked `servers` automatically, so
+by PID when the module ends: modules never see each other's streams, consumers or keys. Tests that use them are marked `servers` automatically, so
 `-m "not servers"` selects the tests that need no server.
 """
 
@@ -32,17 +32,17 @@ def _serve(
         srv.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield from _serve(tmp_path_factory, "nats", start_nats)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield from _serve(tmp_path_factory, "s3", start_s3)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield from _serve(tmp_path_factory, "redis", start_redis)
 

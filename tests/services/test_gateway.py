@@ -35,7 +35,7 @@ BAD_PATIENT = {"resourceType": "Patient", "gender": "robot", "birthDate": "yeste
 FHIR = {"content-type": "application/fhir+json"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def stack(nats_server, s3_server, redis_server, tmp_path_factory) -> AsyncIterator[Stack]:
     async with gateway_stack(nats_server, s3_server, redis_server, tmp_path_factory.mktemp("gw")) as st:
         yield st
