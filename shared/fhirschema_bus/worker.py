@@ -63,6 +63,10 @@ class WorkerSettings(BaseSettings):
     heartbeat_seconds: float = 10.0
     instance: str = ""  # default: <hostname>-<pid>
     fetch_batch: int = 32  # messages per pull request, handled concurrently
+    # > 1: a pool of handlers fed by the fetch loop (one slow message does not hold back the next
+    # pull). 1: each fetched batch is handled concurrently, then the next is pulled — measured
+    # faster here (2,000-item batch on 2 replicas: 1.7 s vs 2.1-2.4 s with 32 workers).
+    max_workers: int = 1
     threads: int = 2  # worker threads for CPU-bound engine calls
 
     def instance_id(self) -> str:

@@ -114,21 +114,21 @@ def bootstrap(
 
 def register_subscribers(worker: Worker, state: dict[str, Any]) -> None:
     stream = JStream(s.STREAM_REQUESTS, declare=False)  # ensure_topology owns the streams
-    # Batch items: fetch several at once (one round trip), handled concurrently.
-    batch_pull = PullSub(batch_size=worker.settings.fetch_batch, timeout=1.0)
-    one_pull = PullSub(batch_size=8, timeout=1.0)
+    # Several messages per pull request (one round trip), handled by a pool of workers.
+    pull = PullSub(batch_size=worker.settings.fetch_batch, timeout=1.0)
+    workers = worker.settings.max_workers
 
     @worker.broker.subscriber(
-        s.VALIDATE_ONE, stream=stream, durable=s.DURABLE_VALIDATOR_ONE, pull_sub=one_pull,
-        ack_policy=AckPolicy.MANUAL, title="validate-one",
+        s.VALIDATE_ONE, stream=stream, durable=s.DURABLE_VALIDATOR_ONE, pull_sub=pull,
+        max_workers=workers, ack_policy=AckPolicy.MANUAL, title="validate-one",
         description="Validate one resource; the result goes to reply_to and the RESULTS stream.",
     )  # fmt: skip
     async def validate_one(req: ValidateRequest) -> None:
         await state["service"].handle(req)
 
     @worker.broker.subscriber(
-        s.VALIDATE_BATCH_ITEM, stream=stream, durable=s.DURABLE_VALIDATOR_BATCH, pull_sub=batch_pull,
-        ack_policy=AckPolicy.MANUAL, title="validate-batch-item",
+        s.VALIDATE_BATCH_ITEM, stream=stream, durable=s.DURABLE_VALIDATOR_BATCH, pull_sub=pull,
+        max_workers=workers, ack_policy=AckPolicy.MANUAL, title="validate-batch-item",
         description="Validate one item of a batch job; the result is stored once and counted once.",
     )  # fmt: skip
     async def validate_batch_item(req: ValidateRequest) -> None:

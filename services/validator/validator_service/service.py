@@ -40,6 +40,7 @@ class ResultSink(Protocol):
 
 
 class JobRecorder(Protocol):
+    async def get(self, job_id: str) -> Any: ...
     async def record(self, job_id: str, index: int, outcome: Outcome) -> Any: ...
 
 
@@ -99,10 +100,17 @@ class ValidationService:
             await self.results.reply(req.reply_to, data)  # first: a caller is waiting
         # Stored once even when this item is redelivered: the RESULTS stream de-duplicates.
         subject = s.job_result_subject(s.VALIDATE_RESULT, req.job_id)
-        await self.results.store(subject, data, req.idempotency_key)
-        await self.jobs.record(req.job_id, req.index, outcome_of(result))
+        # Both must be done before the ack, in any order (each is idempotent): run them together.
+        await asyncio.gather(self.results.store(subject, data, req.idempotency_key), self._count(req, result))
         self.handled += 1
         return result
+
+    async def _count(self, req: ValidateRequest, result: ValidateResult) -> None:
+        if req.reply_to and await self.jobs.get(req.job_id) is None:
+            # A synchronous request that no job tracks (the gateway creates one only when it
+            # gives up waiting): skip the idempotency marker, one KV write per request.
+            return
+        await self.jobs.record(req.job_id, req.index, outcome_of(result))
 
     async def validate(self, req: ValidateRequest) -> ValidateResult:
         try:
