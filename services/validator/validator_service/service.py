@@ -27,6 +27,9 @@ from fhirschema_bus.contracts import (
 )
 from fhirschema_bus.object_store import ObjectNotFound
 
+MAX_RESULT_BYTES = 900_000  # NATS' default max_payload is 1 MB
+MAX_ISSUES = 1000
+
 # --- ports ------------------------------------------------------------------------------------
 
 
@@ -96,6 +99,8 @@ class ValidationService:
     async def handle(self, req: ValidateRequest) -> ValidateResult:
         result = await self.validate(req)
         data = result.model_dump_json(exclude_none=True).encode()
+        if len(data) > MAX_RESULT_BYTES:
+            data = _truncated(result).model_dump_json(exclude_none=True).encode()
         if req.reply_to:
             await self.results.reply(req.reply_to, data)  # first: a caller is waiting
         # Stored once even when this item is redelivered: the RESULTS stream de-duplicates.
@@ -145,6 +150,16 @@ class ValidationService:
             job_id=req.job_id, index=req.index, valid=False, outcome=error_outcome(error),
             source=req.source, error=error, validator=self.instance,
         )  # fmt: skip
+
+
+def _truncated(result: ValidateResult) -> ValidateResult:
+    """Keep a result under NATS' 1 MB message limit: the first issues and a note how many."""
+    issues = result.outcome.get("issue", [])
+    keep = issues[:MAX_ISSUES]
+    note = {"severity": "information", "code": "too-costly"}
+    note["diagnostics"] = f"{len(issues) - len(keep)} more issues not shown (result too large)"
+    outcome = {**result.outcome, "issue": [*keep, note]}
+    return result.model_copy(update={"outcome": outcome})
 
 
 def outcome_of(result: ValidateResult) -> Outcome:
