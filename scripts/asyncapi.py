@@ -1,0 +1,86 @@
+"""Generate docs/asyncapi.json: every subject the workers consume, from their FastStream brokers.
+
+    .venv/bin/python scripts/asyncapi.py            # writes docs/asyncapi.json
+    .venv/bin/python scripts/asyncapi.py --check    # fails when the committed file is stale
+
+Programs that publish straight to NATS (without the gateway) read this document; the message
+payloads are the pydantic contracts in shared/fhirschema_bus/contracts.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from faststream.specification.asyncapi import AsyncAPI
+
+import fhirschema
+from fhirschema_bus import contracts, subjects
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
+
+
+def build() -> dict:
+    # Building the brokers connects to nothing; S3 settings only need to parse.
+    os.environ.setdefault("FHIRSCHEMA_S3_ACCESS_KEY", "unused")
+    os.environ.setdefault("FHIRSCHEMA_S3_SECRET_KEY", "unused")
+    from importlib import import_module
+
+    factories = [
+        "validator_service.bootstrap",
+        "converter_service.bootstrap",
+        "ig_ingest.app",
+        "storage_service.app",
+    ]
+    brokers = [import_module(name).bootstrap().broker for name in factories]
+    spec = AsyncAPI(
+        *brokers,
+        title="FHIRSchema service bus",
+        version=fhirschema.__version__,
+        description=(
+            "JetStream subjects consumed by the validator, converter, ig-ingest and storage services. "
+            f"Publish requests with a `Nats-Msg-Id` header. Results: `{subjects.VALIDATE_RESULT}.<job>`, "
+            f"`{subjects.CONVERT_RESULT}.<job>`; job status: KV `{subjects.KV_JOBS}` and "
+            f"`{subjects.JOB_EVENTS}.<job>`; dead letters: `{subjects.DEAD_LETTER}.<subject>`. "
+            f"Resources over {contracts.INLINE_LIMIT} bytes travel by S3 reference (`resource_ref`)."
+        ),
+    )
+    schema = spec.to_specification().to_jsonable()
+    # Outgoing messages the services publish, for subscribers (not FastStream subscribers here).
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(
+        {
+            model.__name__: model.model_json_schema(by_alias=True)
+            for model in (
+                contracts.ValidateResult,
+                contracts.ConvertResult,
+                contracts.JobStatus,
+                contracts.JobEvent,
+                contracts.DeadLetter,
+            )
+        }
+    )
+    return schema
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    text = json.dumps(build(), indent=2, sort_keys=True) + "\n"
+    if args.check:
+        if not OUT.is_file() or OUT.read_text() != text:
+            print(f"{OUT} is stale: run scripts/asyncapi.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""docs/asyncapi.json documents the bus for programs that publish straight to NATS: keep it current."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_asyncapi_document_is_current() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "asyncapi.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr + "\nregenerate: .venv/bin/python scripts/asyncapi.py"
+
+
+def test_asyncapi_lists_the_request_subjects() -> None:
+    import json
+
+    doc = json.loads((ROOT / "docs" / "asyncapi.json").read_text())
+    addresses = {channel.get("address") for channel in doc["channels"].values()}
+    for subject in ("fhirschema.validate.one", "fhirschema.validate.batch", "fhirschema.ingest.package"):
+        assert subject in addresses, addresses
