@@ -1,0 +1,268 @@
+"""The runtime of the native FHIRPath subset: collection-valued closures over plain JSON."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+Eval = Callable[[Any, dict[str, Any]], list[Any]]
+
+
+class Unsupported(Exception):
+    """This input needs the full FHIRPath engine."""
+
+
+def _children(items: list[Any], name: str, choices: Any = None) -> list[Any]:
+    """Step to `name`. `choices`: the choice groups known at this node, None when unknown."""
+    out: list[Any] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        value = item.get(name)
+        if value is None:
+            # choice element: `value` means valueQuantity, valueString, ... but `response` is not
+            # `responseCode`: only the schema can tell, so without it leave this to fhirpathpy.
+            for key, v in item.items():
+                if key.startswith(name) and len(key) > len(name) and key[len(name)].isupper():
+                    if choices is None:
+                        raise Unsupported(f"is {name} a choice element?")
+                    if name in choices:
+                        value = v
+                    break
+        if value is None:
+            if "_" + name in item:
+                raise Unsupported("primitive with only an extension")
+            continue
+        if isinstance(value, list):
+            out.extend(v for v in value if v is not None)
+        else:
+            out.append(value)
+    return out
+
+
+def _single(coll: list[Any]) -> Any:
+    if len(coll) != 1:
+        raise Unsupported("not a singleton")
+    return coll[0]
+
+
+def _truth(coll: list[Any]) -> bool | None:
+    if not coll:
+        return None
+    value = _single(coll)
+    return value if isinstance(value, bool) else True
+
+
+def _bool(value: bool | None) -> list[Any]:
+    return [] if value is None else [value]
+
+
+def _exists(base: Eval) -> Eval:
+    return lambda n, env: [bool(base(n, env))]
+
+
+def _empty(base: Eval) -> Eval:
+    return lambda n, env: [not base(n, env)]
+
+
+def _has_value(base: Eval) -> Eval:
+    return lambda n, env: [any(not isinstance(x, dict | list) for x in base(n, env))]
+
+
+def _not(base: Eval) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        truth = _truth(base(n, env))
+        return [] if truth is None else [not truth]
+
+    return fn
+
+
+def _count(base: Eval) -> Eval:
+    return lambda n, env: [len(base(n, env))]
+
+
+_CONSTANTS = {
+    "%ucum": "http://unitsofmeasure.org",
+    "%sct": "http://snomed.info/sct",
+    "%loinc": "http://loinc.org",
+}
+
+
+def _children_exact(items: list[Any], key: str) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, dict):
+            value = item.get(key)
+            if value is None and "_" + key in item:
+                raise Unsupported("primitive with only an extension")
+            if isinstance(value, list):
+                out.extend(v for v in value if v is not None)
+            elif value is not None:
+                out.append(value)
+    return out
+
+
+def _plus(a: Eval, b: Eval) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left, right = a(n, env), b(n, env)
+        if not left or not right:
+            return []
+        x, y = _single(left), _single(right)
+        if type(x) is not int or type(y) is not int:
+            raise Unsupported("+ on non-integers")
+        return [x + y]
+
+    return fn
+
+
+def _is_resource(base: Eval, type_name: str) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        coll = base(n, env)
+        if not coll:
+            return []
+        value = _single(coll)
+        if not isinstance(value, dict) or "resourceType" not in value:
+            raise Unsupported("is() on a non-resource")
+        return [value["resourceType"] == type_name]
+
+    return fn
+
+
+def _matches(base: Eval, pattern: re.Pattern[str]) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        coll = base(n, env)
+        if not coll:
+            return []
+        value = _single(coll)
+        if not isinstance(value, str):
+            raise Unsupported("matches() on a non-string")
+        return [pattern.search(value) is not None]
+
+    return fn
+
+
+def _first(base: Eval) -> Eval:
+    return lambda n, env: base(n, env)[:1]
+
+
+def _inner(env: dict[str, Any]) -> dict[str, Any]:
+    """The environment for criteria: their focus is an item, whose schema is not known here."""
+    return {**env, "groups": None} if env.get("groups") is not None else env
+
+
+def _where(base: Eval, criteria: Eval) -> Eval:
+    return lambda n, env: [x for x in base(n, env) if _truth(criteria(x, _inner(env))) is True]
+
+
+def _all(base: Eval, criteria: Eval) -> Eval:
+    return lambda n, env: [all(_truth(criteria(x, _inner(env))) is True for x in base(n, env))]
+
+
+_FUNCS = {
+    "exists": _exists, "empty": _empty, "hasValue": _has_value, "not": _not, "count": _count, "first": _first,
+}  # fmt: skip
+
+
+def _implies(a: Eval, b: Eval) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left = _truth(a(n, env))
+        if left is False:
+            return [True]
+        right = _truth(b(n, env))
+        if left is True:
+            return _bool(right)
+        return [True] if right is True else []
+
+    return fn
+
+
+def _junction(a: Eval, b: Eval, decisive: bool) -> Eval:
+    """`or` (decisive True) and `and` (decisive False), with FHIRPath's three-valued logic."""
+
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left = _truth(a(n, env))
+        if left is decisive:
+            return [decisive]
+        right = _truth(b(n, env))
+        if right is decisive:
+            return [decisive]
+        return [not decisive] if left is not None and right is not None else []
+
+    return fn
+
+
+def _or(a: Eval, b: Eval) -> Eval:
+    return _junction(a, b, True)
+
+
+def _and(a: Eval, b: Eval) -> Eval:
+    return _junction(a, b, False)
+
+
+def _xor(a: Eval, b: Eval) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left, right = _truth(a(n, env)), _truth(b(n, env))
+        return [] if left is None or right is None else [left != right]
+
+    return fn
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        raise Unsupported("complex equality")
+    return value
+
+
+def _equals(a: Eval, b: Eval, *, negate: bool) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left, right = a(n, env), b(n, env)
+        if not left or not right:
+            return []
+        if len(left) != len(right):
+            return [negate]
+        same = all(
+            (_plain(x) == _plain(y) and type(x) is not bool) or x is y
+            for x, y in zip(left, right, strict=True)
+        )
+        return [same != negate]
+
+    return fn
+
+
+def _in(a: Eval, b: Eval) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left = a(n, env)
+        if not left:
+            return []
+        value = _plain(_single(left))
+        return [any(_plain(x) == value for x in b(n, env))]
+
+    return fn
+
+
+def _compare(a: Eval, b: Eval, op: str) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left, right = a(n, env), b(n, env)
+        if not left or not right:
+            return []
+        x, y = _ordered(_single(left)), _ordered(_single(right))
+        return [x < y if op == "<" else x > y if op == ">" else x <= y if op == "<=" else x >= y]
+
+    return fn
+
+
+_FULL_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _ordered(value: Any) -> Any:
+    """A comparable form: numbers, and full date-times with zones (as instants).
+
+    Partial dates and zone-less times need FHIRPath's precision rules: left to the full engine.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _FULL_DATETIME.match(value):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    raise Unsupported("ordering needs FHIRPath precision rules")
