@@ -1,10 +1,11 @@
-"""The data walk: one `_Run` per validated resource, driven by compiled plans."""
+"""The data walk: one `Run` per validated resource, driven by compiled plans."""
 
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
 
+from fhirschema.validator.bundles import check_bundle
 from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
 from fhirschema.validator.plans import ElementPlan, Plan
@@ -86,56 +87,11 @@ class Run:
         self.starts.append(len(self.path))
         try:
             if rtype == "Bundle":
-                self.bundle(data)
+                check_bundle(self, data)
             self.node(data, plan)
         finally:
             self.resources.pop()
             self.starts.pop()
-
-    def bundle(self, data: dict[str, Any]) -> None:
-        entries = data.get("entry")
-        if not isinstance(entries, list):
-            return
-        by_identity: dict[tuple[str, str], list[tuple[int, str | None]]] = {}
-        urls: set[str] = set()
-        for i, entry in enumerate(entries):
-            if not isinstance(entry, dict):
-                continue
-            full = entry.get("fullUrl")
-            res = entry.get("resource")
-            if isinstance(full, str):
-                if not (full.startswith(("urn:uuid:", "urn:oid:")) or "://" in full):
-                    self.issue(
-                        "fs1003",
-                        f"fullUrl {full!r} is neither absolute nor a urn",
-                        extra=["entry", i, "fullUrl"],
-                    )
-                urls.add(full)
-            if (
-                isinstance(res, dict)
-                and isinstance(res.get("id"), str)
-                and isinstance(res.get("resourceType"), str)
-            ):
-                version = (
-                    (res.get("meta") or {}).get("versionId") if isinstance(res.get("meta"), dict) else None
-                )
-                ident = (f"{res['resourceType']}/{res['id']}", str(version))
-                by_identity.setdefault(ident, []).append((i, full if isinstance(full, str) else None))
-        if data.get("type") != "history":
-            for (ident, _), hits in by_identity.items():
-                if len({full for _, full in hits}) > 1:
-                    for i, _full in hits:
-                        self.issue("fs1201", f"{ident} appears in {len(hits)} entries with different fullUrls",
-                                   extra=["entry", i, "resource", "id"])  # fmt: skip
-        kind = data.get("type")
-        first = entries[0].get("resource") if entries and isinstance(entries[0], dict) else None
-        expected = {"document": "Composition", "message": "MessageHeader"}.get(kind)
-        if expected and (not isinstance(first, dict) or first.get("resourceType") != expected):
-            self.issue(
-                "fs1202", f"a {kind} Bundle must start with a {expected}", extra=["entry", 0, "resource"]
-            )
-        self.bundle_targets = {ident: {f for _, f in hits} for (ident, _), hits in by_identity.items()}
-        self.bundle_urls = urls
 
     # -- objects -------------------------------------------------------------------------
 

@@ -1,0 +1,51 @@
+"""Bundle-level rules, checked once per Bundle before its entries are walked."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fhirschema.validator.walk import Run
+
+
+def check_bundle(run: Run, data: dict[str, Any]) -> None:
+    """Bundle rules (SPEC §3): fullUrl form, duplicate entries, document/message structure."""
+    entries = data.get("entry")
+    if not isinstance(entries, list):
+        return
+    by_identity: dict[tuple[str, str], list[tuple[int, str | None]]] = {}
+    urls: set[str] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        full = entry.get("fullUrl")
+        res = entry.get("resource")
+        if isinstance(full, str):
+            if not (full.startswith(("urn:uuid:", "urn:oid:")) or "://" in full):
+                run.issue(
+                    "fs1003",
+                    f"fullUrl {full!r} is neither absolute nor a urn",
+                    extra=["entry", i, "fullUrl"],
+                )
+            urls.add(full)
+        if (
+            isinstance(res, dict)
+            and isinstance(res.get("id"), str)
+            and isinstance(res.get("resourceType"), str)
+        ):
+            version = (res.get("meta") or {}).get("versionId") if isinstance(res.get("meta"), dict) else None
+            ident = (f"{res['resourceType']}/{res['id']}", str(version))
+            by_identity.setdefault(ident, []).append((i, full if isinstance(full, str) else None))
+    if data.get("type") != "history":
+        for (ident, _), hits in by_identity.items():
+            if len({full for _, full in hits}) > 1:
+                for i, _full in hits:
+                    run.issue("fs1201", f"{ident} appears in {len(hits)} entries with different fullUrls",
+                               extra=["entry", i, "resource", "id"])  # fmt: skip
+    kind = data.get("type")
+    first = entries[0].get("resource") if entries and isinstance(entries[0], dict) else None
+    expected = {"document": "Composition", "message": "MessageHeader"}.get(kind)
+    if expected and (not isinstance(first, dict) or first.get("resourceType") != expected):
+        run.issue("fs1202", f"a {kind} Bundle must start with a {expected}", extra=["entry", 0, "resource"])
+    run.bundle_targets = {ident: {f for _, f in hits} for (ident, _), hits in by_identity.items()}
+    run.bundle_urls = urls
