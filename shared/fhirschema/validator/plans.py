@@ -110,6 +110,7 @@ class ElementPlan:
         "key",
         "max",
         "min",
+        "nested",
         "patterns",
         "plain",
         "prim",
@@ -185,6 +186,16 @@ class ElementPlan:
         self.is_reference = self.type == "Reference"
         # A primitive with nothing else to check: validated inline by the walk.
         self.plain = self.prim is not None and not self.value_checks and self.slicing is None
+        # A complex value whose only checks are those of its own children.
+        self.nested = (
+            self.type is not None
+            and not self.is_primitive
+            and not self.is_resource
+            and not self.is_extension
+            and not self.is_reference
+            and not self.value_checks
+            and self.slicing is None
+        )
         self._child0: Plan | None = None
 
     def child(self, extra: tuple[dict[str, Any], ...] = ()) -> Plan:

@@ -107,7 +107,31 @@ class Run:
         excluded = plan.excluded
         for key, value in data.items():
             ep = elements.get(key)
-            # Hot path: a primitive with nothing but its lexical rule to check.
+            # Hot path 1: a complex value with nothing to check but its own children.
+            if ep is not None and ep.nested and ep.choice_of is None and key not in excluded:
+                child = ep._child0 or ep.child()
+                if not ep.type_missing:
+                    if not ep.array:
+                        if type(value) is dict and value:
+                            path.append(key)
+                            self.node(value, child)
+                            path.pop()
+                            continue
+                    elif (
+                        type(value) is list
+                        and value
+                        and len(value) >= ep.min
+                        and (ep.max is None or len(value) <= ep.max)
+                        and all(type(v) is dict and v for v in value)
+                    ):
+                        path.append(key)
+                        for i, v in enumerate(value):
+                            path.append(i)
+                            self.node(v, child)
+                            path.pop()
+                        path.pop()
+                        continue
+            # Hot path 2: a primitive with nothing but its lexical rule to check.
             if ep is not None and ep.plain and ep.choice_of is None and key not in excluded:
                 if not ep.array:
                     if value is not None and type(value) is not list:
