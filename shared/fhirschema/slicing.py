@@ -108,6 +108,14 @@ def build_match(discriminators: list[dict[str, Any]] | None, schema: dict[str, A
         if ancestor is not None:  # e.g. `code.coding.code` inside a patternCodeableConcept on `code`
             _put(match, schema, ancestor[0], ancestor[1])
             continue
+        if kind == "exists" and parts:
+            # min >= 1 / max = 0 have been hoisted into the parent's required / excluded lists
+            parent = _schema_at(schema, parts[:-1]) if parts[:-1] else schema
+            if parent is not None and parts[-1] in (parent.get("required") or ()):
+                _put(match, schema, parts, {"$exists": True})
+            elif parent is not None and parts[-1] in (parent.get("excluded") or ()):
+                _put(match, schema, parts, {"$exists": False})
+            continue
         node = _schema_at(schema, parts) if parts else schema
         if node is None:
             # Value discriminator on a choice path: `value` is `valueQuantity` etc. in the schema
