@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 INLINE_LIMIT = 512 * 1024  # bytes of JSON; bigger payloads go by S3 reference
+CHUNK_BYTES = 768 * 1024  # a ValidateChunk message stays under this (NATS' limit: 1 MB)
 HEADER_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication (effect-once on publish)
 
 
@@ -74,6 +75,25 @@ class ValidateRequest(BaseModel):
     @property
     def idempotency_key(self) -> str:
         return f"{self.job_id}.{self.index}"
+
+
+class ChunkItem(BaseModel):
+    index: int
+    resource: dict[str, Any]
+    source: str | None = None
+
+
+class ValidateChunk(BaseModel):
+    """Several items of one batch job in one message, on the batch subject (VALIDATE_BATCH_ITEM).
+
+    The gateway packs a batch's inline resources into chunks (under `CHUNK_BYTES`): one fetch,
+    one ack and one job-count write per chunk instead of per resource. Results are still one
+    ValidateResult per item (msg id "<job>.<index>"), each item counted once."""
+
+    job_id: str
+    items: list[ChunkItem]
+    profiles: list[str] = Field(default_factory=list)
+    options: ValidateOptions = Field(default_factory=ValidateOptions)
 
 
 class ValidateResult(BaseModel):

@@ -126,6 +126,20 @@ class JobStore:
                 await self._done.put(marker, COUNTED)
         return job
 
+    async def record_many(self, job_id: str, items: list[tuple[int, Outcome]]) -> list[JobStatus | None]:
+        """Count several items (a chunk) exactly once each, in the same group commit as `record`.
+
+        No per-item markers: the job's counted ranges, written atomically with the counts, are
+        what makes a redelivered chunk count nothing twice. Returns once the counts are stored.
+        """
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[JobStatus | None]] = [loop.create_future() for _ in items]
+        pending = self._pending.setdefault(job_id, [])
+        pending.extend((i, o, f) for (i, o), f in zip(items, futures, strict=True))
+        if job_id not in self._flushers:
+            self._flushers[job_id] = asyncio.create_task(self._flush(job_id))
+        return list(await asyncio.gather(*futures))
+
     async def _flush(self, job_id: str) -> None:
         try:
             while batch := self._pending.pop(job_id, None):

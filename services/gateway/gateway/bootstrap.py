@@ -96,6 +96,6 @@ def bootstrap(settings: Settings | None = None) -> Container:
         jobs=jobs,
         dead_letters=StreamDeadLetters(bus),
         schemas=schemas,
-        validation=ValidationService(dispatch, metrics, timeout),
+        validation=ValidationService(dispatch, metrics, timeout, settings.gateway.batch_chunk_items),
         conversion=ConversionService(dispatch, schemas, timeout),
     )

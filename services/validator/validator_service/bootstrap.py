@@ -22,7 +22,7 @@ from fhirschema.invariants import Invariants
 from fhirschema.terminology import Terminology
 from fhirschema.validator import Validator
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import ValidateOptions, ValidateRequest
+from fhirschema_bus.contracts import ValidateChunk, ValidateOptions, ValidateRequest
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.object_store import ObjectStore
 from fhirschema_bus.settings import NatsSettings, RedisSettings, S3Settings
@@ -129,10 +129,16 @@ def register_subscribers(worker: Worker, state: dict[str, Any]) -> None:
     @worker.broker.subscriber(
         s.VALIDATE_BATCH_ITEM, stream=stream, durable=s.DURABLE_VALIDATOR_BATCH, pull_sub=pull,
         max_workers=workers, ack_policy=AckPolicy.MANUAL, title="validate-batch-item",
-        description="Validate one item of a batch job; the result is stored once and counted once.",
+        description=(
+            "Validate one item of a batch job (ValidateRequest) or a chunk of items (ValidateChunk); "
+            "each result is stored once and counted once."
+        ),
     )  # fmt: skip
-    async def validate_batch_item(req: ValidateRequest) -> None:
-        await state["service"].handle(req)
+    async def validate_batch_item(req: ValidateRequest | ValidateChunk) -> None:
+        if isinstance(req, ValidateChunk):
+            await state["service"].handle_chunk(req)
+        else:
+            await state["service"].handle(req)
 
 
 def _object_store() -> ObjectStore | None:

@@ -21,6 +21,7 @@ from fhirschema_bus.contracts import (
     HEADER_MSG_ID,
     ObjectRef,
     Outcome,
+    ValidateChunk,
     ValidateOptions,
     ValidateRequest,
     ValidateResult,
@@ -40,11 +41,13 @@ class PayloadReader(Protocol):
 class ResultSink(Protocol):
     async def reply(self, subject: str, data: bytes) -> None: ...
     async def store(self, subject: str, data: bytes, msg_id: str) -> None: ...
+    async def store_many(self, subject: str, items: list[tuple[bytes, str]]) -> None: ...
 
 
 class JobRecorder(Protocol):
     async def get(self, job_id: str) -> Any: ...
     async def record(self, job_id: str, index: int, outcome: Outcome) -> Any: ...
+    async def record_many(self, job_id: str, items: list[tuple[int, Outcome]]) -> Any: ...
 
 
 ValidatorFactory = Callable[[ValidateOptions], Validator]
@@ -109,6 +112,56 @@ class ValidationService:
         await asyncio.gather(self.results.store(subject, data, req.idempotency_key), self._count(req, result))
         self.handled += 1
         return result
+
+    async def handle_chunk(self, chunk: ValidateChunk) -> int:
+        """Validate every item of a chunk (one executor call), store the results (pipelined
+        publishes, msg id "<job>.<index>" as for single items) and count them in one job update.
+        A transient error NAKs the whole chunk; the redelivery stores and counts nothing twice."""
+        validator = self.validators.get(chunk.profiles, chunk.options)
+        loop = asyncio.get_running_loop()
+        lines = await loop.run_in_executor(self.executor, self._validate_chunk, validator, chunk)
+        subject = s.job_result_subject(s.VALIDATE_RESULT, chunk.job_id)
+        stored = [
+            (data, f"{chunk.job_id}.{item.index}") for item, (data, _) in zip(chunk.items, lines, strict=True)
+        ]
+        counts = [(item.index, outcome) for item, (_, outcome) in zip(chunk.items, lines, strict=True)]
+        await asyncio.gather(
+            self.results.store_many(subject, stored), self.jobs.record_many(chunk.job_id, counts)
+        )
+        self.handled += len(lines)
+        return len(lines)
+
+    def _validate_chunk(self, validator: Validator, chunk: ValidateChunk) -> list[tuple[bytes, Outcome]]:
+        # In the worker thread: the engine, and encoding the results (orjson, no model per item).
+        out: list[tuple[bytes, Outcome]] = []
+        for item in chunk.items:
+            result: dict[str, Any] = {"job_id": chunk.job_id, "index": item.index}
+            try:
+                res = validator.validate(item.resource, chunk.profiles)
+            except self.transient:
+                raise
+            except Exception as e:  # an engine failure on this input: retrying gives the same
+                error = f"validator error: {type(e).__name__}: {e}"
+                result |= {"valid": False, "outcome": error_outcome(error), "error": error}
+                outcome: Outcome = "failed"
+            else:
+                result |= {"valid": res.valid, "outcome": res.to_outcome()}
+                if isinstance(rtype := item.resource.get("resourceType"), str):
+                    result["resource_type"] = rtype
+                outcome = "valid" if res.valid else "invalid"
+            if item.source is not None:
+                result["source"] = item.source
+            if self.instance is not None:
+                result["validator"] = self.instance
+            data = orjson.dumps(result)
+            if len(data) > MAX_RESULT_BYTES:
+                data = (
+                    _truncated(ValidateResult.model_validate(result))
+                    .model_dump_json(exclude_none=True)
+                    .encode()
+                )
+            out.append((data, outcome))
+        return out
 
     async def _count(self, req: ValidateRequest, result: ValidateResult) -> None:
         if req.reply_to and await self.jobs.get(req.job_id) is None:
@@ -187,3 +240,11 @@ class NatsResults:
 
     async def store(self, subject: str, data: bytes, msg_id: str) -> None:
         await self._js.publish(subject, data, headers={HEADER_MSG_ID: msg_id})
+
+    async def store_many(self, subject: str, items: list[tuple[bytes, str]], timeout: float = 30.0) -> None:
+        """Pipelined: all publishes sent, then all stream acks awaited."""
+        acks = [
+            await self._js.publish_async(subject, data, headers={HEADER_MSG_ID: msg_id}, wait_stall=timeout)
+            for data, msg_id in items
+        ]
+        await asyncio.wait_for(asyncio.gather(*acks), timeout)

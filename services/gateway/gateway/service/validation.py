@@ -12,7 +12,7 @@ import orjson
 from nats.js.api import DeliverPolicy
 
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import JobKind, JobStatus, ValidateResult
+from fhirschema_bus.contracts import CHUNK_BYTES, INLINE_LIMIT, JobKind, JobState, JobStatus, ValidateResult
 from gateway.bodies import Item
 from gateway.errors import BadRequest, BusUnavailable, Timeout
 from gateway.metrics import Metrics
@@ -47,10 +47,11 @@ def _line(result: dict[str, Any]) -> bytes:
 
 
 class ValidationService:
-    def __init__(self, dispatch: Dispatcher, metrics: Metrics, sync_timeout: float):
+    def __init__(self, dispatch: Dispatcher, metrics: Metrics, sync_timeout: float, chunk_items: int = 128):
         self.d = dispatch
         self.metrics = metrics
         self.sync_timeout = sync_timeout
+        self.chunk_items = chunk_items  # batch items per ValidateChunk message (1: one message each)
         dispatch.bus.replies.on_late = self.on_late
 
     # --- one resource, synchronously --------------------------------------------------------
@@ -116,6 +117,8 @@ class ValidationService:
         subject = s.VALIDATE_BATCH_ITEM if kind is JobKind.VALIDATE else s.CONVERT_BATCH_ITEM
         try:
             messages = []
+            if kind is JobKind.VALIDATE and self.chunk_items > 1:
+                messages, items = self._chunks(job_id, items, profiles)
             for item in items:
                 pkind, payload = await self.d.payload(job_id, item.index, item.resource)
                 if kind is JobKind.VALIDATE:
@@ -131,6 +134,38 @@ class ValidationService:
             raise BusUnavailable(f"could not enqueue the batch: {e}") from e
         self.metrics.batch_items.inc(len(items))
         return job
+
+    def _chunks(
+        self, job_id: str, items: list[Item], profiles: list[str]
+    ) -> tuple[list[tuple[str, bytes, str]], list[Item]]:
+        """Pack inline-sized items into ValidateChunk messages (each serialized once, spliced into
+        the chunk); returns the chunk messages and the items left to send one by one (by S3 ref)."""
+        head = orjson.dumps({"job_id": job_id, "profiles": profiles})[:-1] + b',"items":['
+        budget = CHUNK_BYTES - len(head) - 2
+        messages: list[tuple[str, bytes, str]] = []
+        single: list[Item] = []
+        parts: list[bytes] = []
+        size, first = 0, 0
+
+        def flush() -> None:
+            # Msg id: the job and the chunk's first index (a chunk never changes once cut).
+            messages.append((s.VALIDATE_BATCH_ITEM, head + b",".join(parts) + b"]}", f"{job_id}.c{first}"))
+
+        for item in items:
+            part = orjson.dumps({"index": item.index, "source": item.source, "resource": item.resource})
+            if len(part) > INLINE_LIMIT:
+                single.append(item)
+                continue
+            if parts and (len(parts) >= self.chunk_items or size + len(part) + 1 > budget):
+                flush()
+                parts, size = [], 0
+            if not parts:
+                first = item.index
+            parts.append(part)
+            size += len(part) + 1
+        if parts:
+            flush()
+        return messages, single
 
     # --- results ----------------------------------------------------------------------------
 
@@ -149,19 +184,21 @@ class ValidationService:
         subject = s.job_result_subject(s.VALIDATE_RESULT, job.id)
         info = await js.stream_info(s.STREAM_RESULTS, subjects_filter=subject)
         available = (info.state.subjects or {}).get(subject, 0)
+        if job.state is JobState.SUCCEEDED:
+            available = max(available, job.total)  # every item has a stored result: read them all
         want = max(job.total, available) if wait > 0 else available
         if want == 0:
             return
         sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         seen: set[int] = set()
         try:
-            received = 0
-            while received < available or (wait > 0 and len(seen) < job.total):
+            # Count distinct items, not messages: an ordered consumer that resets (a gap under
+            # load) delivers some messages again, and a redelivered item may be stored twice.
+            while len(seen) < available or (wait > 0 and len(seen) < job.total):
                 try:
-                    msg = await sub.next_msg(timeout=wait if received >= available else 5.0)
+                    msg = await sub.next_msg(timeout=wait if len(seen) >= available else 5.0)
                 except TimeoutError:
                     break
-                received += 1
                 result = orjson.loads(msg.data)
                 index = result.get("index", 0)
                 if index in seen:
