@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class Package:
     _raw: dict[str, bytes] = field(default_factory=dict, repr=False)
     _root: Path | None = field(default=None, repr=False)
     _parsed: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def id(self) -> str:
@@ -74,7 +76,14 @@ class Package:
         cached = self._parsed.get(filename)
         if cached is not None:
             return cached
-        data = self._raw.pop(filename, None)
+        with self._lock:  # validators run in threads: parse each file once, never lose its bytes
+            cached = self._parsed.get(filename)
+            if cached is not None:
+                return cached
+            return self._parse(filename)
+
+    def _parse(self, filename: str) -> dict[str, Any]:
+        data = self._raw.get(filename)
         if data is None:
             if self._root is None:
                 raise PackageError(self.id, "no such file in the package", filename)
@@ -89,6 +98,7 @@ class Package:
         if not isinstance(resource, dict):
             raise PackageError(self.id, "not a JSON object", filename)
         self._parsed[filename] = resource
+        self._raw.pop(filename, None)  # the parsed copy replaces the bytes
         return resource
 
     def resources(self, resource_type: str | None = None) -> Iterator[dict[str, Any]]:
