@@ -326,7 +326,7 @@ class Run:
             self.resource(item, ep.profiles)
             return
         elif ep.type is None and not isinstance(item, dict):
-            code = None  # untyped overlay: nothing to check the value against
+            pass  # an untyped overlay element: nothing to check the value itself against
         else:
             if not isinstance(item, dict):
                 self.issue("fs204" if ep.type is None else "fs202", f"expected an object ({ep.type})")
