@@ -214,6 +214,7 @@ def run_batch(base: str, body: bytes, n: int, poll: float, pids: dict[str, int],
     indexes = {r["index"] for r in lines}
     assert st["state"] == "succeeded", st
     assert len(lines) == n and indexes == set(range(n)), (len(lines), len(indexes))
+    in_order = [r["index"] for r in lines] == list(range(n))
     per_replica = {}
     for k in metrics:
         count = m1[k].get("fhirschema_message_seconds_count", 0) - m0[k].get(
@@ -237,6 +238,7 @@ def run_batch(base: str, body: bytes, n: int, poll: float, pids: dict[str, int],
         "failed": st["failed"],
         "results_read_seconds": round(t_results, 3),
         "results_lines": len(lines),
+        "results_in_order": in_order,
         "cpu_seconds": cpu,
         "replicas": per_replica,
     }
@@ -351,7 +353,8 @@ def main() -> None:
         print(
             f"end to end run {i + 1}:     {r['rate']:8.1f} res/s  {r['seconds']:.2f} s  (202 after "
             f"{r['accepted_seconds']:.2f} s; valid {r['valid']} invalid {r['invalid']} failed {r['failed']}; "
-            f"results read in {r['results_read_seconds']:.2f} s)"
+            f"{r['results_lines']} results read in {r['results_read_seconds']:.2f} s, "
+            f"{'in index order' if r['results_in_order'] else 'NOT in index order'})"
         )
         print(f"  CPU s: {r['cpu_seconds']}  per replica: {r['replicas']}")
     if "ratio" in report:

@@ -43,7 +43,8 @@ def build() -> dict:
         description=(
             "JetStream subjects consumed by the validator, converter, ig-ingest and storage services. "
             f"Publish requests with a `Nats-Msg-Id` header. Results: `{subjects.VALIDATE_RESULT}.<job>`, "
-            f"`{subjects.CONVERT_RESULT}.<job>`; job status: KV `{subjects.KV_JOBS}` and "
+            f"`{subjects.CONVERT_RESULT}.<job>` (a ValidateResult or ConvertResult per message; a batch "
+            f"chunk's results come as one ValidateResultChunk); job status: KV `{subjects.KV_JOBS}` and "
             f"`{subjects.JOB_EVENTS}.<job>`; dead letters: `{subjects.DEAD_LETTER}.<subject>`. "
             f"Resources over {contracts.INLINE_LIMIT} bytes travel by S3 reference (`resource_ref`)."
         ),
@@ -55,6 +56,7 @@ def build() -> dict:
             model.__name__: model.model_json_schema(by_alias=True)
             for model in (
                 contracts.ValidateResult,
+                contracts.ValidateResultChunk,
                 contracts.ConvertResult,
                 contracts.JobStatus,
                 contracts.JobEvent,

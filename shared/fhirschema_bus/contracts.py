@@ -87,8 +87,8 @@ class ValidateChunk(BaseModel):
     """Several items of one batch job in one message, on the batch subject (VALIDATE_BATCH_ITEM).
 
     The gateway packs a batch's inline resources into chunks (under `CHUNK_BYTES`): one fetch,
-    one ack and one job-count write per chunk instead of per resource. Results are still one
-    ValidateResult per item (msg id "<job>.<index>"), each item counted once."""
+    one ack and one job-count write per chunk instead of per resource. Its results are published
+    as ValidateResultChunk messages (one per chunk unless too large), each item counted once."""
 
     job_id: str
     items: list[ChunkItem]
@@ -105,6 +105,25 @@ class ValidateResult(BaseModel):
     resource_type: str | None = None
     error: str | None = None  # set when the item could not be validated at all (counted as failed)
     validator: str | None = None  # instance that produced it
+
+
+class ValidateResultChunk(BaseModel):
+    """The results of a ValidateChunk (in index order) as ONE message on the results subject
+    (`fhirschema.result.validate.<job>`), msg id "<job>.<first index>-<last index>"; split into
+    several such messages when the encoded results would exceed ~900 KB. Readers of the results
+    subject accept both this and a single ValidateResult (single items, POST /validate):
+    see `result_items`."""
+
+    job_id: str
+    results: list[ValidateResult]
+
+
+def result_items(message: Any) -> list[Any]:
+    """The result objects in one decoded message of a results subject: a ValidateResultChunk
+    gives its `results`, anything else (ValidateResult, ConvertResult) is one result."""
+    if isinstance(message, dict) and isinstance(items := message.get("results"), list):
+        return items
+    return [message]
 
 
 # --- conversion -------------------------------------------------------------------------------

@@ -63,10 +63,14 @@ class WorkerSettings(BaseSettings):
     heartbeat_seconds: float = 10.0
     instance: str = ""  # default: <hostname>-<pid>
     fetch_batch: int = 32  # messages per pull request, handled concurrently
+    chunk_fetch: int = 2  # messages per pull for subjects that carry chunks of many items
     # > 1: a pool of handlers fed by the fetch loop (one slow message does not hold back the next
     # pull). 1: each fetched batch is handled concurrently, then the next is pulled — measured
     # faster here (2,000-item batch on 2 replicas: 1.7 s vs 2.1-2.4 s with 32 workers).
     max_workers: int = 1
+    # Handlers for chunk subjects: 2 lets the fetch loop pull the next chunk while one is being
+    # validated (Synthea batch, 2 replicas: 5.7-6.3k res/s vs 3.9-4.6k with 1).
+    chunk_workers: int = 2
     threads: int = 2  # worker threads for CPU-bound engine calls
 
     def instance_id(self) -> str:

@@ -146,11 +146,16 @@ async def test_results_assembled_when_job_finishes(storage: Storage, nc: Client)
     js = nc.jetstream()
     job = uuid.uuid4().hex
     kv = await js.key_value(s.KV_JOBS)
-    await kv.put(job, JobStatus(id=job, kind=JobKind.VALIDATE, total=3).model_dump_json().encode())
-    for i in (2, 0, 1, 0):  # out of order, one duplicate
-        res = {"job_id": job, "index": i, "valid": True, "outcome": {"resourceType": "OperationOutcome"}}
-        await js.publish(s.job_result_subject(s.VALIDATE_RESULT, job), json.dumps(res).encode())
-    ev = JobEvent(job_id=job, state=JobState.SUCCEEDED, total=3, done=3, valid=3)
+    await kv.put(job, JobStatus(id=job, kind=JobKind.VALIDATE, total=5).model_dump_json().encode())
+
+    def res(i: int) -> dict:
+        return {"job_id": job, "index": i, "valid": True, "outcome": {"resourceType": "OperationOutcome"}}
+
+    # out of order, duplicates, single results and ValidateResultChunks mixed
+    for msg in (res(2), res(0), {"job_id": job, "results": [res(3), res(4)]}, res(1), res(0),
+                {"job_id": job, "results": [res(4)]}):  # fmt: skip
+        await js.publish(s.job_result_subject(s.VALIDATE_RESULT, job), json.dumps(msg).encode())
+    ev = JobEvent(job_id=job, state=JobState.SUCCEEDED, total=5, done=5, valid=5)
     await js.publish(f"{s.JOB_EVENTS}.{job}", ev.model_dump_json().encode())
     for _ in range(100):
         status = JobStatus.model_validate_json((await kv.get(job)).value or b"")
@@ -159,7 +164,8 @@ async def test_results_assembled_when_job_finishes(storage: Storage, nc: Client)
         await asyncio.sleep(0.1)
     assert status.results is not None and status.results.key == f"{job}.ndjson"
     lines = list(storage.store.iter_lines(status.results.bucket, status.results.key))
-    assert [json.loads(ln)["index"] for ln in lines] == [0, 1, 2]
+    assert [json.loads(ln)["index"] for ln in lines] == [0, 1, 2, 3, 4]
+    assert all(json.loads(ln)["job_id"] == job for ln in lines)
 
 
 @pytest.mark.slow

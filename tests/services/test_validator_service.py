@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from validator_service import ValidatorSettings, bootstrap
 from validator_service.bootstrap import local_context
+from validator_service.service import result_chunks
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
@@ -34,8 +35,10 @@ from fhirschema_bus.contracts import (
     JobKind,
     JobState,
     JobStatus,
+    ValidateChunk,
     ValidateRequest,
     ValidateResult,
+    ValidateResultChunk,
 )
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.servers import RunningServer, free_port, start_nats
@@ -164,6 +167,48 @@ async def test_two_replicas_share_a_batch_each_result_stored_once(
     assert await stored_results(js, job.id) == total
     assert min(handled) > 0, f"one replica did nothing: {handled}"
     assert {"validator.replica-a", "validator.replica-b"} <= set(beats)
+
+
+def test_result_chunks_split_under_the_limit_with_range_msg_ids() -> None:
+    results = [orjson.dumps({"job_id": "j", "index": i, "pad": "x" * 300}) for i in (4, 5, 6, 7, 8)]
+    one = result_chunks("j", [4, 5, 6, 7, 8], results)
+    assert [msg_id for _, msg_id in one] == ["j.4-8"]
+    assert [r["index"] for r in orjson.loads(one[0][0])["results"]] == [4, 5, 6, 7, 8]
+    split = result_chunks("j", [4, 5, 6, 7, 8], results, limit=800)
+    assert [msg_id for _, msg_id in split] == ["j.4-5", "j.6-7", "j.8-8"]
+    assert all(len(data) <= 800 for data, _ in split)
+    assert [r["index"] for data, _ in split for r in orjson.loads(data)["results"]] == [4, 5, 6, 7, 8]
+
+
+async def test_chunk_results_stored_as_one_message_counted_once(
+    nc: Client, nats_private: RunningServer
+) -> None:
+    js = nc.jetstream()
+    store = await JobStore.open(js)
+    job = await store.create(JobKind.VALIDATE, total=10)
+    chunk = ValidateChunk(
+        job_id=job.id,
+        items=[{"index": i, "resource": patient(i, i % 3 != 0), "source": f"line {i}"} for i in range(10)],
+    )
+    async with running(validator(nats_private.url)):
+        for attempt in range(2):  # the second delivery of the same chunk stores and counts nothing
+            await js.publish(
+                s.VALIDATE_BATCH_ITEM,
+                chunk.model_dump_json().encode(),
+                headers={HEADER_MSG_ID: f"c{attempt}"},
+            )
+            final = await wait_job(store, job.id)
+            await asyncio.sleep(0.5)
+    assert (final.done, final.valid, final.invalid) == (10, 6, 4)
+    assert (await store.get(job.id)).done == 10
+    assert await stored_results(js, job.id) == 1  # ONE ValidateResultChunk, msg id "<job>.0-9"
+    sub = await js.pull_subscribe(s.job_result_subject(s.VALIDATE_RESULT, job.id), stream=s.STREAM_RESULTS)
+    (msg,) = await sub.fetch(1, timeout=5)
+    assert msg.headers[HEADER_MSG_ID] == f"{job.id}.0-9"
+    results = ValidateResultChunk.model_validate_json(msg.data).results
+    assert [r.index for r in results] == list(range(10))
+    assert [r.valid for r in results] == [i % 3 != 0 for i in range(10)]
+    assert results[1].source == "line 1" and results[1].resource_type == "Patient"
 
 
 @pytest.fixture

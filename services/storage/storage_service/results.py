@@ -15,7 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import JobKind, JobStatus, ObjectRef
+from fhirschema_bus.contracts import JobKind, JobStatus, ObjectRef, result_items
 from fhirschema_bus.object_store import ObjectStore
 
 log = logging.getLogger("storage.results")
@@ -49,7 +49,8 @@ class ResultAssembler:
         return ref
 
     async def read_results(self, subject: str) -> list[bytes]:
-        """Every result of one job, once per item index, in index order."""
+        """Every result of one job, once per item index, in index order; a message is a single
+        result or a ValidateResultChunk (its items become lines of their own)."""
         info = await self.js.stream_info(s.STREAM_RESULTS, subjects_filter=subject)
         expected = (info.state.subjects or {}).get(subject, 0)
         if not expected:
@@ -69,13 +70,28 @@ class ResultAssembler:
                 for m in msgs:
                     seen += 1
                     try:
-                        idx = int(orjson.loads(m.data).get("index", seen))
-                    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-                        idx = -seen
-                    by_index.setdefault(idx, m.data)
+                        message = orjson.loads(m.data)
+                    except orjson.JSONDecodeError:
+                        by_index.setdefault(-seen, m.data)
+                        continue
+                    items = result_items(message)
+                    if len(items) == 1 and items[0] is message:  # a single result: kept as sent
+                        self._keep(by_index, message, m.data, -seen)
+                    else:  # a ValidateResultChunk: one line per item
+                        for k, item in enumerate(items):
+                            self._keep(by_index, item, None, -seen * 100_000 - k)
         finally:
             await sub.unsubscribe()
         return [by_index[i] for i in sorted(by_index)]
+
+    @staticmethod
+    def _keep(by_index: dict[int, bytes], result: object, data: bytes | None, fallback: int) -> None:
+        try:
+            idx = int(result.get("index", fallback))  # type: ignore[attr-defined]
+        except (AttributeError, TypeError, ValueError):
+            idx = fallback
+        if idx not in by_index:
+            by_index[idx] = data if data is not None else orjson.dumps(result)
 
     async def _set_results(self, job_id: str, ref: ObjectRef) -> None:
         kv = await self.js.key_value(s.KV_JOBS)

@@ -116,6 +116,9 @@ def register_subscribers(worker: Worker, state: dict[str, Any]) -> None:
     stream = JStream(s.STREAM_REQUESTS, declare=False)  # ensure_topology owns the streams
     # Several messages per pull request (one round trip), handled by a pool of workers.
     pull = PullSub(batch_size=worker.settings.fetch_batch, timeout=1.0)
+    # Batch messages are mostly chunks of up to 128 items: pulling many at once would let one
+    # replica take a whole job while the others idle.
+    batch_pull = PullSub(batch_size=worker.settings.chunk_fetch, timeout=1.0)
     workers = worker.settings.max_workers
 
     @worker.broker.subscriber(
@@ -127,11 +130,12 @@ def register_subscribers(worker: Worker, state: dict[str, Any]) -> None:
         await state["service"].handle(req)
 
     @worker.broker.subscriber(
-        s.VALIDATE_BATCH_ITEM, stream=stream, durable=s.DURABLE_VALIDATOR_BATCH, pull_sub=pull,
-        max_workers=workers, ack_policy=AckPolicy.MANUAL, title="validate-batch-item",
+        s.VALIDATE_BATCH_ITEM, stream=stream, durable=s.DURABLE_VALIDATOR_BATCH, pull_sub=batch_pull,
+        max_workers=worker.settings.chunk_workers, ack_policy=AckPolicy.MANUAL, title="validate-batch-item",
         description=(
             "Validate one item of a batch job (ValidateRequest) or a chunk of items (ValidateChunk); "
-            "each result is stored once and counted once."
+            "each result is stored once (a chunk's results as ValidateResultChunk messages) and "
+            "counted once."
         ),
     )  # fmt: skip
     async def validate_batch_item(req: ValidateRequest | ValidateChunk) -> None:

@@ -114,20 +114,22 @@ class ValidationService:
         return result
 
     async def handle_chunk(self, chunk: ValidateChunk) -> int:
-        """Validate every item of a chunk (one executor call), store the results (pipelined
-        publishes, msg id "<job>.<index>" as for single items) and count them in one job update.
-        A transient error NAKs the whole chunk; the redelivery stores and counts nothing twice."""
+        """Validate every item of a chunk (one executor call), store the results as one
+        ValidateResultChunk message (several when over MAX_RESULT_BYTES; msg id
+        "<job>.<first>-<last>") and count them in one job update. A transient error NAKs the
+        whole chunk; the redelivery stores and counts nothing twice."""
         validator = self.validators.get(chunk.profiles, chunk.options)
         loop = asyncio.get_running_loop()
         lines = await loop.run_in_executor(self.executor, self._validate_chunk, validator, chunk)
         subject = s.job_result_subject(s.VALIDATE_RESULT, chunk.job_id)
-        stored = [
-            (data, f"{chunk.job_id}.{item.index}") for item, (data, _) in zip(chunk.items, lines, strict=True)
-        ]
-        counts = [(item.index, outcome) for item, (_, outcome) in zip(chunk.items, lines, strict=True)]
-        await asyncio.gather(
-            self.results.store_many(subject, stored), self.jobs.record_many(chunk.job_id, counts)
-        )
+        indexes = [item.index for item in chunk.items]
+        stored = result_chunks(chunk.job_id, indexes, [data for data, _ in lines])
+        counts = [(index, outcome) for index, (_, outcome) in zip(indexes, lines, strict=True)]
+        if len(stored) == 1:
+            store = self.results.store(subject, *stored[0])
+        else:
+            store = self.results.store_many(subject, stored)
+        await asyncio.gather(store, self.jobs.record_many(chunk.job_id, counts))
         self.handled += len(lines)
         return len(lines)
 
@@ -203,6 +205,26 @@ class ValidationService:
             job_id=req.job_id, index=req.index, valid=False, outcome=error_outcome(error),
             source=req.source, error=error, validator=self.instance,
         )  # fmt: skip
+
+
+def result_chunks(
+    job_id: str, indexes: list[int], results: list[bytes], limit: int = MAX_RESULT_BYTES
+) -> list[tuple[bytes, str]]:
+    """Encoded results (each under `limit`) spliced into ValidateResultChunk messages of at most
+    `limit` bytes, in order: [(message, msg id "<job>.<first index>-<last index>"), ...]."""
+    head = orjson.dumps({"job_id": job_id})[:-1] + b',"results":['
+    out: list[tuple[bytes, str]] = []
+    parts: list[bytes] = []
+    size, first = len(head) + 2, 0
+    for k, data in enumerate(results):
+        if parts and size + len(data) + 1 > limit:
+            out.append((head + b",".join(parts) + b"]}", f"{job_id}.{indexes[first]}-{indexes[k - 1]}"))
+            parts, size, first = [], len(head) + 2, k
+        parts.append(data)
+        size += len(data) + 1
+    if parts:
+        out.append((head + b",".join(parts) + b"]}", f"{job_id}.{indexes[first]}-{indexes[-1]}"))
+    return out
 
 
 def _truncated(result: ValidateResult) -> ValidateResult:

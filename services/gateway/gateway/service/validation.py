@@ -12,7 +12,15 @@ import orjson
 from nats.js.api import DeliverPolicy
 
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import CHUNK_BYTES, INLINE_LIMIT, JobKind, JobState, JobStatus, ValidateResult
+from fhirschema_bus.contracts import (
+    CHUNK_BYTES,
+    INLINE_LIMIT,
+    JobKind,
+    JobState,
+    JobStatus,
+    ValidateResult,
+    result_items,
+)
 from gateway.bodies import Item
 from gateway.errors import BadRequest, BusUnavailable, Timeout
 from gateway.metrics import Metrics
@@ -180,31 +188,45 @@ class ValidationService:
             yield line
 
     async def _live(self, job: JobStatus, wait: float) -> AsyncIterator[bytes]:
+        """Read the job's results subject: single ValidateResults and ValidateResultChunks, each
+        item once, yielded in index order (items that arrive early are held back until the
+        ones before them came; whatever is missing at the end, the rest follows sorted)."""
         js = self.d.bus.js
         subject = s.job_result_subject(s.VALIDATE_RESULT, job.id)
         info = await js.stream_info(s.STREAM_RESULTS, subjects_filter=subject)
-        available = (info.state.subjects or {}).get(subject, 0)
-        if job.state is JobState.SUCCEEDED:
-            available = max(available, job.total)  # every item has a stored result: read them all
-        want = max(job.total, available) if wait > 0 else available
-        if want == 0:
+        messages = (info.state.subjects or {}).get(subject, 0)  # messages, not items (chunks)
+        if messages == 0 and not (wait > 0 and job.total):
             return
+        # Done when every item is seen (a succeeded job has them all stored), or when every
+        # message stored at the start is read and we are not asked to wait for more.
+        complete = job.state is JobState.SUCCEEDED or wait > 0
         sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         seen: set[int] = set()
+        read: set[int] = set()  # stream sequences: an ordered consumer that resets redelivers
+        held: dict[int, dict[str, Any]] = {}
+        next_index = 0
         try:
-            # Count distinct items, not messages: an ordered consumer that resets (a gap under
-            # load) delivers some messages again, and a redelivered item may be stored twice.
-            while len(seen) < available or (wait > 0 and len(seen) < job.total):
+            while len(seen) < job.total if complete else len(read) < messages:
                 try:
-                    msg = await sub.next_msg(timeout=wait if len(seen) >= available else 5.0)
+                    timeout = wait if len(read) >= messages and wait > 0 else 5.0
+                    msg = await sub.next_msg(timeout=timeout)
                 except TimeoutError:
                     break
-                result = orjson.loads(msg.data)
-                index = result.get("index", 0)
-                if index in seen:
-                    continue  # at least once on the bus, once in the output
-                seen.add(index)
-                yield _line(result) + b"\n"
+                try:
+                    read.add(msg.metadata.sequence.stream)
+                except Exception:  # no JetStream metadata: count the message anyway
+                    read.add(-len(read) - 1)
+                for result in result_items(orjson.loads(msg.data)):
+                    index = result.get("index", 0)
+                    if index in seen:
+                        continue  # at least once on the bus, once in the output
+                    seen.add(index)
+                    held[index] = result
+                while next_index in held:
+                    yield _line(held.pop(next_index)) + b"\n"
+                    next_index += 1
+            for index in sorted(held):
+                yield _line(held[index]) + b"\n"
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
