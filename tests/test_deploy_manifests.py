@@ -39,3 +39,11 @@ def test_compose_consistent() -> None:
     assert errs == []
     # Dockerfiles of services owned elsewhere may not exist yet; ours must.
     assert set(missing) <= {"services/converter/Dockerfile", "services/validator/Dockerfile"}, missing
+
+
+def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
+    """Strict JSON-schema validation of every document (bundled schemas: no cluster, no network)."""
+    import kubernetes_validate
+
+    for doc in check.load_k8s():
+        kubernetes_validate.validate(doc, "1.31.0", strict=True)  # raises ValidationError with the path
