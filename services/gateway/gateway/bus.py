@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import nats
 import nats.errors
@@ -152,14 +152,18 @@ class Bus:
                 f"NATS did not accept the message on {subject}: {e or type(e).__name__}"
             ) from e
 
-    async def publish_many(self, messages: list[tuple[str, bytes, str]], timeout: float = 30.0) -> None:
+    async def publish_many(self, messages: Iterable[tuple[str, bytes, str]], timeout: float = 30.0) -> None:
         """Pipelined publishes (no wait per message); all acks awaited at the end."""
         js = self.js
         try:
-            acks = [
-                await js.publish_async(subject, payload, headers={HEADER_MSG_ID: msg_id}, wait_stall=timeout)
-                for subject, payload, msg_id in messages
-            ]
+            acks = []
+            for subject, payload, msg_id in messages:
+                acks.append(
+                    await js.publish_async(
+                        subject, payload, headers={HEADER_MSG_ID: msg_id}, wait_stall=timeout
+                    )
+                )
+                await asyncio.sleep(0)  # let the client flush it now: consumers start while we pack
             await asyncio.wait_for(asyncio.gather(*acks), timeout)
         except (TimeoutError, *NATS_ERRORS) as e:
             raise BusUnavailable(f"NATS did not accept the batch: {e or type(e).__name__}") from e

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,9 +124,13 @@ class ValidationService:
         job = await jobs.create(kind, len(items), job_id=job_id, detail=detail)
         subject = s.VALIDATE_BATCH_ITEM if kind is JobKind.VALIDATE else s.CONVERT_BATCH_ITEM
         try:
-            messages = []
             if kind is JobKind.VALIDATE and self.chunk_items > 1:
-                messages, items = self._chunks(job_id, items, profiles)
+                # Chunks are published as they are cut, so validators start on the first one
+                # while the rest is still being packed; oversized items follow one by one.
+                oversized: list[Item] = []
+                await self.d.bus.publish_many(self._chunks(job_id, items, profiles, oversized))
+                items = oversized
+            messages = []
             for item in items:
                 pkind, payload = await self.d.payload(job_id, item.index, item.resource)
                 if kind is JobKind.VALIDATE:
@@ -144,36 +148,29 @@ class ValidationService:
         return job
 
     def _chunks(
-        self, job_id: str, items: list[Item], profiles: list[str]
-    ) -> tuple[list[tuple[str, bytes, str]], list[Item]]:
-        """Pack inline-sized items into ValidateChunk messages (each serialized once, spliced into
-        the chunk); returns the chunk messages and the items left to send one by one (by S3 ref)."""
+        self, job_id: str, items: list[Item], profiles: list[str], oversized: list[Item]
+    ) -> Iterator[tuple[str, bytes, str]]:
+        """ValidateChunk messages of inline-sized items (each serialized once, spliced into the
+        chunk); items too big to travel inline are put in `oversized` (they go by S3 reference)."""
         head = orjson.dumps({"job_id": job_id, "profiles": profiles})[:-1] + b',"items":['
         budget = CHUNK_BYTES - len(head) - 2
-        messages: list[tuple[str, bytes, str]] = []
-        single: list[Item] = []
         parts: list[bytes] = []
         size, first = 0, 0
-
-        def flush() -> None:
-            # Msg id: the job and the chunk's first index (a chunk never changes once cut).
-            messages.append((s.VALIDATE_BATCH_ITEM, head + b",".join(parts) + b"]}", f"{job_id}.c{first}"))
-
         for item in items:
             part = orjson.dumps({"index": item.index, "source": item.source, "resource": item.resource})
             if len(part) > INLINE_LIMIT:
-                single.append(item)
+                oversized.append(item)
                 continue
             if parts and (len(parts) >= self.chunk_items or size + len(part) + 1 > budget):
-                flush()
+                # Msg id: the job and the chunk's first index (a chunk never changes once cut).
+                yield s.VALIDATE_BATCH_ITEM, head + b",".join(parts) + b"]}", f"{job_id}.c{first}"
                 parts, size = [], 0
             if not parts:
                 first = item.index
             parts.append(part)
             size += len(part) + 1
         if parts:
-            flush()
-        return messages, single
+            yield s.VALIDATE_BATCH_ITEM, head + b",".join(parts) + b"]}", f"{job_id}.c{first}"
 
     # --- results ----------------------------------------------------------------------------
 
