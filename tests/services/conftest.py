@@ -7,12 +7,15 @@ by PID when the module ends: modules never see each other's streams, consumers o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.client import Client
 
 from fhirschema_bus.servers import RunningServer, ServerStartError, start_nats, start_redis, start_s3
+from fhirschema_bus.topology import ensure_topology
 
 SERVER_FIXTURES = frozenset({"nats_server", "s3_server", "redis_server"})
 
@@ -45,6 +48,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServe
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield from _serve(tmp_path_factory, "redis", start_redis)
+
+
+@pytest.fixture
+async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
+    """A client of the module's NATS server, with the JetStream topology in place."""
+    client = await nats.connect(nats_server.url)
+    await ensure_topology(client.jetstream())
+    yield client
+    await client.drain()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
 import pytest
 from converter_service import bootstrap
 from nats.aio.client import Client
@@ -17,9 +15,8 @@ from fhirschema_bus.contracts import ConvertRequest, ConvertResult, JobKind, Job
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.servers import RunningServer
 from fhirschema_bus.settings import NatsSettings
-from fhirschema_bus.topology import ensure_topology
 from fhirschema_bus.worker import WorkerSettings
-from tests.services.test_validator_service import FAST_RETRY, R4, nats_private, running, wait_job
+from tests.services.test_validator_service import FAST_RETRY, R4, running, wait_job
 
 PATIENT_SD = "http://hl7.org/fhir/StructureDefinition/Patient"
 
@@ -35,15 +32,6 @@ def structure_definitions() -> list[dict[str, Any]]:
 
 
 pytestmark = pytest.mark.servers
-__all__ = ["nats_private"]  # the module's own NATS server (a fixture)
-
-
-@pytest.fixture
-async def nc(nats_private: RunningServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_private.url)
-    await ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
 
 
 def converter(url: str) -> Any:
@@ -54,11 +42,11 @@ def converter(url: str) -> Any:
 
 
 async def test_convert_one_reply_store_and_put(
-    nc: Client, nats_private: RunningServer, structure_definitions: list[dict[str, Any]]
+    nc: Client, nats_server: RunningServer, structure_definitions: list[dict[str, Any]]
 ) -> None:
     js = nc.jetstream()
     job_id = uuid.uuid4().hex
-    async with running(converter(nats_private.url)):
+    async with running(converter(nats_server.url)):
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, max_msgs=2)
         good = ConvertRequest(
@@ -89,13 +77,13 @@ async def test_convert_one_reply_store_and_put(
 
 
 async def test_convert_batch_counts_job(
-    nc: Client, nats_private: RunningServer, structure_definitions: list[dict[str, Any]]
+    nc: Client, nats_server: RunningServer, structure_definitions: list[dict[str, Any]]
 ) -> None:
     js = nc.jetstream()
     store = await JobStore.open(js)
     items = [*structure_definitions, {"resourceType": "StructureDefinition"}]
     job = await store.create(JobKind.CONVERT, total=len(items))
-    async with running(converter(nats_private.url)):
+    async with running(converter(nats_server.url)):
         for i, sd in enumerate(items):
             req = ConvertRequest(job_id=job.id, index=i, structure_definition=sd)
             await js.publish(s.CONVERT_BATCH_ITEM, req.model_dump_json().encode())

@@ -10,9 +10,7 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator
 
-import nats
 import orjson
 import pytest
 from nats.aio.client import Client
@@ -25,9 +23,7 @@ from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.object_store import ObjectStoreUnavailable
 from fhirschema_bus.servers import RunningServer
 from fhirschema_bus.settings import NatsSettings
-from fhirschema_bus.topology import ensure_topology
 from tests.services.test_validator_service import (
-    nats_private,
     patient,
     running,
     stored_results,
@@ -50,15 +46,6 @@ class FlakyStore:
 
 
 pytestmark = pytest.mark.servers
-__all__ = ["nats_private"]  # the module's own NATS server (a fixture)
-
-
-@pytest.fixture
-async def nc(nats_private: RunningServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_private.url)
-    await ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
 
 
 async def find_letter(js: JetStreamContext, tag: str, timeout: float = 15.0) -> DeadLetter:
@@ -76,10 +63,10 @@ def by_ref(job_id: str) -> bytes:
     return ValidateRequest(job_id=job_id, resource_ref=ref).model_dump_json().encode()
 
 
-async def test_poison_message_is_dead_lettered_at_once(nc: Client, nats_private: RunningServer) -> None:
+async def test_poison_message_is_dead_lettered_at_once(nc: Client, nats_server: RunningServer) -> None:
     js = nc.jetstream()
     tag = uuid.uuid4().hex
-    async with running(validator(nats_private.url)):
+    async with running(validator(nats_server.url)):
         await js.publish(s.VALIDATE_BATCH_ITEM, b'{"job_id": "x", "resource": {', headers={"Test-Tag": tag})
         letter = await find_letter(js, tag)
     assert letter.subject == s.VALIDATE_BATCH_ITEM and letter.service == "validator"
@@ -93,12 +80,12 @@ async def test_poison_message_is_dead_lettered_at_once(nc: Client, nats_private:
     assert await replay(js, 10**9) is None
 
 
-async def test_transient_failure_is_retried_then_succeeds(nc: Client, nats_private: RunningServer) -> None:
+async def test_transient_failure_is_retried_then_succeeds(nc: Client, nats_server: RunningServer) -> None:
     js = nc.jetstream()
     store = await JobStore.open(js)
     job = await store.create(JobKind.VALIDATE, total=1)
     flaky = FlakyStore(failures=2)
-    async with running(w := validator(nats_private.url)):
+    async with running(w := validator(nats_server.url)):
         w.state["service"].payloads = flaky
         await js.publish(s.VALIDATE_BATCH_ITEM, by_ref(job.id))
         final = await wait_job(store, job.id, timeout=15)
@@ -107,14 +94,14 @@ async def test_transient_failure_is_retried_then_succeeds(nc: Client, nats_priva
     assert await stored_results(js, job.id) == 1
 
 
-async def test_exhausted_deliveries_dead_letter_then_replay(nc: Client, nats_private: RunningServer) -> None:
+async def test_exhausted_deliveries_dead_letter_then_replay(nc: Client, nats_server: RunningServer) -> None:
     js = nc.jetstream()
     store = await JobStore.open(js)
     job = await store.create(JobKind.VALIDATE, total=1)
     tag = uuid.uuid4().hex
     max_deliver = NatsSettings().max_deliver
     flaky = FlakyStore(failures=10**6)
-    async with running(w := validator(nats_private.url)):
+    async with running(w := validator(nats_server.url)):
         w.state["service"].payloads = flaky
         await js.publish(s.VALIDATE_BATCH_ITEM, by_ref(job.id), headers={"Test-Tag": tag})
         letter = await find_letter(js, tag)

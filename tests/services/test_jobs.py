@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
-import nats
-import pytest
 from nats.aio.client import Client
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobEvent, JobKind, JobState
 from fhirschema_bus.jobs import JobStore
-from fhirschema_bus.servers import RunningServer
-from fhirschema_bus.topology import ensure_topology
-
-
-@pytest.fixture
-async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    await ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
 
 
 async def test_transitions_and_events(nc: Client) -> None:

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import nats
 import orjson
 import pytest
 from nats.aio.client import Client
@@ -41,9 +40,9 @@ from fhirschema_bus.contracts import (
     ValidateResultChunk,
 )
 from fhirschema_bus.jobs import JobStore
-from fhirschema_bus.servers import RunningServer, free_port, start_nats
+from fhirschema_bus.servers import RunningServer, free_port
 from fhirschema_bus.settings import NatsSettings, RedisSettings
-from fhirschema_bus.topology import DURABLES, consumer_config, ensure_topology
+from fhirschema_bus.topology import DURABLES, consumer_config
 from fhirschema_bus.worker import Worker, WorkerSettings
 from tests.conftest import PACKAGES, ROOT
 
@@ -79,24 +78,6 @@ async def running(*workers: Worker) -> AsyncIterator[tuple[Worker, ...]]:
 pytestmark = pytest.mark.servers
 
 
-@pytest.fixture(scope="module")
-def nats_private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A NATS server of this module's own. The gateway tests keep validator and storage replicas
-    bound to the session server's shared durables for the whole session; they would take (and
-    answer) our messages, which is right for a deployment but not for these assertions."""
-    srv = start_nats(tmp_path_factory.mktemp("nats-private"))
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-async def nc(nats_private: RunningServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_private.url)
-    await ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
-
-
 async def publish_batch(js: JetStreamContext, job_id: str, resources: list[dict[str, Any]]) -> None:
     async def one(i: int, res: dict[str, Any]) -> None:
         req = ValidateRequest(job_id=job_id, index=i, resource=res)
@@ -127,9 +108,9 @@ async def stored_results(js: JetStreamContext, job_id: str) -> int:
     return (info.state.subjects or {}).get(subject, 0)
 
 
-async def test_single_valid_and_invalid_patient(nc: Client, nats_private: RunningServer) -> None:
+async def test_single_valid_and_invalid_patient(nc: Client, nats_server: RunningServer) -> None:
     js = nc.jetstream()
-    async with running(validator(nats_private.url)):
+    async with running(validator(nats_server.url)):
         results = []
         for i, ok in ((0, True), (1, False)):
             inbox = nc.new_inbox()
@@ -147,13 +128,13 @@ async def test_single_valid_and_invalid_patient(nc: Client, nats_private: Runnin
 
 
 async def test_two_replicas_share_a_batch_each_result_stored_once(
-    nc: Client, nats_private: RunningServer
+    nc: Client, nats_server: RunningServer
 ) -> None:
     js = nc.jetstream()
     store = await JobStore.open(js)
     total = 2000
     job = await store.create(JobKind.VALIDATE, total=total)
-    a, b = validator(nats_private.url, "replica-a"), validator(nats_private.url, "replica-b")
+    a, b = validator(nats_server.url, "replica-a"), validator(nats_server.url, "replica-b")
     async with running(a, b):
         t0 = time.monotonic()
         await publish_batch(js, job.id, [patient(i, valid=i % 10 != 0) for i in range(total)])
@@ -181,7 +162,7 @@ def test_result_chunks_split_under_the_limit_with_range_msg_ids() -> None:
 
 
 async def test_chunk_results_stored_as_one_message_counted_once(
-    nc: Client, nats_private: RunningServer
+    nc: Client, nats_server: RunningServer
 ) -> None:
     js = nc.jetstream()
     store = await JobStore.open(js)
@@ -190,7 +171,7 @@ async def test_chunk_results_stored_as_one_message_counted_once(
         job_id=job.id,
         items=[{"index": i, "resource": patient(i, i % 3 != 0), "source": f"line {i}"} for i in range(10)],
     )
-    async with running(validator(nats_private.url)):
+    async with running(validator(nats_server.url)):
         for attempt in range(2):  # the second delivery of the same chunk stores and counts nothing
             await js.publish(
                 s.VALIDATE_BATCH_ITEM,
@@ -212,14 +193,14 @@ async def test_chunk_results_stored_as_one_message_counted_once(
 
 
 @pytest.fixture
-def spawn(nats_private: RunningServer) -> Iterator[Any]:
+def spawn(nats_server: RunningServer) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, metrics_port: int = 0) -> subprocess.Popen[bytes]:
         env = {
             "FHIRSCHEMA_WORKER_METRICS_PORT": str(metrics_port),
             **os.environ,
-            "FHIRSCHEMA_NATS_URL": nats_private.url,
+            "FHIRSCHEMA_NATS_URL": nats_server.url,
             "FHIRSCHEMA_NATS_ACK_WAIT_SECONDS": "1",
             "FHIRSCHEMA_NATS_RETRY_DELAYS_SECONDS": orjson.dumps(FAST_RETRY).decode(),
             "FHIRSCHEMA_VALIDATOR_PACKAGES": R4,
@@ -296,7 +277,7 @@ async def test_killed_replica_loses_nothing(nc: Client, spawn: Any) -> None:
 
 
 async def test_remote_schemas_from_storage_through_redis(
-    nc: Client, nats_private: RunningServer, redis_server: RunningServer
+    nc: Client, nats_server: RunningServer, redis_server: RunningServer
 ) -> None:
     """No local packages: schemas come from a (stand-in) storage service over NATS, via Redis."""
     ctx = local_context((R4,))
@@ -315,7 +296,7 @@ async def test_remote_schemas_from_storage_through_redis(
     def remote() -> Worker:
         return bootstrap(
             settings=ValidatorSettings(packages="", cache_prefix=prefix),
-            nats=NatsSettings(url=nats_private.url, retry_delays_seconds=FAST_RETRY),
+            nats=NatsSettings(url=nats_server.url, retry_delays_seconds=FAST_RETRY),
             worker_settings=WorkerSettings(instance=f"remote-{uuid.uuid4().hex[:6]}"),
             redis=RedisSettings(url=redis_server.url),
         )
