@@ -13,10 +13,11 @@ from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import ConvertRequest
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.object_store import ObjectStore
+from fhirschema_bus.results import NatsResults
 from fhirschema_bus.settings import NatsSettings, S3Settings
 from fhirschema_bus.worker import Worker, WorkerSettings
 
-from .service import ConversionService, NatsBus
+from .service import ConversionService
 
 log = logging.getLogger("fhirschema.converter")
 SERVICE = "converter"
@@ -28,7 +29,7 @@ def bootstrap(*, nats: NatsSettings | None = None, worker_settings: WorkerSettin
 
     async def wire() -> None:
         service = ConversionService(
-            NatsBus(worker.connection, worker.js),
+            NatsResults(worker.connection, worker.js),
             await JobStore.open(worker.js),
             executor,
             payloads=_object_store(),

@@ -16,7 +16,6 @@ import orjson
 from fhirschema.converter import ConversionError, convert
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
-    HEADER_MSG_ID,
     ConvertRequest,
     ConvertResult,
     ObjectRef,
@@ -95,14 +94,3 @@ def _convert(sd: Any, package: str | None) -> dict[str, Any]:
         name, version = package.split("#", 1)
         pkg = SimpleNamespace(name=name, version=version)
     return convert(sd, package=pkg)
-
-
-class NatsBus:
-    def __init__(self, nc: Any, js: Any) -> None:
-        self._nc, self._js = nc, js
-
-    async def reply(self, subject: str, data: bytes) -> None:
-        await self._nc.publish(subject, data)
-
-    async def store(self, subject: str, data: bytes, msg_id: str) -> None:
-        await self._js.publish(subject, data, headers={HEADER_MSG_ID: msg_id})

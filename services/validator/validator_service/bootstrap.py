@@ -25,11 +25,12 @@ from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import ValidateChunk, ValidateOptions, ValidateRequest
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.object_store import ObjectStore
+from fhirschema_bus.results import NatsResults
 from fhirschema_bus.settings import NatsSettings, RedisSettings, S3Settings
 from fhirschema_bus.worker import Worker, WorkerSettings
 
 from .schema_source import RedisCached, RemoteSchemaSource, SourceUnavailable, StorageClient
-from .service import NatsResults, ValidationService, ValidatorPool
+from .service import ValidationService, ValidatorPool
 
 log = logging.getLogger("fhirschema.validator")
 SERVICE = "validator"

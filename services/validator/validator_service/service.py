@@ -18,7 +18,6 @@ import orjson
 from fhirschema.validator import Validator
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
-    HEADER_MSG_ID,
     ObjectRef,
     Outcome,
     ValidateChunk,
@@ -246,27 +245,3 @@ def outcome_of(result: ValidateResult) -> Outcome:
 def error_outcome(message: str) -> dict[str, Any]:
     issue = {"severity": "fatal", "code": "exception", "diagnostics": message}
     return {"resourceType": "OperationOutcome", "issue": [issue]}
-
-
-# --- adapters ---------------------------------------------------------------------------------
-
-
-class NatsResults:
-    """ResultSink over NATS: core publish for the waiting caller, JetStream for the record."""
-
-    def __init__(self, nc: Any, js: Any) -> None:
-        self._nc, self._js = nc, js
-
-    async def reply(self, subject: str, data: bytes) -> None:
-        await self._nc.publish(subject, data)
-
-    async def store(self, subject: str, data: bytes, msg_id: str) -> None:
-        await self._js.publish(subject, data, headers={HEADER_MSG_ID: msg_id})
-
-    async def store_many(self, subject: str, items: list[tuple[bytes, str]], timeout: float = 30.0) -> None:
-        """Pipelined: all publishes sent, then all stream acks awaited."""
-        acks = [
-            await self._js.publish_async(subject, data, headers={HEADER_MSG_ID: msg_id}, wait_stall=timeout)
-            for data, msg_id in items
-        ]
-        await asyncio.wait_for(asyncio.gather(*acks), timeout)
