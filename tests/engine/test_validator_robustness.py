@@ -80,3 +80,15 @@ def test_outcome_format(validator: Validator) -> None:
     narrative = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">A</div>'}
     ok = validator.validate({"resourceType": "Patient", "text": narrative, "active": True}).to_outcome()
     assert ok["issue"] == [{"severity": "information", "code": "informational", "diagnostics": "All OK"}]
+
+
+def test_extension_context(validator: Validator) -> None:
+    birth_time = {
+        "url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+        "valueDateTime": "2020-01-01T10:00:00Z",
+    }
+    right = {"resourceType": "Patient", "birthDate": "2020-01-01", "_birthDate": {"extension": [birth_time]}}
+    assert not [i for i in validator.validate(right).issues if i.code == "fs1103"]
+    wrong = {"resourceType": "Patient", "gender": "male", "_gender": {"extension": [birth_time]}}
+    [issue] = [i for i in validator.validate(wrong).issues if i.code == "fs1103"]
+    assert issue.severity == "warning" and "Patient.birthDate" in issue.message

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from fhirschema.validator.extensions import allowed_here, contexts_text
 from fhirschema.validator.issues import Issue, ValidationResult
 from fhirschema.validator.matching import matches
 from fhirschema.validator.plans import Compiler, ElementPlan
@@ -45,6 +46,7 @@ class Validator:
         self.references = references
         self.overlays = [(s, s.get("url")) for s in overlays]
         self.anonymous = bool(overlays)
+        self._context_memo: dict[tuple[str, str | None, str], bool] = {}
         self._code_memo: dict[tuple[str, str | None, str, str | None], Any] = {}
 
     def validate(self, resource: Any, profiles: Sequence[str] = ()) -> ValidationResult:
@@ -191,7 +193,26 @@ class Validator:
                 run.issue("fs1102" if modifier else "fs1101", f"unknown extension {url}",
                           severity="error" if modifier else "warning")  # fmt: skip
             return extra
+        self._check_context(run, url)
         return extra + tuple(s for s, _ in chain)
+
+    def _check_context(self, run: Run, url: str) -> None:
+        resolve = getattr(self.source, "resource", None)
+        sd = resolve(url) if resolve is not None else None
+        if not isinstance(sd, dict) or not run.ext_parents:
+            return
+        parent_type, path = run.ext_parents[-1], run.element_path()
+        key = (url, parent_type, path)
+        ok = self._context_memo.get(key)
+        if ok is None:
+            ok = self._context_memo[key] = allowed_here(sd, parent_type, path)
+        if not ok:
+            # A warning: the conformance cases use extensions off their context in valid data.
+            run.issue(
+                "fs1103",
+                f"extension {url} is not allowed on {path} (contexts: {contexts_text(sd)})",
+                severity="warning",
+            )
 
     def reference(self, run: Run, item: dict[str, Any], ep: ElementPlan) -> None:
         ref = item.get("reference")

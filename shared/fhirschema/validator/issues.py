@@ -18,7 +18,7 @@ _FHIR_CODE = {
     "fs701": "not-found", "fs801": "structure", "fs802": "structure",
     "fs901": "structure", "fs902": "structure", "fs903": "structure", "fs904": "structure",
     "fs1001": "structure", "fs1002": "not-found", "fs1003": "invalid", "fs1004": "business-rule",
-    "fs1101": "extension", "fs1102": "extension", "fs1201": "business-rule", "fs1202": "business-rule",
+    "fs1101": "extension", "fs1102": "extension", "fs1103": "extension", "fs1201": "business-rule", "fs1202": "business-rule",
     "fs1301": "invalid", "fs1302": "too-costly", "fs1303": "too-long",
 }  # fmt: skip
 

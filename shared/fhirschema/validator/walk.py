@@ -34,6 +34,8 @@ class Run:
         self.too_deep = False
         self.resources: list[dict[str, Any]] = []  # enclosing resources, outermost first
         self.starts: list[int] = []  # len(self.path) where each enclosing resource begins
+        self.ext_parents: list[str | None] = []  # type of the element whose extensions are walked
+        self.companions: list[str | None] = []  # primitive types whose `_x` companion is walked
         self.bundle_urls: set[str] | None = None
         self.bundle_targets: dict[str, set[str | None]] = {}
 
@@ -192,7 +194,15 @@ class Run:
                     present_groups = {}
                 present_groups.setdefault(ep.choice_of, []).append(key)
             path.append(key)
-            self.value(value, ep)
+            if ep.is_extension:
+                parent = plan.type_name
+                if parent == "Element" and self.companions:
+                    parent = self.companions[-1]  # `_birthDate`: extensions of a primitive's value
+                self.ext_parents.append(parent)  # for the extensions' context rules
+                self.value(value, ep)
+                self.ext_parents.pop()
+            else:
+                self.value(value, ep)
             path.pop()
         if present_groups:
             for _group, keys in present_groups.items():
@@ -235,6 +245,16 @@ class Run:
                 self.issue("fs601", f"constraint {key} failed: {c.get('human') or c['expression']}",
                            severity=severity, profile=origin)  # fmt: skip
 
+    def element_path(self) -> str:
+        """`Patient.name` for an extension at Patient.name[0].extension[2] (indices dropped)."""
+        resource = self.resources[-1] if self.resources else {}
+        keys = [
+            p.lstrip("_") for p in self.path[self.starts[-1] if self.starts else 0 :] if isinstance(p, str)
+        ]
+        while keys and keys[-1] in ("extension", "modifierExtension"):
+            keys.pop()
+        return ".".join([str(resource.get("resourceType", "")), *keys])
+
     def type_name(self, plan: Plan, resource: dict[str, Any]) -> str | None:
         type_name = plan.type_name
         if type_name in (None, "BackboneElement", "Element") and self.resources:
@@ -273,7 +293,9 @@ class Run:
                 if isinstance(value, list):
                     self.path.append(i)
                 if isinstance(item, dict) and item:
+                    self.companions.append(ep.type)
                     self.node(item, element_plan)
+                    self.companions.pop()
                 else:
                     self.issue("fs202", "expected an object with id/extension")
                 if isinstance(value, list):
