@@ -1,4 +1,4 @@
-"""docs/asyncapi.json documents the bus for programs that publish straight to NATS: keep it current."""
+"""Generated documents (AsyncAPI, configuration reference) must describe the code as it is."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ def test_asyncapi_lists_the_request_subjects() -> None:
     addresses = {channel.get("address") for channel in doc["channels"].values()}
     for subject in ("fhirschema.validate.one", "fhirschema.validate.batch", "fhirschema.ingest.package"):
         assert subject in addresses, addresses
+
+
+def test_configuration_reference_is_current() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "config_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, (
+        result.stderr + "\nregenerate: .venv/bin/python scripts/config_reference.py"
+    )
