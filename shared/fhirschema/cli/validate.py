@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,10 @@ def run(args: argparse.Namespace) -> int:
         error("validate", str(exc))
         return 2
     validator = _validator(context, args)
-    inputs = list(_inputs(args.paths))
-    progress = _progress(len(inputs))
+    progress = _progress(args.paths)
     any_invalid = False
     io_error = False
-    for source, resource in inputs:
+    for source, resource in _inputs(args.paths):  # streamed: an NDJSON file is never held whole
         if isinstance(resource, InputError):
             error("validate", str(resource))
             io_error = True
@@ -131,7 +130,8 @@ def _inputs(paths: list[str]) -> Iterator[tuple[str, Any]]:
             yield path, InputError(f"{path}: no such file")
             continue
         if path.endswith(".ndjson"):
-            yield from _ndjson(path, Path(path).read_bytes())
+            with open(path, "rb") as handle:
+                yield from _ndjson(path, handle)
             continue
         data = sys.stdin.buffer.read() if path == "-" else None
         if data is None:
@@ -143,11 +143,11 @@ def _inputs(paths: list[str]) -> Iterator[tuple[str, Any]]:
         try:
             yield "-", orjson.loads(data)
         except orjson.JSONDecodeError:
-            yield from _ndjson("-", data)  # stdin may be NDJSON
+            yield from _ndjson("-", data.splitlines())  # stdin may be NDJSON
 
 
-def _ndjson(path: str, data: bytes) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(data.splitlines(), 1):
+def _ndjson(path: str, lines: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -175,8 +175,17 @@ class _NoProgress:
     def close(self) -> None: ...
 
 
-def _progress(total: int) -> Any:
-    if total < 50 or not sys.stderr.isatty():
+def _progress(paths: list[str]) -> Any:
+    if not sys.stderr.isatty():
+        return _NoProgress()
+    total = 0
+    for path in paths:  # a quick count of the lines to come (NDJSON), one per other file
+        if path.endswith(".ndjson") and Path(path).is_file():
+            with open(path, "rb") as handle:
+                total += sum(1 for line in handle if line.strip())
+        else:
+            total += 1
+    if total < 50:
         return _NoProgress()
     from tqdm import tqdm
 
