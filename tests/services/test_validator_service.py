@@ -119,6 +119,10 @@ async def test_single_valid_and_invalid_patient(nc: Client, nats_server: Running
             await js.publish(s.VALIDATE_ONE, req.model_dump_json().encode())
             msg = await sub.next_msg(timeout=10)
             results.append(ValidateResult.model_validate_json(msg.data))
+            # The caller gets its reply first; the stored record follows (stored exactly once).
+            deadline = asyncio.get_running_loop().time() + 10
+            while await stored_results(js, req.job_id) == 0 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
             assert await stored_results(js, req.job_id) == 1
     good, bad = results
     assert good.valid and good.resource_type == "Patient" and good.error is None
