@@ -107,8 +107,9 @@ class ValidationService:
             await self.results.reply(req.reply_to, data)  # first: a caller is waiting
         # Stored once even when this item is redelivered: the RESULTS stream de-duplicates.
         subject = s.job_result_subject(s.VALIDATE_RESULT, req.job_id)
-        # Both must be done before the ack, in any order (each is idempotent): run them together.
-        await asyncio.gather(self.results.store(subject, data, req.idempotency_key), self._count(req, result))
+        # Stored, then counted: a job that reads "succeeded" has every result readable.
+        await self.results.store(subject, data, req.idempotency_key)
+        await self._count(req, result)
         self.handled += 1
         return result
 
@@ -128,7 +129,8 @@ class ValidationService:
             store = self.results.store(subject, *stored[0])
         else:
             store = self.results.store_many(subject, stored)
-        await asyncio.gather(store, self.jobs.record_many(chunk.job_id, counts))
+        await store  # then counted: a job that reads "succeeded" has every result readable
+        await self.jobs.record_many(chunk.job_id, counts)
         self.handled += len(lines)
         return len(lines)
 
