@@ -22,8 +22,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -32,6 +30,8 @@ from typing import Any
 
 import orjson
 
+from fhirschema_bus.processes import start_service as start
+from fhirschema_bus.processes import stop_process as stop
 from fhirschema_bus.servers import free_port, local_stack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,21 +64,6 @@ def service_env(servers: dict[str, Any], gateway_port: int) -> dict[str, str]:
         "FHIRSCHEMA_VALIDATOR_PACKAGES": str(R4),
         "FHIRSCHEMA_GATEWAY_PORT": str(gateway_port),
     }
-
-
-def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def wait_http(url: str, body: bytes | None = None, timeout: float = 120.0) -> None:

@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import ConvertRequest, ConvertResult
 from fhirschema_bus.jobs import JobStore
+from fhirschema_bus.processes import start_service, stop_process
 from fhirschema_bus.servers import RunningServer, free_port
 from fhirschema_bus.settings import GatewaySettings, NatsSettings, RedisSettings, S3Settings
 from fhirschema_bus.topology import ensure_topology
@@ -67,21 +68,6 @@ def service_env(st: Settings) -> dict[str, str]:
         "FHIRSCHEMA_REDIS_URL": st.redis.url,
         "FHIRSCHEMA_VALIDATOR_PACKAGES": str(R4),
     }
-
-
-def start_service(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 async def fake_converter(js: JetStreamContext, nc: Client, jobs: JobStore) -> None:
