@@ -341,7 +341,9 @@ def start_s3(
         srv.cleanup += [Path(str(v)) for k, v in flags.items() if k.endswith("localSocket")]
         return srv
 
-    return _with_retries(start, fixed=port is not None)
+    # Even with a fixed S3 port, weed's eight internal ports are picked free and can be taken
+    # before weed binds them: fresh ones fix that, so retry (a busy S3 port fails fast anyway).
+    return _with_retries(start, fixed=False)
 
 
 def _socket_flags(data_dir: Path, ports: dict[str, int]) -> dict[str, object]:
