@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 from ig_ingest.app import bootstrap
 from ig_ingest.sources import DirectorySource, PackageNotFound, RegistrySource, fetch_first
@@ -70,13 +69,6 @@ async def storage(
     st = await start_storage(nats_server, s3_server, redis_server)
     yield st
     await st.app.stop()
-
-
-@pytest.fixture
-async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
-    c = await nats.connect(nats_server.url)
-    yield c
-    await c.drain()
 
 
 async def run_ingest(storage: Storage, nats_server: RunningServer, sources: str, startup: str = "") -> Worker:

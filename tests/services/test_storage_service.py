@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client
 from storage_service.app import Storage, bootstrap
@@ -56,13 +55,6 @@ async def storage(
     st = await start_storage(nats_server, s3_server, redis_server)
     yield st
     await st.app.stop()
-
-
-@pytest.fixture
-async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
-    c = await nats.connect(nats_server.url)
-    yield c
-    await c.drain()
 
 
 async def ask(nc: Client, subject: str, body: Any, timeout: float = 10.0) -> Any:
