@@ -9,13 +9,13 @@ payloads are the pydantic contracts in shared/fhirschema_bus/contracts.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
 from faststream.specification.asyncapi import AsyncAPI
+from generated import write_or_check
 
 import fhirschema
 from fhirschema_bus import contracts, subjects
@@ -68,20 +68,7 @@ def build() -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args()
-    text = json.dumps(build(), indent=2, sort_keys=True) + "\n"
-    if args.check:
-        if not OUT.is_file() or OUT.read_text() != text:
-            print(f"{OUT} is stale: run scripts/asyncapi.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
-    return 0
+    return write_or_check(OUT, lambda: json.dumps(build(), indent=2, sort_keys=True) + "\n", __doc__)
 
 
 if __name__ == "__main__":

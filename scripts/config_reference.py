@@ -7,11 +7,11 @@ pydantic-settings models themselves (so the reference cannot drift from the code
 
 from __future__ import annotations
 
-import argparse
 import sys
 from importlib import import_module
 from pathlib import Path
 
+from generated import write_or_check
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
@@ -61,19 +61,7 @@ def render() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--check", action="store_true")
-    text = render()
-    if parser.parse_args().check:
-        if not OUT.is_file() or OUT.read_text() != text:
-            print(f"{OUT} is stale: run scripts/config_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
-    return 0
+    return write_or_check(OUT, render, __doc__)
 
 
 if __name__ == "__main__":
