@@ -130,17 +130,23 @@ def _is_resource(base: Eval, type_name: str) -> Eval:
     return fn
 
 
-def _matches(base: Eval, pattern: re.Pattern[str]) -> Eval:
+def _string_test(base: Eval, test: Callable[[str], bool], name: str) -> Eval:
+    """A string function of a singleton (`matches`, `contains`, `startsWith`, `endsWith`)."""
+
     def fn(n: Any, env: dict[str, Any]) -> list[Any]:
         coll = base(n, env)
         if not coll:
             return []
         value = _single(coll)
         if not isinstance(value, str):
-            raise Unsupported("matches() on a non-string")
-        return [pattern.search(value) is not None]
+            raise Unsupported(f"{name}() on a non-string")
+        return [test(value)]
 
     return fn
+
+
+def _matches(base: Eval, pattern: re.Pattern[str]) -> Eval:
+    return _string_test(base, lambda value: pattern.search(value) is not None, "matches")
 
 
 def _first(base: Eval) -> Eval:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from fhirschema.fastpath.operators import (
     _CONSTANTS,
     _FUNCS,
     Eval,
-    Unsupported,
     _all,
     _and,
     _children,
@@ -23,7 +21,7 @@ from fhirschema.fastpath.operators import (
     _matches,
     _or,
     _plus,
-    _single,
+    _string_test,
     _where,
     _xor,
 )  # fmt: skip
@@ -226,15 +224,5 @@ class _Parser:
             method = {"contains": str.__contains__, "startsWith": str.startswith, "endsWith": str.endswith}[
                 name
             ]
-
-            def fn(n: Any, env: dict[str, Any]) -> list[Any]:
-                coll = base(n, env)
-                if not coll:
-                    return []
-                value = _single(coll)
-                if not isinstance(value, str):
-                    raise Unsupported(name)
-                return [method(value, text)]
-
-            return fn
+            return _string_test(base, lambda value: method(value, text), name)
         raise ValueError(name)

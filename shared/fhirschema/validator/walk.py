@@ -119,13 +119,7 @@ class Run:
                             self.node(value, child)
                             path.pop()
                             continue
-                    elif (
-                        type(value) is list
-                        and value
-                        and len(value) >= ep.min
-                        and (ep.max is None or len(value) <= ep.max)
-                        and all(type(v) is dict and v for v in value)
-                    ):
+                    elif _fits(ep, value) and all(type(v) is dict and v for v in value):
                         path.append(key)
                         for i, v in enumerate(value):
                             path.append(i)
@@ -143,12 +137,7 @@ class Run:
                             self.bad_primitive(code, ep, value)
                             path.pop()
                         continue
-                elif (
-                    type(value) is list
-                    and value
-                    and len(value) >= ep.min
-                    and (ep.max is None or len(value) <= ep.max)
-                ):
+                elif _fits(ep, value):
                     prim = ep.prim
                     for i, v in enumerate(value):
                         code = prim(v) if v is not None else "fs202"
@@ -376,6 +365,16 @@ class Run:
                 self.issue("fs205", f"value must match the pattern {_short(pattern)}", profile=origin)
         if ep.binding is not None and self.v.terminology is not None and ep.type in _CODE_TYPES:
             self.v.binding(self, item, ep)
+
+
+def _fits(ep: ElementPlan, value: Any) -> bool:
+    """A non-empty array within the element's cardinality (the hot paths' precondition)."""
+    return (
+        type(value) is list
+        and bool(value)
+        and len(value) >= ep.min
+        and (ep.max is None or len(value) <= ep.max)
+    )
 
 
 def _short(value: Any) -> str:
