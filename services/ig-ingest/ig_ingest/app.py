@@ -52,12 +52,14 @@ def bootstrap(
             make_sources, packages.source_list(), store, sink, jobs, s3.bucket_packages
         )
         state["startup"] = asyncio.create_task(queue_startup_packages())
+        worker.details = lambda: {"packages": sorted(state.get("loaded", ()))}
 
     async def queue_startup_packages() -> None:
         ingester: Ingester = state["ingester"]
         for spec in packages.package_list():
             try:
                 if await ingester.already_done(spec):
+                    state.setdefault("loaded", set()).add(spec)
                     log.info("%s already ingested, skipped", spec)
                     continue
             except Exception as e:  # S3 not there yet: queue it anyway, the handler retries
@@ -107,12 +109,15 @@ async def handle_ingest(state: dict[str, Any], req: IngestRequest, msg: NatsMess
             with contextlib.suppress(Exception):
                 await msg.raw_message.in_progress()
 
+    loaded: set[str] = state.setdefault("loaded", set())  # shown by the gateway's GET /info
     if not req.sources and await ingester.already_done(req.package):
         await jobs.start(req.job_id, total=1)
         await jobs.record(req.job_id, 0, "valid")
+        loaded.add(req.package)
         log.info("%s already ingested (job %s)", req.package, req.job_id)
         return
     try:
         await ingester.ingest(req.job_id, req.package, req.sources or None, tick=tick)
+        loaded.add(req.package)
     except IngestError as e:  # recorded as a failed job; retrying will not find it either
         log.error("job %s: %s", req.job_id, e)
