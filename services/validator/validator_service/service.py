@@ -167,9 +167,9 @@ class ValidationService:
         return out
 
     async def _count(self, req: ValidateRequest, result: ValidateResult) -> None:
-        if req.reply_to and await self.jobs.get(req.job_id) is None:
-            # A synchronous request that no job tracks (the gateway creates one only when it
-            # gives up waiting): skip the idempotency marker, one KV write per request.
+        if req.reply_to:
+            # A synchronous request: its caller (the gateway) owns any job for it — it creates
+            # one only when it gives up waiting, and counts the reply that arrives late itself.
             return
         await self.jobs.record(req.job_id, req.index, outcome_of(result))
 
