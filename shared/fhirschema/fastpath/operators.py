@@ -118,31 +118,32 @@ def _plus(a: Eval, b: Eval) -> Eval:
 
 
 def _is_resource(base: Eval, type_name: str) -> Eval:
+    return _singleton_test(
+        base, lambda value: value["resourceType"] == type_name, "is",
+        accepts=lambda value: isinstance(value, dict) and "resourceType" in value,
+    )  # fmt: skip
+
+
+def _singleton_test(
+    base: Eval, test: Callable[[Any], bool], name: str, accepts: Callable[[Any], bool]
+) -> Eval:
+    """A function of a singleton; values it does not `accept` are left to the full engine."""
+
     def fn(n: Any, env: dict[str, Any]) -> list[Any]:
         coll = base(n, env)
         if not coll:
             return []
         value = _single(coll)
-        if not isinstance(value, dict) or "resourceType" not in value:
-            raise Unsupported("is() on a non-resource")
-        return [value["resourceType"] == type_name]
+        if not accepts(value):
+            raise Unsupported(f"{name}() on {type(value).__name__}")
+        return [test(value)]
 
     return fn
 
 
 def _string_test(base: Eval, test: Callable[[str], bool], name: str) -> Eval:
     """A string function of a singleton (`matches`, `contains`, `startsWith`, `endsWith`)."""
-
-    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
-        coll = base(n, env)
-        if not coll:
-            return []
-        value = _single(coll)
-        if not isinstance(value, str):
-            raise Unsupported(f"{name}() on a non-string")
-        return [test(value)]
-
-    return fn
+    return _singleton_test(base, test, name, accepts=lambda value: isinstance(value, str))
 
 
 def _matches(base: Eval, pattern: re.Pattern[str]) -> Eval:

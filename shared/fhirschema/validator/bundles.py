@@ -14,20 +14,17 @@ def check_bundle(run: Run, data: dict[str, Any]) -> None:
     if not isinstance(entries, list):
         return
     by_identity: dict[tuple[str, str], list[tuple[int, str | None]]] = {}
-    urls: set[str] = set()
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             continue
         full = entry.get("fullUrl")
         res = entry.get("resource")
-        if isinstance(full, str):
-            if not (full.startswith(("urn:uuid:", "urn:oid:")) or "://" in full):
-                run.issue(
-                    "fs1003",
-                    f"fullUrl {full!r} is neither absolute nor a urn",
-                    extra=["entry", i, "fullUrl"],
-                )
-            urls.add(full)
+        if isinstance(full, str) and not (full.startswith(("urn:uuid:", "urn:oid:")) or "://" in full):
+            run.issue(
+                "fs1003",
+                f"fullUrl {full!r} is neither absolute nor a urn",
+                extra=["entry", i, "fullUrl"],
+            )
         if (
             isinstance(res, dict)
             and isinstance(res.get("id"), str)
@@ -48,4 +45,3 @@ def check_bundle(run: Run, data: dict[str, Any]) -> None:
     if expected and (not isinstance(first, dict) or first.get("resourceType") != expected):
         run.issue("fs1202", f"a {kind} Bundle must start with a {expected}", extra=["entry", 0, "resource"])
     run.bundle_targets = {ident: {f for _, f in hits} for (ident, _), hits in by_identity.items()}
-    run.bundle_urls = urls

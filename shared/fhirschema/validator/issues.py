@@ -42,17 +42,6 @@ class Issue:
             out += f"[{part}]" if isinstance(part, int) else f".{part}"
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "code": self.code,
-            "severity": self.severity,
-            "path": self.path,
-            "message": self.message,
-        }
-        if self.profile:
-            data["profile"] = self.profile
-        return data
-
 
 @dataclass(slots=True)
 class ValidationResult:

@@ -306,7 +306,6 @@ class Compiler:
         self._plans: dict[tuple[int, ...], Plan] = {}
         self._chains: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
         self._types: dict[str, set[str]] = {}
-        self.missing: set[str] = set()
 
     def plan(self, schemas: list[tuple[dict[str, Any], str | None]]) -> Plan:
         seen: set[int] = set()
@@ -333,8 +332,6 @@ class Compiler:
             seen.add(current)
             schema = self.source.schema(current)
             if schema is None:
-                if current != ref:
-                    self.missing.add(current)
                 break
             out.append((schema, schema.get("url") or current))
             current = schema.get("base")

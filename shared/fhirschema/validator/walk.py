@@ -36,7 +36,6 @@ class Run:
         self.starts: list[int] = []  # len(self.path) where each enclosing resource begins
         self.ext_parents: list[str | None] = []  # type of the element whose extensions are walked
         self.companions: list[str | None] = []  # primitive types whose `_x` companion is walked
-        self.bundle_urls: set[str] | None = None
         self.bundle_targets: dict[str, set[str | None]] = {}
 
     # -- reporting -----------------------------------------------------------------------
