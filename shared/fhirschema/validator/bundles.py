@@ -44,4 +44,7 @@ def check_bundle(run: Run, data: dict[str, Any]) -> None:
     expected = {"document": "Composition", "message": "MessageHeader"}.get(kind)
     if expected and (not isinstance(first, dict) or first.get("resourceType") != expected):
         run.issue("fs1202", f"a {kind} Bundle must start with a {expected}", extra=["entry", 0, "resource"])
-    run.bundle_targets = {ident: {f for _, f in hits} for (ident, _), hits in by_identity.items()}
+    targets: dict[str, set[str | None]] = {}
+    for (ident, _), hits in by_identity.items():  # every version of a Type/id: one target set
+        targets.setdefault(ident, set()).update(f for _, f in hits)
+    run.bundle_targets = targets
