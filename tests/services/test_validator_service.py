@@ -196,6 +196,25 @@ async def test_chunk_results_stored_as_one_message_counted_once(
     assert results[1].source == "line 1" and results[1].resource_type == "Patient"
 
 
+async def test_items_of_a_cancelled_job_are_skipped(nc: Client, nats_server: RunningServer) -> None:
+    js = nc.jetstream()
+    store = await JobStore.open(js)
+    job = await store.create(JobKind.VALIDATE, total=12)
+    await store.cancel(job.id)
+    chunk = ValidateChunk(job_id=job.id, items=[{"index": i, "resource": patient(i)} for i in range(10)])
+    async with running(validator(nats_server.url)) as (worker,):
+        await js.publish(s.VALIDATE_BATCH_ITEM, chunk.model_dump_json().encode())
+        await publish_batch(js, job.id, [patient(i) for i in range(10, 12)])  # one message per item
+        service = worker.state["service"]
+        deadline = time.monotonic() + 10
+        while service.skipped < 12 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert (service.skipped, service.handled) == (12, 0)
+    assert await stored_results(js, job.id) == 0
+    final = await store.get(job.id)
+    assert final is not None and final.state is JobState.CANCELLED and final.done == 0
+
+
 @pytest.fixture
 def spawn(nats_server: RunningServer) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []

@@ -100,7 +100,9 @@ def bootstrap(
             transient=transient,
         )
         state["service"] = service
-        worker.details = lambda: {"handled": service.handled, "validators": len(service.validators)}
+        worker.details = lambda: {
+            "handled": service.handled, "skipped": service.skipped, "validators": len(service.validators)
+        }  # fmt: skip
 
     async def close() -> None:
         if (client := state.get("redis")) is not None:

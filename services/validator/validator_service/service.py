@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -18,6 +19,8 @@ import orjson
 from fhirschema.validator import Validator
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
+    JobState,
+    JobStatus,
     ObjectRef,
     Outcome,
     ValidateChunk,
@@ -29,6 +32,8 @@ from fhirschema_bus.object_store import ObjectNotFound
 
 MAX_RESULT_BYTES = 900_000  # NATS' default max_payload is 1 MB
 MAX_ISSUES = 1000
+STOPPED_RECHECK_SECONDS = 1.0
+STOPPED_MEMO_SIZE = 1024
 
 # --- ports ------------------------------------------------------------------------------------
 
@@ -44,7 +49,7 @@ class ResultSink(Protocol):
 
 
 class JobRecorder(Protocol):
-    async def get(self, job_id: str) -> Any: ...
+    async def get(self, job_id: str) -> JobStatus | None: ...
     async def record(self, job_id: str, index: int, outcome: Outcome) -> Any: ...
     async def record_many(self, job_id: str, items: list[tuple[int, Outcome]]) -> Any: ...
 
@@ -97,8 +102,14 @@ class ValidationService:
         self.executor, self.payloads, self.instance = executor, payloads, instance
         self.transient = transient  # engine-side errors to retry (e.g. SourceUnavailable)
         self.handled = 0  # for heartbeats and tests
+        self.skipped = 0  # items of cancelled jobs
+        self._stopped: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # job → (stopped, asked at)
 
-    async def handle(self, req: ValidateRequest) -> ValidateResult:
+    async def handle(self, req: ValidateRequest) -> ValidateResult | None:
+        """Validate, reply, store, count; None when the item's job was cancelled (or failed)."""
+        if not req.reply_to and await self._job_stopped(req.job_id):
+            self.skipped += 1
+            return None
         result = await self.validate(req)
         data = result.model_dump_json(exclude_none=True).encode()
         if len(data) > MAX_RESULT_BYTES:
@@ -117,7 +128,11 @@ class ValidationService:
         """Validate every item of a chunk (one executor call), store the results as one
         ValidateResultChunk message (several when over MAX_RESULT_BYTES; msg id
         "<job>.<first>-<last>") and count them in one job update. A transient error NAKs the
-        whole chunk; the redelivery stores and counts nothing twice."""
+        whole chunk; the redelivery stores and counts nothing twice. A chunk of a cancelled job
+        is skipped (0)."""
+        if await self._job_stopped(chunk.job_id):
+            self.skipped += len(chunk.items)
+            return 0
         validator = self.validators.get(chunk.profiles, chunk.options)
         loop = asyncio.get_running_loop()
         lines = await loop.run_in_executor(self.executor, self._validate_chunk, validator, chunk)
@@ -165,6 +180,22 @@ class ValidationService:
                 )
             out.append((data, outcome))
         return out
+
+    async def _job_stopped(self, job_id: str) -> bool:
+        """Was the job cancelled (or has it failed)? Its remaining items are not worth validating.
+        Asked of the job store at most once per STOPPED_RECHECK_SECONDS per job, so a batch's
+        items cost no extra round trip each; a cancel takes effect within that time."""
+        now = time.monotonic()
+        known = self._stopped.get(job_id)
+        if known is not None and now - known[1] < STOPPED_RECHECK_SECONDS:
+            return known[0]
+        job = await self.jobs.get(job_id)
+        stopped = job is not None and job.state in (JobState.CANCELLED, JobState.FAILED)
+        self._stopped[job_id] = (stopped, now)
+        self._stopped.move_to_end(job_id)
+        while len(self._stopped) > STOPPED_MEMO_SIZE:
+            self._stopped.popitem(last=False)
+        return stopped
 
     async def _count(self, req: ValidateRequest, result: ValidateResult) -> None:
         if req.reply_to:
