@@ -7,7 +7,6 @@ from typing import Any, Protocol
 
 from fhirschema.validator.extensions import allowed_here, contexts_text
 from fhirschema.validator.issues import Issue, ValidationResult
-from fhirschema.validator.matching import matches
 from fhirschema.validator.plans import Compiler, ElementPlan
 from fhirschema.validator.walk import _REF, _SEVERITY, Run
 
@@ -76,110 +75,6 @@ class Validator:
                     )
                 out += chain
         return out
-
-    def slices(self, run: Run, items: list[Any], ep: ElementPlan) -> list[tuple[dict[str, Any], ...]]:
-        """Classify items into slices; report slice cardinality/order/closed; return extra schemas."""
-        slicing = ep.slicing
-        assert slicing is not None
-        named = [s for s in slicing.slices.values() if s.name != "@default"]
-        default = slicing.slices.get("@default")
-        assigned: list[Any] = []
-        counts = dict.fromkeys(slicing.slices, 0)
-        extras: list[tuple[dict[str, Any], ...]] = []
-        memo: dict[tuple[int, str], bool] = {}
-
-        def check(op: str, data: Any, want: Any) -> bool:
-            if op == "$valueset":
-                return self._in_value_set(data, want)
-            return self._profile_check(data, want, memo)
-
-        for i, item in enumerate(items):
-            hit = None
-            for sl in named:
-                if sl.match not in (None, {}) and matches(sl.match, item, check):
-                    if hit is None:
-                        hit = sl
-                    elif not sl.name.startswith(hit.name + "/") and not (
-                        self.terminology is None and ("$valueset" in sl.match or "$valueset" in hit.match)
-                    ):  # without terminology, value-set sliced items cannot be told apart: no verdict
-                        run.issue("fs901", f"item matches both slice {hit.name!r} and {sl.name!r}", extra=[i])
-                        break
-            if hit is None and ep.key in ("extension", "modifierExtension") and isinstance(item, dict):
-                hit = next(
-                    (s for s in named if s.match in (None, {}) and _ext_url(s) == item.get("url")), None
-                )
-            if hit is None and default is not None:
-                hit = default
-            assigned.append(hit)
-            if hit is not None:
-                counts[hit.name] += 1
-                if "/" in hit.name and hit.name.split("/", 1)[0] in counts:
-                    counts[hit.name.split("/", 1)[0]] += 1
-                extras.append(tuple(hit.schemas))
-            else:
-                extras.append(())
-        order = {name: i for i, name in enumerate(slicing.slices)}
-        last = -1
-        seen_unmatched = False
-        for i, hit in enumerate(assigned):
-            if hit is None:
-                seen_unmatched = True
-                if slicing.closed:
-                    run.issue("fs901", "item matches no slice and the slicing is closed", extra=[i])
-                continue
-            if slicing.open_at_end and seen_unmatched:
-                run.issue(
-                    "fs904", f"item of slice {hit.name!r} after an unsliced item (openAtEnd)", extra=[i]
-                )
-            if slicing.ordered:
-                if order[hit.name] < last:
-                    run.issue("fs903", f"slice {hit.name!r} is out of order", extra=[i])
-                last = max(last, order[hit.name])
-        for sl in slicing.slices.values():
-            n = counts[sl.name]
-            if n < sl.min:
-                run.issue("fs902", f"slice {sl.name!r} needs at least {sl.min} item(s), found {n}")
-            if sl.max is not None and n > sl.max:
-                run.issue("fs902", f"slice {sl.name!r} allows at most {sl.max} item(s), found {n}")
-        return extras
-
-    def _in_value_set(self, data: Any, value_set: str) -> bool:
-        if self.terminology is None:
-            return True  # cannot tell: do not split slices on it
-        if isinstance(data, str):
-            codes = [(None, data)]
-        elif isinstance(data, dict):
-            codings = data.get("coding") if "coding" in data else [data]
-            codes = [(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)]
-        else:
-            return False
-        return any(
-            self.terminology.check(value_set, system, code).status != "not-member"
-            for system, code in codes
-            if isinstance(code, str)
-        )
-
-    def _profile_check(self, data: Any, profiles: list[str], memo: dict[tuple[int, str], bool]) -> bool:
-        """Does `data` conform to one of `profiles`? Declared in meta.profile, or validates clean."""
-        if not isinstance(data, dict):
-            return False
-        meta = data.get("meta")
-        declared = meta.get("profile") or () if isinstance(meta, dict) else ()
-        for url in profiles:
-            if url in declared:
-                return True
-            key = (id(data), url)
-            if key not in memo:
-                chain = self.compiler.chain(url)
-                if not chain or chain[0][0].get("type") not in (None, data.get("resourceType")):
-                    memo[key] = False
-                else:
-                    issues: list[Issue] = []
-                    Run(self, issues).resource(data, (url,))
-                    memo[key] = not any(i.severity in ("error", "fatal") for i in issues)
-            if memo[key]:
-                return True
-        return False
 
     def extension_schemas(self, run: Run, item: dict[str, Any], ep: ElementPlan,
                           extra: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:  # fmt: skip
@@ -307,10 +202,3 @@ class Validator:
             return
         shown = ", ".join(f"{s}#{c}" if s else str(c) for s, c, _ in checks)
         run.issue(code, f"{shown} is not in the {strength} value set {vs}", severity=severity, profile=origin)
-
-
-def _ext_url(sl: Any) -> str | None:
-    for schema in sl.schemas:
-        if schema.get("url"):
-            return schema["url"]
-    return None

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from fhirschema.fastpath import compile_subset, guard
-from fhirschema.slicing import build_match
 from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES, checker
+from fhirschema.validator.slices import Slicing
 
 BINDING_RANK = {"required": 0, "extensible": 1, "preferred": 2, "example": 3}
 RESOURCE_SLOTS = frozenset(("Resource", "DomainResource"))
@@ -25,69 +25,6 @@ _ELEMENT: dict[str, Any] = {
 
 class Resolver(Protocol):
     def schema(self, ref: str) -> dict[str, Any] | None: ...
-
-
-class Slice:
-    __slots__ = ("match", "max", "min", "name", "schemas")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.match: Any = None
-        self.min = 0
-        self.max: int | None = None
-        self.schemas: list[dict[str, Any]] = []
-
-
-class Slicing:
-    __slots__ = ("closed", "discriminators", "open_at_end", "ordered", "slices")
-
-    def __init__(self) -> None:
-        self.slices: dict[str, Slice] = {}
-        self.closed = False
-        self.open_at_end = False
-        self.ordered = False
-        self.discriminators: list[dict[str, Any]] = []
-
-    def add(self, block: dict[str, Any]) -> None:
-        rules = block.get("rules")
-        if rules == "closed":
-            self.closed = True
-        elif rules == "openAtEnd":
-            self.open_at_end = True
-        self.ordered = self.ordered or bool(block.get("ordered"))
-        if block.get("discriminator") and not self.discriminators:
-            self.discriminators = block["discriminator"]
-        for name, entry in (block.get("slices") or {}).items():
-            sl = self.slices.get(name)
-            if sl is None:
-                sl = self.slices[name] = Slice(name)
-            match = entry.get("match")
-            if match not in (None, {}) and sl.match in (None, {}):
-                sl.match = match
-            sl.min = max(sl.min, entry.get("min") or 0)
-            if entry.get("max") is not None:
-                sl.max = entry["max"] if sl.max is None else min(sl.max, entry["max"])
-            if entry.get("schema"):
-                sl.schemas.append(entry["schema"])
-
-    def finish(self, key: str) -> None:
-        """Give every slice a match: a profile may restate slices without their discriminator."""
-        for sl in self.slices.values():
-            if sl.match not in (None, {}) or not sl.schemas:
-                continue
-            schema = sl.schemas[0]
-            match = build_match(self.discriminators, schema) if self.discriminators else {}
-            if not match and key in ("extension", "modifierExtension"):
-                match = build_match([{"type": "value", "path": "url"}], schema)
-            binding = schema.get("binding") or {}
-            if not match and binding.get("strength") == "required" and binding.get("valueSet"):
-                match = {"$valueset": binding["valueSet"]}  # slices told apart by their value sets
-            if not match:  # no discriminator anywhere: use what the slice fixes about its items
-                guess = [{"type": "pattern", "path": "$this"}]
-                guess += [{"type": "pattern", "path": k} for k, el in (schema.get("elements") or {}).items()
-                          if "fixed" in el or "pattern" in el]  # fmt: skip
-                match = build_match(guess, schema)
-            sl.match = match or None
 
 
 class ElementPlan:

@@ -6,9 +6,12 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from fhirschema.validator.bundles import check_bundle
+from fhirschema.validator.companions import walk_companion
+from fhirschema.validator.constraints import check_constraints
 from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
 from fhirschema.validator.plans import ElementPlan, Plan
+from fhirschema.validator.slices import assign_slices
 
 if TYPE_CHECKING:
     from fhirschema.validator import Validator
@@ -150,7 +153,7 @@ class Run:
             if key == "resourceType" and self.resources and data is self.resources[-1]:
                 continue
             if key[:1] == "_":
-                self.primitive_extension(data, key, value, plan)
+                walk_companion(self, data, key, value, plan)
                 companion = plan.element(key[1:])
                 if companion is not None and companion.choice_of is not None and key[1:] not in data:
                     if present_groups is None:
@@ -210,28 +213,8 @@ class Run:
             if present_groups and key in present_groups:
                 self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
         if plan.constraints and self.v.invariants is not None and not self.too_deep:
-            self.constraints(data, plan)
+            check_constraints(self, data, plan)
         self.depth -= 1
-
-    def constraints(self, data: Any, plan: Plan) -> None:
-        resource = self.resources[-1] if self.resources else data
-        root = self.resources[0] if self.resources else data
-        env = {"root": root, "resource": resource, "groups": plan.groups}
-        type_name: str | None = None
-        for key, c, origin, fast, shortcut in plan.checks():
-            verdict = fast(data, env) if fast is not None else None
-            if verdict is None and shortcut is not None and shortcut(data):
-                verdict = True
-            if verdict is None:  # outside the native subset: the full FHIRPath engine
-                if type_name is None:
-                    type_name = self.type_name(plan, resource)
-                verdict = self.v.invariants.evaluate(
-                    c["expression"], data, resource=resource, root=root, path=type_name
-                ).ok
-            if verdict is False:
-                severity = "warning" if c.get("severity") == "warning" else "error"
-                self.issue("fs601", f"constraint {key} failed: {c.get('human') or c['expression']}",
-                           severity=severity, profile=origin)  # fmt: skip
 
     def element_path(self) -> str:
         """`Patient.name` for an extension at Patient.name[0].extension[2] (indices dropped)."""
@@ -242,54 +225,6 @@ class Run:
         while keys and keys[-1] in ("extension", "modifierExtension"):
             keys.pop()
         return ".".join([str(resource.get("resourceType", "")), *keys])
-
-    def type_name(self, plan: Plan, resource: dict[str, Any]) -> str | None:
-        type_name = plan.type_name
-        if type_name in (None, "BackboneElement", "Element") and self.resources:
-            # Backbone elements are typed by their path (Parameters.parameter), not by a type name.
-            keys = [p for p in self.path[self.starts[-1] :] if isinstance(p, str)]
-            type_name = (
-                ".".join([resource.get("resourceType", ""), *keys]) if keys else resource.get("resourceType")
-            )
-        return type_name
-
-    def primitive_extension(self, data: dict[str, Any], key: str, value: Any, plan: Plan) -> None:
-        base = key[1:]
-        ep = plan.element(base)
-        self.path.append(key)
-        try:
-            if ep is None:
-                self.issue("fs201", f"unknown element {key!r}")
-                return
-            if not ep.is_primitive:
-                self.issue("fs401", f"{key}: only primitive elements carry a '_' companion")
-                return
-            main = data.get(base)
-            items = value if isinstance(value, list) else [value]
-            if isinstance(value, list) != ep.array:
-                self.issue("fs401", f"{key} must be {'an array' if ep.array else 'an object'} like {base}")
-                return
-            if not isinstance(value, list) and not isinstance(value, dict):
-                self.issue("fs401", f"{key} must be an object with id/extension")
-                return
-            if isinstance(value, list) and isinstance(main, list) and len(value) != len(main):
-                self.issue("fs402", f"{key} has {len(value)} items but {base} has {len(main)}")
-            element_plan = self.v.compiler.element_plan()
-            for i, item in enumerate(items):
-                if item is None:
-                    continue
-                if isinstance(value, list):
-                    self.path.append(i)
-                if isinstance(item, dict) and item:
-                    self.companions.append(ep.type)
-                    self.node(item, element_plan)
-                    self.companions.pop()
-                else:
-                    self.issue("fs202", "expected an object with id/extension")
-                if isinstance(value, list):
-                    self.path.pop()
-        finally:
-            self.path.pop()
 
     # -- values --------------------------------------------------------------------------
 
@@ -313,7 +248,7 @@ class Run:
                 self.issue("fs303", f"at least {ep.min} item(s) required, found {len(items)}")
             if ep.max is not None and len(items) > ep.max:
                 self.issue("fs302", f"at most {ep.max} item(s) allowed, found {len(items)}")
-            extras = self.v.slices(self, items, ep) if ep.slicing is not None else None
+            extras = assign_slices(self, items, ep) if ep.slicing is not None else None
             path = self.path
             for i, item in enumerate(items):
                 path.append(i)

@@ -1,0 +1,188 @@
+"""Slicing: the merged slicing of an element (built with its plan), and assigning items to slices
+as data is walked (slice cardinality, order, closed and openAtEnd rules)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fhirschema.slicing import build_match
+from fhirschema.validator.issues import Issue
+from fhirschema.validator.matching import matches
+
+if TYPE_CHECKING:
+    from fhirschema.validator import Validator
+    from fhirschema.validator.plans import ElementPlan
+    from fhirschema.validator.walk import Run
+
+
+class Slice:
+    __slots__ = ("match", "max", "min", "name", "schemas")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.match: Any = None
+        self.min = 0
+        self.max: int | None = None
+        self.schemas: list[dict[str, Any]] = []
+
+
+class Slicing:
+    __slots__ = ("closed", "discriminators", "open_at_end", "ordered", "slices")
+
+    def __init__(self) -> None:
+        self.slices: dict[str, Slice] = {}
+        self.closed = False
+        self.open_at_end = False
+        self.ordered = False
+        self.discriminators: list[dict[str, Any]] = []
+
+    def add(self, block: dict[str, Any]) -> None:
+        rules = block.get("rules")
+        if rules == "closed":
+            self.closed = True
+        elif rules == "openAtEnd":
+            self.open_at_end = True
+        self.ordered = self.ordered or bool(block.get("ordered"))
+        if block.get("discriminator") and not self.discriminators:
+            self.discriminators = block["discriminator"]
+        for name, entry in (block.get("slices") or {}).items():
+            sl = self.slices.get(name)
+            if sl is None:
+                sl = self.slices[name] = Slice(name)
+            match = entry.get("match")
+            if match not in (None, {}) and sl.match in (None, {}):
+                sl.match = match
+            sl.min = max(sl.min, entry.get("min") or 0)
+            if entry.get("max") is not None:
+                sl.max = entry["max"] if sl.max is None else min(sl.max, entry["max"])
+            if entry.get("schema"):
+                sl.schemas.append(entry["schema"])
+
+    def finish(self, key: str) -> None:
+        """Give every slice a match: a profile may restate slices without their discriminator."""
+        for sl in self.slices.values():
+            if sl.match not in (None, {}) or not sl.schemas:
+                continue
+            schema = sl.schemas[0]
+            match = build_match(self.discriminators, schema) if self.discriminators else {}
+            if not match and key in ("extension", "modifierExtension"):
+                match = build_match([{"type": "value", "path": "url"}], schema)
+            binding = schema.get("binding") or {}
+            if not match and binding.get("strength") == "required" and binding.get("valueSet"):
+                match = {"$valueset": binding["valueSet"]}  # slices told apart by their value sets
+            if not match:  # no discriminator anywhere: use what the slice fixes about its items
+                guess = [{"type": "pattern", "path": "$this"}]
+                guess += [{"type": "pattern", "path": k} for k, el in (schema.get("elements") or {}).items()
+                          if "fixed" in el or "pattern" in el]  # fmt: skip
+                match = build_match(guess, schema)
+            sl.match = match or None
+
+
+def assign_slices(run: Run, items: list[Any], ep: ElementPlan) -> list[tuple[dict[str, Any], ...]]:
+    """Classify items into slices; report slice cardinality/order/closed; return extra schemas."""
+    slicing = ep.slicing
+    assert slicing is not None
+    named = [s for s in slicing.slices.values() if s.name != "@default"]
+    default = slicing.slices.get("@default")
+    assigned: list[Any] = []
+    counts = dict.fromkeys(slicing.slices, 0)
+    extras: list[tuple[dict[str, Any], ...]] = []
+    memo: dict[tuple[int, str], bool] = {}
+
+    def check(op: str, data: Any, want: Any) -> bool:
+        if op == "$valueset":
+            return _in_value_set(run.v, data, want)
+        return _profile_check(run, data, want, memo)
+
+    for i, item in enumerate(items):
+        hit = None
+        for sl in named:
+            if sl.match not in (None, {}) and matches(sl.match, item, check):
+                if hit is None:
+                    hit = sl
+                elif not sl.name.startswith(hit.name + "/") and not (
+                    run.v.terminology is None and ("$valueset" in sl.match or "$valueset" in hit.match)
+                ):  # without terminology, value-set sliced items cannot be told apart: no verdict
+                    run.issue("fs901", f"item matches both slice {hit.name!r} and {sl.name!r}", extra=[i])
+                    break
+        if hit is None and ep.key in ("extension", "modifierExtension") and isinstance(item, dict):
+            hit = next((s for s in named if s.match in (None, {}) and _ext_url(s) == item.get("url")), None)
+        if hit is None and default is not None:
+            hit = default
+        assigned.append(hit)
+        if hit is not None:
+            counts[hit.name] += 1
+            if "/" in hit.name and hit.name.split("/", 1)[0] in counts:
+                counts[hit.name.split("/", 1)[0]] += 1
+            extras.append(tuple(hit.schemas))
+        else:
+            extras.append(())
+    order = {name: i for i, name in enumerate(slicing.slices)}
+    last = -1
+    seen_unmatched = False
+    for i, hit in enumerate(assigned):
+        if hit is None:
+            seen_unmatched = True
+            if slicing.closed:
+                run.issue("fs901", "item matches no slice and the slicing is closed", extra=[i])
+            continue
+        if slicing.open_at_end and seen_unmatched:
+            run.issue("fs904", f"item of slice {hit.name!r} after an unsliced item (openAtEnd)", extra=[i])
+        if slicing.ordered:
+            if order[hit.name] < last:
+                run.issue("fs903", f"slice {hit.name!r} is out of order", extra=[i])
+            last = max(last, order[hit.name])
+    for sl in slicing.slices.values():
+        n = counts[sl.name]
+        if n < sl.min:
+            run.issue("fs902", f"slice {sl.name!r} needs at least {sl.min} item(s), found {n}")
+        if sl.max is not None and n > sl.max:
+            run.issue("fs902", f"slice {sl.name!r} allows at most {sl.max} item(s), found {n}")
+    return extras
+
+
+def _in_value_set(v: Validator, data: Any, value_set: str) -> bool:
+    if v.terminology is None:
+        return True  # cannot tell: do not split slices on it
+    if isinstance(data, str):
+        codes = [(None, data)]
+    elif isinstance(data, dict):
+        codings = data.get("coding") if "coding" in data else [data]
+        codes = [(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)]
+    else:
+        return False
+    return any(
+        v.terminology.check(value_set, system, code).status != "not-member"
+        for system, code in codes
+        if isinstance(code, str)
+    )
+
+
+def _profile_check(run: Run, data: Any, profiles: list[str], memo: dict[tuple[int, str], bool]) -> bool:
+    """Does `data` conform to one of `profiles`? Declared in meta.profile, or validates clean."""
+    if not isinstance(data, dict):
+        return False
+    meta = data.get("meta")
+    declared = meta.get("profile") or () if isinstance(meta, dict) else ()
+    for url in profiles:
+        if url in declared:
+            return True
+        key = (id(data), url)
+        if key not in memo:
+            chain = run.v.compiler.chain(url)
+            if not chain or chain[0][0].get("type") not in (None, data.get("resourceType")):
+                memo[key] = False
+            else:
+                issues: list[Issue] = []
+                type(run)(run.v, issues).resource(data, (url,))
+                memo[key] = not any(i.severity in ("error", "fatal") for i in issues)
+        if memo[key]:
+            return True
+    return False
+
+
+def _ext_url(sl: Any) -> str | None:
+    for schema in sl.schemas:
+        if schema.get("url"):
+            return schema["url"]
+    return None
