@@ -1,0 +1,170 @@
+"""FHIR's FHIRPath additions (R4 §2.1.9.1) and operator overrides, as a fhirpathpy user function table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fhirpathpy.engine.invocations import invocation_registry, logic
+from fhirpathpy.engine.nodes import ResourceNode, TypeInfo
+from fhirpathpy.engine.util import get_data
+
+# FHIR's additional FHIRPath functions (R4 §2.1.9.1). They receive fhirpathpy's context and the
+# input collection of ResourceNodes/values, then the evaluated arguments.
+
+
+def _primitives(inputs: list) -> list:
+    """Primitive values of the input; fhirpathpy yields a `_x` extension object as its own item."""
+    return [v for v in (get_data(i) for i in inputs) if v is not None and not isinstance(v, dict)]
+
+
+def _has_value(ctx: dict, inputs: list) -> bool:
+    return len(_primitives(inputs)) == 1
+
+
+def _get_value(ctx: dict, inputs: list) -> list:
+    values = _primitives(inputs)
+    return values if len(values) == 1 else []
+
+
+def _true(ctx: dict, inputs: list, *args: object) -> list:
+    """Checked elsewhere by the validator (narrative, profiles, terminology): never fail here."""
+    return [True] if inputs else []
+
+
+def _empty(ctx: dict, inputs: list, *args: object) -> list:
+    """Unknown offline (e.g. subsumption): empty, which an invariant treats as success."""
+    return []
+
+
+def _same(ctx: dict, inputs: list, *args: object) -> list:
+    return inputs
+
+
+def _resolve(ctx: dict, inputs: list) -> list:
+    """Contained (`#id`) and same-Bundle (`fullUrl`) references only; anything else is empty."""
+    found = []
+    variables = ctx["vars"]
+    for item in inputs:
+        data = get_data(item)
+        ref = data.get("reference") if isinstance(data, dict) else data
+        if not isinstance(ref, str) or not ref:
+            continue
+        target = None
+        if ref.startswith("#"):
+            for owner in (variables.get("resource"), variables.get("rootResource")):
+                target = _contained(owner, ref[1:])
+                if target is not None:
+                    break
+        else:
+            target = _bundle_entry(variables.get("rootResource"), ref)
+        if target is not None:
+            found.append(ResourceNode.create_node(target))
+    return found
+
+
+def _contained(owner: object, rid: str) -> dict | None:
+    if not isinstance(owner, dict):
+        return None
+    for res in owner.get("contained") or ():
+        if isinstance(res, dict) and res.get("id") == rid:
+            return res
+    return None
+
+
+def _bundle_entry(bundle: object, ref: str) -> dict | None:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        return None
+    for entry in bundle.get("entry") or ():
+        if not isinstance(entry, dict):
+            continue
+        res = entry.get("resource")
+        if not isinstance(res, dict):
+            continue
+        full = entry.get("fullUrl")
+        if full == ref or (full and full.endswith("/" + ref)):
+            return res
+        if f"{res.get('resourceType')}/{res.get('id')}" == ref:
+            return res
+    return None
+
+
+def _as(ctx: dict, inputs: list, type_info: TypeInfo) -> list:
+    """`as(T)` filters like `ofType(T)`: R4's dom-3 applies it to `descendants()`, and
+    fhirpathpy (following later FHIRPath) raises on a collection of more than one item."""
+    TypeInfo.model = ctx.get("model")  # fhirpathpy's type checks read this global
+    return [item for item in inputs if TypeInfo.from_value(item).is_(type_info)]
+
+
+def _boolean(value: list) -> bool | list:
+    """FHIRPath singleton evaluation: one boolean is itself, any other single item is true.
+
+    fhirpathpy rejects non-boolean operands of `or`/`and`, which breaks US Core's
+    `practitioner or organization or ...` (us-core-13).
+    """
+    if not value:
+        return []
+    if len(value) > 1:
+        raise ValueError(f"boolean operator applied to a collection of {len(value)} items")
+    data = get_data(value[0])
+    return data if isinstance(data, bool) else True
+
+
+def _logic(op: Callable[[dict, Any, Any], Any]) -> dict:
+    def fn(ctx: dict, left: list, right: list) -> Any:
+        return op(ctx, _boolean(left), _boolean(right))
+
+    return {"fn": fn, "arity": {2: ["Any", "Any"]}}
+
+
+def _values_only(coll: list) -> list:
+    """Drop the `_x` extension objects fhirpathpy yields beside (or instead of) a primitive value.
+
+    Without this, per-1 on `{"_start": {...}, "end": "2013"}` raises instead of holding.
+    """
+    return [
+        item
+        for item in coll
+        if not (
+            isinstance(item, ResourceNode)
+            and isinstance(item.data, dict)
+            and item.path
+            and item.path[0].islower()  # a primitive type name: dateTime, string, ...
+            and item.data.keys() <= {"id", "extension"}
+        )
+    ]
+
+
+def _comparison(name: str) -> dict:
+    base = invocation_registry[name]
+
+    def fn(ctx: dict, left: list, right: list) -> Any:
+        left, right = _values_only(left), _values_only(right)
+        if "nullable" in base and (not left or not right):
+            return []
+        return base["fn"](ctx, left, right)
+
+    return {"fn": fn, "arity": base["arity"]}
+
+
+_ONE_ARG = {1: ["AnyAtRoot"]}
+FHIR_FUNCTIONS: dict[str, dict] = {
+    "or": _logic(logic.or_op),
+    "and": _logic(logic.and_op),
+    "xor": _logic(logic.xor_op),
+    "implies": _logic(logic.implies_op),
+    **{op: _comparison(op) for op in ("=", "!=", "~", "!~", "<", "<=", ">", ">=")},
+    "as": {"fn": _as, "arity": {1: ["TypeSpecifier"]}},
+    "hasValue": {"fn": _has_value},
+    "getValue": {"fn": _get_value},
+    "htmlChecks": {"fn": _true},
+    "conformsTo": {"fn": _true, "arity": _ONE_ARG},
+    "memberOf": {"fn": _true, "arity": _ONE_ARG},
+    "subsumes": {"fn": _empty, "arity": _ONE_ARG},
+    "subsumedBy": {"fn": _empty, "arity": _ONE_ARG},
+    "resolve": {"fn": _resolve},
+    "elementDefinition": {"fn": _empty},
+    "slice": {"fn": _empty, "arity": {2: ["AnyAtRoot", "AnyAtRoot"]}},
+    "checkModifiers": {"fn": _same, "arity": _ONE_ARG},
+    "hasTemplateIdOf": {"fn": _empty, "arity": _ONE_ARG},
+}
