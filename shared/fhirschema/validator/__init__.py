@@ -113,6 +113,18 @@ class Validator:
         ref = item.get("reference")
         if not isinstance(ref, str):
             return
+        # A plain reference's verdict depends on the string alone, unless Bundle targets or a
+        # resolver are in play: remembered per element (real data repeats its references).
+        memo = ref[:1] != "#" and self.references is None and not run.bundle_targets
+        if memo and (verdict := ep.verdicts.get(ref)) is not None:
+            _replay(run, verdict)
+            return
+        before = len(run.issues)
+        self._reference(run, ref, ep)
+        if memo and len(ep.verdicts) < MEMO_SIZE:
+            ep.verdicts[ref] = _captured(run, before)
+
+    def _reference(self, run: Run, ref: str, ep: ElementPlan) -> None:
         run.path.append("reference")
         try:
             if ref.startswith("#"):
@@ -165,7 +177,6 @@ class Validator:
         strength = binding.get("strength")
         if strength not in _SEVERITY:
             return
-        code, severity = _SEVERITY[strength]
         vs = binding["valueSet"]
         t = ep.type
         if t in ("code", "string", "uri"):
@@ -185,6 +196,25 @@ class Validator:
                 run.issue("fs501", f"no code given; a code from the required value set {vs} is needed",
                           profile=origin)  # fmt: skip
             return
+        # The verdict depends on the (system, code, display) triples alone: remembered per element.
+        key: Any = tuple(checks)
+        try:
+            verdict = ep.verdicts.get(key)
+        except TypeError:  # unhashable parts (a code that is an object): no memo
+            verdict = key = None
+        if verdict is not None:
+            _replay(run, verdict)
+            return
+        before = len(run.issues)
+        self._judge_codes(run, checks, ep)
+        if key is not None and len(ep.verdicts) < MEMO_SIZE:
+            ep.verdicts[key] = _captured(run, before)
+
+    def _judge_codes(self, run: Run, checks: list[tuple[Any, Any, Any]], ep: ElementPlan) -> None:
+        binding, origin = ep.binding  # type: ignore[misc]
+        strength = binding["strength"]
+        code, severity = _SEVERITY[strength]
+        vs = binding["valueSet"]
         results = [self._check_code(vs, system, value, display) for system, value, display in checks]
         if any(r.status == "member" for r in results):
             for r in results:
@@ -202,3 +232,20 @@ class Validator:
             return
         shown = ", ".join(f"{s}#{c}" if s else str(c) for s, c, _ in checks)
         run.issue(code, f"{shown} is not in the {strength} value set {vs}", severity=severity, profile=origin)
+
+
+Verdict = tuple[tuple[str, str, str, str | None, tuple[str | int, ...]], ...]
+MEMO_SIZE = 10_000  # verdicts remembered per element: bounded, a validator lives as long as its process
+
+
+def _captured(run: Run, before: int) -> Verdict:
+    """The issues reported since `before`, relative to the current path, to replay later."""
+    base = len(run.path)
+    return tuple(
+        (i.code, i.severity, i.message, i.profile, tuple(i.path[base:])) for i in run.issues[before:]
+    )
+
+
+def _replay(run: Run, verdict: Verdict) -> None:
+    for code, severity, message, profile, extra in verdict:
+        run.issue(code, message, severity=severity, profile=profile, extra=list(extra) or None)

@@ -12,6 +12,7 @@ from fhirschema.fastpath import compile_subset, guard
 from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES, checker
 from fhirschema.validator.slices import Slicing
 
+HOT_NESTED, HOT_PLAIN, HOT_CODED = 1, 2, 3  # ElementPlan.hot: see walk.Run.node
 BINDING_RANK = {"required": 0, "extensible": 1, "preferred": 2, "example": 3}
 RESOURCE_SLOTS = frozenset(("Resource", "DomainResource"))
 # "Has a value or children" rules are enforced structurally (empty objects are rejected).
@@ -40,6 +41,7 @@ class ElementPlan:
         "compiler",
         "defs",
         "fixed",
+        "hot",
         "is_extension",
         "is_primitive",
         "is_reference",
@@ -58,6 +60,7 @@ class ElementPlan:
         "type_missing",
         "url",
         "value_checks",
+        "verdicts",
     )  # fmt: skip
 
     def __init__(self, key: str, defs: list[tuple[dict[str, Any], str | None]], compiler: Compiler) -> None:
@@ -134,6 +137,9 @@ class ElementPlan:
             and self.slicing is None
         )
         self._child0: Plan | None = None
+        self.hot = 0  # set by the plan: which of the walk's hot paths applies (HOT_*), 0 = none
+        # Binding and reference verdicts by the values they depend on (see Validator.binding).
+        self.verdicts: dict[Any, Any] = {}
 
     def child(self, extra: tuple[dict[str, Any], ...] = ()) -> Plan:
         """The plan for a value of this element (plus extra schemas: a slice, an extension definition)."""
@@ -231,6 +237,13 @@ class Plan:
         except KeyError:
             defs = self.keys.get(key)
             ep = ElementPlan(key, defs, self.compiler) if defs else None
+            if ep is not None and ep.choice_of is None and key not in self.excluded:
+                if ep.nested:
+                    ep.hot = HOT_NESTED
+                elif ep.plain:
+                    ep.hot = HOT_PLAIN
+                elif ep.prim is not None and ep.slicing is None:
+                    ep.hot = HOT_CODED
             self._elements[key] = ep
             return ep
 

@@ -87,22 +87,31 @@ def _int_in(lo: int) -> Callable[[Any], bool]:
     )
 
 
+def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    return lambda v: pattern.match(v) is not None
+
+
+# Types whose lexical rule is exactly one regex match (checker() calls the match directly).
+_PATTERN_ONLY = {
+    "code": _CODE,
+    "id": _ID,
+    "oid": _OID,
+    "uuid": _UUID,
+    "base64Binary": _BASE64,
+    "time": _TIME_ONLY,
+}
+
 _LEXICAL: dict[str, Callable[[Any], bool]] = {
     "string": _not_blank,
     "markdown": _not_blank,
-    "code": lambda v: _CODE.match(v) is not None,
-    "id": lambda v: _ID.match(v) is not None,
+    **{name: _matches(pattern) for name, pattern in _PATTERN_ONLY.items()},
     "uri": lambda v: bool(v) and _NO_WS.match(v) is not None,
     # R4's regex for url is `\S*`: relative urls (Attachment.url "Binary/f006") are legal.
     "url": lambda v: bool(v) and _NO_WS.match(v) is not None,
     "canonical": lambda v: bool(v) and _NO_WS.match(v) is not None,
-    "oid": lambda v: _OID.match(v) is not None,
-    "uuid": lambda v: _UUID.match(v) is not None,
-    "base64Binary": lambda v: _BASE64.match(v) is not None,
     "date": lambda v: _DATE.match(v) is not None and _real_date(v),
     "dateTime": lambda v: _DATETIME.match(v) is not None and _real_date(v),
     "instant": lambda v: _INSTANT.match(v) is not None and _real_date(v),
-    "time": lambda v: _TIME_ONLY.match(v) is not None,
     "xhtml": lambda v: v.lstrip().startswith("<div") and v.rstrip().endswith("</div>"),
     "integer64": lambda v: _INTEGER64.match(v) is not None and INT64[0] <= int(v) <= INT64[1],
     "integer": _int_in(INT32[0]),
@@ -151,7 +160,25 @@ def checker(type_name: str) -> Callable[[Any], str | None]:
     def generic(value: Any) -> str | None:
         return check(type_name, value)
 
-    if type_name in STRING_TYPES and rule is not None and code is not None:
+    pattern = _PATTERN_ONLY.get(type_name)
+    if pattern is not None and code is not None:
+        match = pattern.match  # the rule is this regex alone: no lambda in between
+
+        def regex_check(value: Any) -> str | None:
+            if type(value) is str and value.isascii():
+                return None if match(value) is not None else code
+            return check(type_name, value)
+
+        found = regex_check
+    elif type_name in ("string", "markdown") and code is not None:
+
+        def text_check(value: Any) -> str | None:
+            if type(value) is str and value.isascii():
+                return None if value and not value.isspace() else code
+            return check(type_name, value)
+
+        found = text_check
+    elif type_name in STRING_TYPES and rule is not None and code is not None:
 
         def string_check(value: Any) -> str | None:
             if type(value) is str and value.isascii():

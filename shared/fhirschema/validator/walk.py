@@ -10,7 +10,7 @@ from fhirschema.validator.companions import walk_companion
 from fhirschema.validator.constraints import check_constraints
 from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
-from fhirschema.validator.plans import ElementPlan, Plan
+from fhirschema.validator.plans import HOT_CODED, HOT_NESTED, HOT_PLAIN, ElementPlan, Plan
 from fhirschema.validator.slices import assign_slices
 
 if TYPE_CHECKING:
@@ -108,11 +108,11 @@ class Run:
         path = self.path
         present_groups: dict[str, list[str]] | None = None
         elements = plan._elements
-        excluded = plan.excluded
         for key, value in data.items():
             ep = elements.get(key)
+            hot = ep.hot if ep is not None else 0
             # Hot path 1: a complex value with nothing to check but its own children.
-            if ep is not None and ep.nested and ep.choice_of is None and key not in excluded:
+            if hot == HOT_NESTED:
                 child = ep._child0 or ep.child()
                 if not ep.type_missing:
                     if not ep.array:
@@ -130,7 +130,7 @@ class Run:
                         path.pop()
                         continue
             # Hot path 2: a primitive with nothing but its lexical rule to check.
-            if ep is not None and ep.plain and ep.choice_of is None and key not in excluded:
+            elif hot == HOT_PLAIN:
                 if not ep.array:
                     if value is not None and type(value) is not list:
                         code = ep.prim(value)
@@ -149,6 +149,30 @@ class Run:
                             self.bad_primitive(code, ep, v)
                             path.pop()
                             path.pop()
+                    continue
+            # Hot path 3: a primitive with value rules (a bound code, a fixed value).
+            elif hot == HOT_CODED:
+                if not ep.array:
+                    if value is not None and type(value) is not list:
+                        path.append(key)
+                        code = ep.prim(value)
+                        if code is not None:
+                            self.bad_primitive(code, ep, value)
+                        self.value_checks(value, ep)
+                        path.pop()
+                        continue
+                elif _fits(ep, value):
+                    prim = ep.prim
+                    path.append(key)
+                    for i, v in enumerate(value):
+                        path.append(i)
+                        code = prim(v) if v is not None else "fs202"
+                        if code is not None:
+                            self.bad_primitive(code, ep, v)
+                        if v is not None:
+                            self.value_checks(v, ep)
+                        path.pop()
+                    path.pop()
                     continue
             if key == "resourceType" and self.resources and data is self.resources[-1]:
                 continue
@@ -289,8 +313,11 @@ class Run:
             self.node(item, child)
             if ep.is_reference:
                 self.v.reference(self, item, ep)
-        if not ep.value_checks:
-            return
+        if ep.value_checks:
+            self.value_checks(item, ep)
+
+    def value_checks(self, item: Any, ep: ElementPlan) -> None:
+        """Fixed value, pattern and binding of `ep` on one of its values."""
         for fixed, origin in ep.fixed:
             if not equals(fixed, item):
                 self.issue("fs206", f"value must be exactly {_short(fixed)}", profile=origin)
