@@ -167,6 +167,43 @@ def _all(base: Eval, criteria: Eval) -> Eval:
     return lambda n, env: [all(_truth(criteria(x, _inner(env))) is True for x in base(n, env))]
 
 
+def _select(base: Eval, projection: Eval) -> Eval:
+    return lambda n, env: [y for x in base(n, env) for y in projection(x, _inner(env))]
+
+
+def _is_distinct(base: Eval) -> Eval:
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        items = base(n, env)
+        if not all(type(x) in (str, int, bool) for x in items):
+            raise Unsupported("isDistinct() over values without plain equality")
+        return [len({(type(x), x) for x in items}) == len(items)]
+
+    return fn
+
+
+def _concat(a: Eval, b: Eval) -> Eval:
+    """`a & b`: string concatenation where an empty side counts as ''."""
+
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left, right = a(n, env), b(n, env)
+        x, y = (_single(left) if left else ""), (_single(right) if right else "")
+        if type(x) is not str or type(y) is not str:
+            raise Unsupported("& on non-strings")
+        return [x + y]
+
+    return fn
+
+
+def _unsupported(name: str) -> Eval:
+    """A function outside the subset: only an input that needs its value goes to fhirpathpy
+    (`value.empty() or <unsupported>` is decided here whenever `value` is empty)."""
+
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        raise Unsupported(f"{name}() is outside the native subset")
+
+    return fn
+
+
 _FUNCS = {
     "exists": _exists, "empty": _empty, "hasValue": _has_value, "not": _not, "count": _count, "first": _first,
 }  # fmt: skip
@@ -254,13 +291,21 @@ def _compare(a: Eval, b: Eval, op: str) -> Eval:
         left, right = a(n, env), b(n, env)
         if not left or not right:
             return []
-        x, y = _ordered(_single(left)), _ordered(_single(right))
+        x, y = _ordered_pair(_single(left), _single(right))
         return [x < y if op == "<" else x > y if op == ">" else x <= y if op == "<=" else x >= y]
 
     return fn
 
 
+_DATE_ONLY = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 _FULL_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _ordered_pair(x: Any, y: Any) -> tuple[Any, Any]:
+    """Dates of the same precision compare as text (FHIRPath gives no answer across precisions)."""
+    if type(x) is str and type(y) is str and len(x) == len(y) and _DATE_ONLY.match(x) and _DATE_ONLY.match(y):
+        return x, y
+    return _ordered(x), _ordered(y)
 
 
 def _ordered(value: Any) -> Any:

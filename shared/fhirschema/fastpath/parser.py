@@ -13,21 +13,25 @@ from fhirschema.fastpath.operators import (
     _children,
     _children_exact,
     _compare,
+    _concat,
     _equals,
     _exists,
     _implies,
     _in,
+    _is_distinct,
     _is_resource,
     _matches,
     _or,
     _plus,
+    _select,
     _string_test,
+    _unsupported,
     _where,
     _xor,
 )  # fmt: skip
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')|(?P<num>\d+(?:\.\d+)?)|(?P<op><=|>=|!=|[=<>|()+.,])"
+    r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')|(?P<num>\d+(?:\.\d+)?)|(?P<op><=|>=|!=|[=<>|()+.,&])"
     r"|(?P<var>%[A-Za-z]+)|(?P<name>`[^`]+`|\$this|[A-Za-z_][A-Za-z0-9_]*))"
 )
 
@@ -111,9 +115,9 @@ class _Parser:
 
     def additive(self) -> Eval:
         left = self.union()
-        while self.peek() == "+":
-            self.take()
-            left = _plus(left, self.union())
+        while self.peek() in ("+", "&"):
+            op = self.take()[1]
+            left = (_plus if op == "+" else _concat)(left, self.union())
         return left
 
     def union(self) -> Eval:
@@ -212,9 +216,12 @@ class _Parser:
             if kind != "str":
                 raise ValueError(name)
             return _matches(base, re.compile(arg[1:-1].replace("\\\\", "\\"), re.DOTALL))
-        if name in ("all", "where"):
+        if name in ("all", "where", "select"):
             criteria = self.criteria()
-            return (_all if name == "all" else _where)(base, criteria)
+            return {"all": _all, "where": _where, "select": _select}[name](base, criteria)
+        if name == "isDistinct":
+            self.expect(")")
+            return _is_distinct(base)
         if name in ("contains", "startsWith", "endsWith"):
             kind, arg = self.take()
             self.expect(")")
@@ -225,4 +232,11 @@ class _Parser:
                 name
             ]
             return _string_test(base, lambda value: method(value, text), name)
-        raise ValueError(name)
+        # Outside the subset: parsed (so the rest of the expression still compiles), not run.
+        if self.peek() != ")":
+            self.implies()
+            while self.peek() == ",":
+                self.take()
+                self.implies()
+        self.expect(")")
+        return _unsupported(name)
