@@ -4,9 +4,10 @@ Most FHIR invariants are boolean combinations of paths, existence tests, literal
 and counts: `code.empty() or system.exists()`, `repeats=true or initial.count() <= 1`,
 `type != 'display' or readOnly.empty()`. Through a general FHIRPath interpreter each costs
 ~50 µs and dominated validation time; compiled here to closures over plain JSON they cost
-about 1-5 µs. Anything outside the subset (where(), select(), date comparisons, ...) compiles
-to None, or raises `Unsupported` at run time, and is left to fhirpathpy: the full semantics
-stay with the maintained library.
+about 1-5 µs. Syntax outside the subset compiles to None; a function outside it compiles to a
+step that raises `Unsupported` when its value is needed, as do values the subset cannot compare
+(partial date-times, complex types). Either way the constraint is left to fhirpathpy: the full
+semantics stay with the maintained library.
 """
 
 from __future__ import annotations
