@@ -21,7 +21,7 @@ def _children(items: list[Any], name: str, choices: Any = None) -> list[Any]:
         if not isinstance(item, dict):
             continue
         value = item.get(name)
-        if value is None:
+        if value is None and (choices is None or name in choices):
             # choice element: `value` means valueQuantity, valueString, ... but `response` is not
             # `responseCode`: only the schema can tell, so without it leave this to fhirpathpy.
             for key, v in item.items():
