@@ -173,7 +173,7 @@ def checker(type_name: str) -> Callable[[Any], str | None]:
     elif type_name in ("string", "markdown") and code is not None:
 
         def text_check(value: Any) -> str | None:
-            if type(value) is str and value.isascii():
+            if type(value) is str and value.isascii():  # _not_blank, inlined: the commonest check
                 return None if value and not value.isspace() else code
             return check(type_name, value)
 
