@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field, model_validator
 INLINE_LIMIT = 512 * 1024  # bytes of JSON; bigger payloads go by S3 reference
 CHUNK_BYTES = 768 * 1024  # a ValidateChunk message stays under this (NATS' limit: 1 MB)
 HEADER_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication (effect-once on publish)
+# FastStream's correlation id; publishers set it (to the message id) so that consumers need not
+# mint a uuid4 per message (a getrandom syscall each, expensive in sandboxed kernels).
+HEADER_CORRELATION_ID = "correlation_id"
 
 
 def now() -> datetime:

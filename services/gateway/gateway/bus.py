@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from fhirschema_bus.contracts import HEADER_MSG_ID
+from fhirschema_bus.contracts import HEADER_CORRELATION_ID, HEADER_MSG_ID
 from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import ensure_topology
 from gateway.errors import BusUnavailable
@@ -145,7 +145,7 @@ class Bus:
         """Publish to JetStream and wait for the stream's ack (de-duplicated by `msg_id`)."""
         js = self.js
         try:
-            ack = await js.publish_async(subject, payload, headers={HEADER_MSG_ID: msg_id})
+            ack = await js.publish_async(subject, payload, headers=_headers(msg_id))
             await asyncio.wait_for(ack, timeout)
         except (TimeoutError, *NATS_ERRORS) as e:
             raise BusUnavailable(
@@ -159,9 +159,7 @@ class Bus:
             acks = []
             for subject, payload, msg_id in messages:
                 acks.append(
-                    await js.publish_async(
-                        subject, payload, headers={HEADER_MSG_ID: msg_id}, wait_stall=timeout
-                    )
+                    await js.publish_async(subject, payload, headers=_headers(msg_id), wait_stall=timeout)
                 )
                 await asyncio.sleep(0)  # let the client flush it now: consumers start while we pack
             await asyncio.wait_for(asyncio.gather(*acks), timeout)
@@ -183,3 +181,7 @@ class Bus:
             await self.client.flush(timeout=2)
         except (TimeoutError, *NATS_ERRORS) as e:
             raise BusUnavailable(f"NATS: {e or type(e).__name__}") from e
+
+
+def _headers(msg_id: str) -> dict[str, str]:
+    return {HEADER_MSG_ID: msg_id, HEADER_CORRELATION_ID: msg_id}
