@@ -14,6 +14,7 @@ from nats.js.api import DeliverPolicy
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
     CHUNK_BYTES,
+    HEADER_MSG_ID,
     INLINE_LIMIT,
     JobKind,
     JobState,
@@ -104,7 +105,7 @@ class ValidationService:
         except ValueError:
             return  # e.g. a conversion reply after its caller gave up: nothing to keep
         subject = s.job_result_subject(s.VALIDATE_RESULT, job_id)
-        await self.d.bus.js.publish(subject, data, headers={"Nats-Msg-Id": f"{job_id}.{result.index}"})
+        await self.d.bus.js.publish(subject, data, headers={HEADER_MSG_ID: f"{job_id}.{result.index}"})
         outcome = "failed" if result.error else ("valid" if result.valid else "invalid")
         jobs = await self.d.jobs()
         await jobs.record(job_id, result.index, outcome)
