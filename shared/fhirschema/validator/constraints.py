@@ -16,9 +16,10 @@ def check_constraints(run: Run, data: Any, plan: Plan) -> None:
     env = {"root": root, "resource": resource, "groups": plan.groups}
     type_name: str | None = None
     for key, c, origin, fast, shortcut in plan.checks():
+        # The guard first: it proves the common case (no `contained`) without evaluating anything.
+        if shortcut is not None and shortcut(data):
+            continue
         verdict = fast(data, env) if fast is not None else None
-        if verdict is None and shortcut is not None and shortcut(data):
-            verdict = True
         if verdict is None:  # outside the native subset: the full FHIRPath engine
             if type_name is None:
                 type_name = _type_name(run, plan, resource)
