@@ -167,6 +167,29 @@ def _all(base: Eval, criteria: Eval) -> Eval:
     return lambda n, env: [all(_truth(criteria(x, _inner(env))) is True for x in base(n, env))]
 
 
+def _descendants(base: Eval) -> Eval:
+    """descendants(): every value below the input, objects and primitives (arrays flattened)."""
+
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        out: list[Any] = []
+        stack = list(base(n, env))
+        while stack:
+            node = stack.pop()
+            if not isinstance(node, dict):
+                continue
+            for key, value in node.items():
+                if key[:1] == "_":
+                    raise Unsupported("descendants() over primitive extensions")
+                values = value if isinstance(value, list) else [value]
+                for v in values:
+                    if v is not None:
+                        out.append(v)
+                        stack.append(v)
+        return out
+
+    return fn
+
+
 def _select(base: Eval, projection: Eval) -> Eval:
     return lambda n, env: [y for x in base(n, env) for y in projection(x, _inner(env))]
 

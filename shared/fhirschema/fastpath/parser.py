@@ -14,6 +14,7 @@ from fhirschema.fastpath.operators import (
     _children_exact,
     _compare,
     _concat,
+    _descendants,
     _equals,
     _exists,
     _implies,
@@ -219,6 +220,9 @@ class _Parser:
         if name in ("all", "where", "select"):
             criteria = self.criteria()
             return {"all": _all, "where": _where, "select": _select}[name](base, criteria)
+        if name == "descendants":
+            self.expect(")")
+            return _descendants(base)
         if name == "isDistinct":
             self.expect(")")
             return _is_distinct(base)
