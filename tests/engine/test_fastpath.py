@@ -97,3 +97,73 @@ def test_same_invariant_verdicts_with_and_without_the_native_subset(monkeypatch:
         monkeypatch.setattr(module, "guard", lambda expression: None)
     slow = _invariant_issues(Validator(ctx, invariants=Invariants()), resources)
     assert fast == slow
+
+
+def _both(expression: str, node: dict, path: str, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object]:
+    """(native verdict or None, fhirpathpy verdict) for `expression` on `node` as the resource."""
+    import fhirschema.invariants as invariants
+
+    fast = compile_subset(expression)
+    native = fast(node, {"root": node, "resource": node}) if fast else None
+    with monkeypatch.context() as m:
+        m.setattr(invariants, "compile_subset", lambda e: None)
+        m.setattr(invariants, "guard", lambda e: None)
+        slow = Invariants().evaluate(expression, node, resource=node, root=node, path=path).ok
+    return native, slow
+
+
+BDL_7 = (
+    "(type = 'history') or entry.where(fullUrl.exists()).select(fullUrl&resource.meta.versionId).isDistinct()"
+)
+QUE_2 = "descendants().linkId.isDistinct()"
+PER_1 = "start.hasValue().not() or end.hasValue().not() or (start <= end)"
+OBS_7 = "value.empty() or component.code.where(coding.intersect(%resource.code.coding).exists()).empty()"
+
+
+def _bundle(kind: str, *entries: tuple[str, str | None]) -> dict:
+    def entry(full: str, version: str | None) -> dict:
+        res: dict = {"resourceType": "Patient", "id": "p"}
+        if version:
+            res["meta"] = {"versionId": version}
+        return {"fullUrl": full, "resource": res}
+
+    return {"resourceType": "Bundle", "type": kind, "entry": [entry(f, v) for f, v in entries]}
+
+
+def _questionnaire(*items: dict) -> dict:
+    return {"resourceType": "Questionnaire", "status": "draft", "item": list(items)}
+
+
+def _observation(**extra: object) -> dict:
+    return {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, **extra}
+
+
+NESTED_UNIQUE = {"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string"}]}
+NESTED_REPEATED = {"linkId": "1", "type": "group", "item": [{"linkId": "1", "type": "string"}]}
+WITH_EXTENSION = {"linkId": "1", "type": "string", "_text": {"extension": []}}
+
+
+@pytest.mark.parametrize(
+    ("expression", "node", "path", "native_expected"),
+    [
+        (BDL_7, _bundle("collection", ("urn:a", None), ("urn:b", None)), "Bundle", True),
+        (BDL_7, _bundle("collection", ("urn:a", None), ("urn:a", None)), "Bundle", False),
+        (BDL_7, _bundle("collection", ("urn:a", "1"), ("urn:a", "2")), "Bundle", True),
+        (BDL_7, _bundle("history", ("urn:a", None), ("urn:a", None)), "Bundle", True),
+        (QUE_2, _questionnaire(NESTED_UNIQUE), "Questionnaire", True),
+        (QUE_2, _questionnaire(NESTED_REPEATED), "Questionnaire", False),
+        (QUE_2, _questionnaire(WITH_EXTENSION), "Questionnaire", None),  # primitive extensions: fhirpathpy
+        (PER_1, {"start": "2020-01-01", "end": "2020-01-02"}, "Period", True),
+        (PER_1, {"start": "2020-01-02", "end": "2020-01-01"}, "Period", False),
+        (PER_1, {"start": "2020", "end": "2020-01-01"}, "Period", None),  # precisions differ
+        (OBS_7, _observation(), "Observation", True),  # decided by `value.empty()` alone
+        (OBS_7, _observation(valueString="v", component=[{"code": {"text": "y"}}]), "Observation", None),
+    ],
+)
+def test_native_subset_cases(
+    expression: str, node: dict, path: str, native_expected: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    native, slow = _both(expression, node, path, monkeypatch)
+    assert native is native_expected
+    if native is not None:
+        assert native == slow
