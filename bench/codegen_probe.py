@@ -13,13 +13,11 @@ definition; nested resources and `_x` companions not walked): a lower bound for 
 from __future__ import annotations
 
 import argparse
-import gc
-import time
 from pathlib import Path
 from typing import Any
 
 from convert_bench import pin_one_core  # bench/ is sys.path[0]
-from validate_bench import load_context, load_corpus
+from validate_bench import best_of, load_context, load_corpus
 
 from fhirschema.validator import Validator
 from fhirschema.validator.plans import ElementPlan, Plan
@@ -111,20 +109,8 @@ def main() -> None:
     exec(compile(code, "<generated>", "exec"), gen.namespace)  # our own generated source
     checks = [(gen.namespace[gen.names[id(p)] + "r"], r) for p, r in roots]
     passed = sum(1 for check, r in checks if check(r))
-    best = float("inf")
-    for _ in range(args.runs):
-        gc.collect()
-        started = time.perf_counter()
-        for check, r in checks:
-            check(r)
-        best = min(best, time.perf_counter() - started)
-    ours = float("inf")
-    for _ in range(3):
-        gc.collect()
-        started = time.perf_counter()
-        for r in items:
-            engine.validate(r)
-        ours = min(ours, time.perf_counter() - started)
+    best = best_of(args.runs, lambda: [check(r) for check, r in checks])
+    ours = best_of(3, lambda: [engine.validate(r) for r in items])
     print(f"{len(items)} resources, {len(gen.names)} plans, {len(code) // 1024} KB of generated source")
     print(f"generated structural check: {len(items) / best:8.0f} res/s ({best / len(items) * 1e6:.1f} µs/resource), "
           f"{passed}/{len(items)} pass")  # fmt: skip

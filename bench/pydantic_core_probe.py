@@ -11,13 +11,13 @@ is a lower bound for a hybrid "structure in Rust, the rest in Python" design, no
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pydantic_core import SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
+from validate_bench import best_of  # bench/ is sys.path[0]
 
 from fhirschema.context import FhirContext
 from fhirschema.validator import Validator
@@ -103,21 +103,16 @@ def main() -> None:
             passed += 1
         except ValidationError:
             pass
-    best = 1e9
-    for _ in range(3):
-        started = time.perf_counter()
+
+    def structural_pass() -> None:
         for v, r in zip(plans, items, strict=True):
             try:
                 v.validate_python(r)
             except ValidationError:
                 pass
-        best = min(best, time.perf_counter() - started)
-    ours = 1e9
-    for _ in range(3):
-        started = time.perf_counter()
-        for r in items:
-            engine.validate(r)
-        ours = min(ours, time.perf_counter() - started)
+
+    best = best_of(3, structural_pass)
+    ours = best_of(3, lambda: [engine.validate(r) for r in items])
     print(f"{len(items)} resources, {len(validators)} distinct root plans, {len(builder.defs)} typed dicts")
     print(f"pydantic-core structural pass: {len(items) / best:8.0f} res/s ({best / len(items) * 1e6:.1f} µs/resource), "
           f"{passed}/{len(items)} pass its approximate rules")  # fmt: skip
