@@ -94,21 +94,21 @@ def ensure_npm_package() -> Path:
     return pkg_json.parent
 
 
+def run_node(script: Path, *args: object) -> dict[str, Any]:
+    """Run a Node script of ours; its last stdout line is a JSON summary."""
+    node = shutil.which("node")
+    if node is None:
+        sys.exit("node not found on PATH (Node 20 is needed for the comparison)")
+    proc = subprocess.run([node, str(script), *map(str, args)], check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def time_theirs(sds: list[dict[str, Any]], runs: int) -> dict[str, Any]:
     ensure_npm_package()
     sds_file = SCRATCH / "r4-core-sds.json"
     out_file = SCRATCH / "atomic-outputs.json"
     sds_file.write_bytes(orjson.dumps(sds))
-    node = shutil.which("node")
-    if node is None:
-        sys.exit("node not found on PATH")
-    proc = subprocess.run(
-        [node, str(NODE_SCRIPT), str(sds_file), str(runs), str(SCRATCH), str(out_file)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_node(NODE_SCRIPT, sds_file, runs, SCRATCH, out_file)
     result["outputs"] = orjson.loads(out_file.read_bytes())
     return result
 

@@ -25,7 +25,6 @@ import gc
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from convert_bench import NPM_PACKAGE, SCRATCH, ensure_npm_package, pin_one_core  # bench/ is sys.path[0]
+from convert_bench import (  # bench/ is sys.path[0]
+    NPM_PACKAGE,
+    SCRATCH,
+    ensure_npm_package,
+    pin_one_core,
+    run_node,
+)
 
 from fhirschema.package import load_tgz
 
@@ -144,21 +149,12 @@ def _side(
 
 def time_theirs(shared: Path, corpus: Corpus, runs: int) -> dict[str, Any]:
     ensure_npm_package()
-    node = shutil.which("node")
-    if node is None:
-        sys.exit("node not found on PATH (Node 20 is needed for the comparison)")
     sds = [sd for rel in (R4_CORE, US_CORE) for sd in load_tgz(shared / rel).resources("StructureDefinition")]
     sds_file = SCRATCH / "validate-sds.json"
     corpus_file = SCRATCH / "validate-corpus.json"
     sds_file.write_bytes(orjson.dumps(sds))
     corpus_file.write_bytes(orjson.dumps(corpus))
-    proc = subprocess.run(
-        [node, str(NODE_SCRIPT), str(sds_file), str(corpus_file), str(runs), str(SCRATCH)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = run_node(NODE_SCRIPT, sds_file, corpus_file, runs, SCRATCH)
     side = _side(r["count"], r["seconds"], r["per_corpus"], r["exceptions"], r["exception_examples"])
     side.update(
         package=f"{NPM_PACKAGE}@{r['version']}",
