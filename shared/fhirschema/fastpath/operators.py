@@ -320,13 +320,19 @@ def _compare(a: Eval, b: Eval, op: str) -> Eval:
     return fn
 
 
-_DATE_ONLY = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
+_DATE_ONLY = re.compile(r"[0-9]{4}(-[0-9]{2}(-[0-9]{2})?)?")  # fullmatch: ASCII digits, no trailing newline
 _FULL_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
 def _ordered_pair(x: Any, y: Any) -> tuple[Any, Any]:
     """Dates of the same precision compare as text (FHIRPath gives no answer across precisions)."""
-    if type(x) is str and type(y) is str and len(x) == len(y) and _DATE_ONLY.match(x) and _DATE_ONLY.match(y):
+    if (
+        type(x) is str
+        and type(y) is str
+        and len(x) == len(y)
+        and _DATE_ONLY.fullmatch(x)
+        and _DATE_ONLY.fullmatch(y)
+    ):
         return x, y
     return _ordered(x), _ordered(y)
 
