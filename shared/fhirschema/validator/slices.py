@@ -174,7 +174,7 @@ def _profile_check(run: Run, data: Any, profiles: list[str], memo: dict[tuple[in
                 memo[key] = False
             else:
                 issues: list[Issue] = []
-                type(run)(run.v, issues).resource(data, (url,))
+                type(run)(run.v, issues).resource(data, (url,))  # a fresh walk (Run: no import cycle)
                 memo[key] = not any(i.severity in ("error", "fatal") for i in issues)
         if memo[key]:
             return True
