@@ -3,18 +3,28 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The validator compiled with mypyc (scripts/build_engine.py), rebuilt when its sources change.
+ENGINE := shared/fhirschema/validator/.compiled
+ENGINE_SRC := $(wildcard shared/fhirschema/validator/*.py) scripts/build_engine.py
 
-.PHONY: up test lint bench install clean
+.PHONY: up test lint bench install engine clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	FHIRSCHEMA_COMPILE=0 $(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Without a C compiler the validator still works, as Python (about 3x slower).
+$(ENGINE): $(STAMP) $(ENGINE_SRC)
+	$(PY) scripts/build_engine.py || echo "warning: the validator could not be compiled; it runs as Python"
+	touch $(ENGINE)  # also after a failed build: retried when a source changes
 
-test: $(STAMP)
+install: $(STAMP) $(ENGINE)
+
+engine: $(ENGINE)
+
+test: $(STAMP) $(ENGINE)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -22,8 +32,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-up: $(STAMP)
+up: $(STAMP) $(ENGINE)
 	$(PY) -m fhirschema_bus.devstack
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache shared/build $(ENGINE) shared/fhirschema/validator/*.so

@@ -4,3 +4,7 @@ A pure library — no NATS, S3 or Redis imports — usable in-process and from t
 """
 
 __version__ = "0.1.0"
+
+from fhirschema import engine_build
+
+engine_build.select()

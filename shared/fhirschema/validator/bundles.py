@@ -34,17 +34,19 @@ def check_bundle(run: Run, data: dict[str, Any]) -> None:
             ident = (f"{res['resourceType']}/{res['id']}", str(version))
             by_identity.setdefault(ident, []).append((i, full if isinstance(full, str) else None))
     if data.get("type") != "history":
-        for (ident, _), hits in by_identity.items():
+        for (name, _), hits in by_identity.items():
             if len({full for _, full in hits}) > 1:
                 for i, _full in hits:
-                    run.issue("fs1201", f"{ident} appears in {len(hits)} entries with different fullUrls",
+                    run.issue("fs1201", f"{name} appears in {len(hits)} entries with different fullUrls",
                                extra=["entry", i, "resource", "id"])  # fmt: skip
     kind = data.get("type")
     first = entries[0].get("resource") if entries and isinstance(entries[0], dict) else None
-    expected = {"document": "Composition", "message": "MessageHeader"}.get(kind)
+    expected = (
+        {"document": "Composition", "message": "MessageHeader"}.get(kind) if isinstance(kind, str) else None
+    )
     if expected and (not isinstance(first, dict) or first.get("resourceType") != expected):
         run.issue("fs1202", f"a {kind} Bundle must start with a {expected}", extra=["entry", 0, "resource"])
     targets: dict[str, set[str | None]] = {}
-    for (ident, _), hits in by_identity.items():  # every version of a Type/id: one target set
-        targets.setdefault(ident, set()).update(f for _, f in hits)
+    for (name, _), hits in by_identity.items():  # every version of a Type/id: one target set
+        targets.setdefault(name, set()).update(f for _, f in hits)
     run.bundle_targets = targets

@@ -6,13 +6,16 @@ A plan is built once per distinct schema set and cached; validating the second r
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from fhirschema.fastpath import compile_subset, guard
-from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES, checker
+from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES, Primitive, checker
 from fhirschema.validator.slices import Slicing
 
-HOT_NESTED, HOT_PLAIN, HOT_CODED = 1, 2, 3  # ElementPlan.hot: see walk.Run.node
+# ElementPlan.hot: see walk.Run.node. Final: compiled, these are C constants, not global lookups.
+HOT_NESTED: Final = 1
+HOT_PLAIN: Final = 2
+HOT_CODED: Final = 3
 BINDING_RANK = {"required": 0, "extensible": 1, "preferred": 2, "example": 3}
 RESOURCE_SLOTS = frozenset(("Resource", "DomainResource"))
 # "Has a value or children" rules are enforced structurally (empty objects are rejected).
@@ -103,8 +106,8 @@ class ElementPlan:
                 self.patterns.append((el["pattern"].get("value"), origin))
             b = el.get("binding")
             if b and b.get("valueSet"):
-                rank = BINDING_RANK.get(b.get("strength"), 9)
-                if self.binding is None or rank < BINDING_RANK.get(self.binding[0].get("strength"), 9):
+                rank = BINDING_RANK.get(str(b.get("strength")), 9)
+                if self.binding is None or rank < BINDING_RANK.get(str(self.binding[0].get("strength")), 9):
                     self.binding = (b, origin)
             if el.get("refers"):
                 self.refers.append(el["refers"])
@@ -120,7 +123,7 @@ class ElementPlan:
             self.slicing.finish(key)
         self.is_resource = self.type in RESOURCE_SLOTS
         self.is_primitive = self.type in PRIMITIVES or (self.type is not None and self.type[:1].islower())
-        self.prim = checker(self.type) if self.is_primitive and self.type else None
+        self.prim: Primitive | None = checker(self.type) if self.is_primitive and self.type else None
         self.value_checks = bool(self.fixed or self.patterns or self.binding is not None)
         self.is_extension = self.type == "Extension" or key in ("extension", "modifierExtension")
         self.is_reference = self.type == "Reference"
@@ -258,6 +261,12 @@ class Compiler:
         self._types: dict[str, set[str]] = {}
 
     def plan(self, schemas: list[tuple[dict[str, Any], str | None]]) -> Plan:
+        # Keyed first by the list as given (duplicates and all): the same resource type and
+        # profiles give the same list, so every resource after the first skips the dedupe.
+        given = tuple([id(s) for s, _ in schemas])
+        plan = self._plans.get(given)
+        if plan is not None:
+            return plan
         seen: set[int] = set()
         unique = []
         for s in schemas:
@@ -268,6 +277,7 @@ class Compiler:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = Plan(unique, self)
+        self._plans[given] = plan
         return plan
 
     def chain(self, ref: str) -> list[tuple[dict[str, Any], str | None]]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import calendar
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -22,7 +21,9 @@ _OID = re.compile(r"^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$")
 _UUID = re.compile(r"^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
 _INTEGER64 = re.compile(r"^(0|-?[1-9][0-9]*)$")
-_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+# base64Binary's alphabet plus the whitespace the FHIR regex allows, checked with bytes.translate:
+# Attachment.data runs to megabytes, where a regex character class is ~5x slower.
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\n\r\f\v"
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$")
 _NO_WS = re.compile(r"^\S*$")
 
@@ -69,11 +70,21 @@ CODES = {
 }  # fmt: skip
 
 
+# str methods mypyc has no primitive for, called through the method descriptor rather than an
+# attribute lookup on every value (compiled, these are C constants).
+_isascii: Final = str.isascii
+_isprintable: Final = str.isprintable
+_isalnum: Final = str.isalnum
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def _real_date(value: str) -> bool:
     if len(value) < 10:
         return True
     year, month, day = int(value[:4]), int(value[5:7]), int(value[8:10])
-    return day <= calendar.monthrange(year, month)[1]
+    if month == 2 and day == 29:
+        return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return day <= _DAYS_IN_MONTH[month]
 
 
 def _not_blank(v: str) -> bool:
@@ -87,6 +98,15 @@ def _int_in(lo: int) -> Callable[[Any], bool]:
     )
 
 
+def _no_whitespace(v: str) -> bool:
+    # `" " not in v and v.isprintable()` decides the common case without the regex engine.
+    return bool(v) and ((" " not in v and _isprintable(v)) or _NO_WS.match(v) is not None)
+
+
+def _base64(v: str) -> bool:
+    return bool(v) and v.isascii() and not v.encode("ascii").translate(None, _BASE64_ALPHABET)
+
+
 def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
     return lambda v: pattern.match(v) is not None
 
@@ -97,7 +117,6 @@ _PATTERN_ONLY = {
     "id": _ID,
     "oid": _OID,
     "uuid": _UUID,
-    "base64Binary": _BASE64,
     "time": _TIME_ONLY,
 }
 
@@ -105,10 +124,11 @@ _LEXICAL: dict[str, Callable[[Any], bool]] = {
     "string": _not_blank,
     "markdown": _not_blank,
     **{name: _matches(pattern) for name, pattern in _PATTERN_ONLY.items()},
-    "uri": lambda v: bool(v) and _NO_WS.match(v) is not None,
+    "base64Binary": _base64,
+    "uri": _no_whitespace,
     # R4's regex for url is `\S*`: relative urls (Attachment.url "Binary/f006") are legal.
-    "url": lambda v: bool(v) and _NO_WS.match(v) is not None,
-    "canonical": lambda v: bool(v) and _NO_WS.match(v) is not None,
+    "url": _no_whitespace,
+    "canonical": _no_whitespace,
     "date": lambda v: _DATE.match(v) is not None and _real_date(v),
     "dateTime": lambda v: _DATETIME.match(v) is not None and _real_date(v),
     "instant": lambda v: _INSTANT.match(v) is not None and _real_date(v),
@@ -145,54 +165,96 @@ def check(type_name: str, value: Any) -> str | None:
     return CODES[type_name]
 
 
-_CHECKERS: dict[str, Callable[[Any], str | None]] = {}
+# Primitive.kind: which fast path decides a plain ASCII string (or a JSON number) of the type.
+GENERIC: Final = 0
+TEXT: Final = 1
+PATTERN: Final = 2
+DATE: Final = 3
+URI: Final = 4
+BASE64: Final = 5
+RULE: Final = 6
+BOOLEAN: Final = 7
+NUMBER: Final = 8
+_DATE_PATTERNS = {"date": _DATE, "dateTime": _DATETIME, "instant": _INSTANT}
+_INT_LOW = {"integer": INT32[0], "unsignedInt": 0, "positiveInt": 1}
 
 
-def checker(type_name: str) -> Callable[[Any], str | None]:
-    """`check` specialised for one type: the hot path for plain ASCII strings skips the generic
-    dispatch (most primitive values in real resources are short ASCII strings)."""
+class Primitive:
+    """`check` specialised for one type. The common values (short ASCII strings, plain numbers)
+    are decided inline; everything else goes to `check`, the rules' one full statement.
+
+    A class rather than a closure so that the compiled walk calls `check` directly (see
+    docs/architecture.md, "Compiled engine")."""
+
+    __slots__ = ("code", "high", "kind", "low", "match", "name", "rule")
+
+    def __init__(self, type_name: str) -> None:
+        self.name = type_name
+        self.code: str = CODES.get(type_name, "fs117")
+        self.rule = _LEXICAL.get(type_name)
+        self.match: Callable[[str], object] | None = None
+        self.low = _INT_LOW.get(type_name, 0)
+        self.high = INT32[1]
+        pattern = _PATTERN_ONLY.get(type_name) or _DATE_PATTERNS.get(type_name)
+        if pattern is not None:
+            self.match = pattern.match
+        if type_name not in CODES and type_name != "boolean":
+            self.kind = GENERIC
+        elif type_name in ("string", "markdown"):
+            self.kind = TEXT
+        elif type_name in _PATTERN_ONLY:
+            self.kind = PATTERN
+        elif type_name in _DATE_PATTERNS:
+            self.kind = DATE
+        elif type_name in ("uri", "url", "canonical"):
+            self.kind = URI
+        elif type_name == "base64Binary":
+            self.kind = BASE64
+        elif type_name == "boolean":
+            self.kind = BOOLEAN
+        elif type_name in NUMBER_TYPES:
+            self.kind = NUMBER
+        elif type_name in STRING_TYPES and self.rule is not None:
+            self.kind = RULE
+        else:
+            self.kind = GENERIC
+
+    def check(self, value: Any) -> str | None:
+        kind = self.kind
+        if type(value) is str:
+            if _isascii(value):
+                if kind == TEXT:
+                    return None if value and not value.isspace() else self.code
+                if kind == PATTERN:
+                    # The commonest codes and ids are decided without the regex engine: a code
+                    # with no spaces or control characters, an id of letters and digits.
+                    if self.name == "code" and " " not in value and _isprintable(value) and value:
+                        return None
+                    if self.name == "id" and _isalnum(value) and len(value) <= 64:
+                        return None
+                    return None if self.match(value) is not None else self.code  # type: ignore[misc]
+                if kind == DATE:
+                    return None if self.match(value) is not None and _real_date(value) else self.code  # type: ignore[misc]
+                if kind == URI:
+                    return None if _no_whitespace(value) else self.code
+                if kind == BASE64:
+                    return None if _base64(value) else self.code
+                if kind == RULE:
+                    return None if self.rule(value) else self.code  # type: ignore[misc]
+        elif kind == BOOLEAN:
+            if value is True or value is False:
+                return None
+        elif kind == NUMBER and type(value) is int:
+            return None if self.name == "decimal" or self.low <= value <= self.high else self.code
+        return check(self.name, value)
+
+
+_CHECKERS: dict[str, Primitive] = {}
+
+
+def checker(type_name: str) -> Primitive:
+    """The (shared) `Primitive` of a type."""
     found = _CHECKERS.get(type_name)
-    if found is not None:
-        return found
-    rule = _LEXICAL.get(type_name)
-    code = CODES.get(type_name)
-
-    def generic(value: Any) -> str | None:
-        return check(type_name, value)
-
-    pattern = _PATTERN_ONLY.get(type_name)
-    if pattern is not None and code is not None:
-        match = pattern.match  # the rule is this regex alone: no lambda in between
-
-        def regex_check(value: Any) -> str | None:
-            if type(value) is str and value.isascii():
-                return None if match(value) is not None else code
-            return check(type_name, value)
-
-        found = regex_check
-    elif type_name in ("string", "markdown") and code is not None:
-
-        def text_check(value: Any) -> str | None:
-            if type(value) is str and value.isascii():  # _not_blank, inlined: the commonest check
-                return None if value and not value.isspace() else code
-            return check(type_name, value)
-
-        found = text_check
-    elif type_name in STRING_TYPES and rule is not None and code is not None:
-
-        def string_check(value: Any) -> str | None:
-            if type(value) is str and value.isascii():
-                return None if rule(value) else code
-            return check(type_name, value)
-
-        found = string_check
-    elif type_name == "boolean":
-
-        def boolean_check(value: Any) -> str | None:
-            return None if value is True or value is False else check(type_name, value)
-
-        found = boolean_check
-    else:
-        found = generic
-    _CHECKERS[type_name] = found
+    if found is None:
+        found = _CHECKERS[type_name] = Primitive(type_name)
     return found

@@ -10,7 +10,7 @@ from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import matches
 
 if TYPE_CHECKING:
-    from fhirschema.validator import Validator
+    from fhirschema.validator.engine import Validator
     from fhirschema.validator.plans import ElementPlan
     from fhirschema.validator.walk import Run
 
@@ -145,7 +145,7 @@ def _in_value_set(v: Validator, data: Any, value_set: str) -> bool:
     if v.terminology is None:
         return True  # cannot tell: do not split slices on it
     if isinstance(data, str):
-        codes = [(None, data)]
+        codes: list[tuple[Any, Any]] = [(None, data)]
     elif isinstance(data, dict):
         codings = data.get("coding") if "coding" in data else [data]
         codes = [(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)]

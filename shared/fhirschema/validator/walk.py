@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from fhirschema.validator.bundles import check_bundle
 from fhirschema.validator.companions import walk_companion
@@ -14,9 +14,9 @@ from fhirschema.validator.plans import HOT_CODED, HOT_NESTED, HOT_PLAIN, Element
 from fhirschema.validator.slices import assign_slices
 
 if TYPE_CHECKING:
-    from fhirschema.validator import Validator
+    from fhirschema.validator.engine import Validator
 
-MAX_DEPTH = 200  # deeper data is reported, not walked (no RecursionError, bounded work)
+MAX_DEPTH: Final = 200  # deeper data is reported, not walked (no RecursionError, bounded work)
 _REF = re.compile(
     r"^(?:(?P<base>https?://\S+?)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$"
 )
@@ -110,70 +110,71 @@ class Run:
         elements = plan._elements
         for key, value in data.items():
             ep = elements.get(key)
-            hot = ep.hot if ep is not None else 0
-            # Hot path 1: a complex value with nothing to check but its own children.
-            if hot == HOT_NESTED:
-                child = ep._child0 or ep.child()
-                if not ep.type_missing:
-                    if not ep.array:
-                        if type(value) is dict and value:
+            if ep is not None:
+                hot = ep.hot
+                # Hot path 1: a complex value with nothing to check but its own children.
+                if hot == HOT_NESTED:
+                    child = ep._child0 or ep.child()
+                    if not ep.type_missing:
+                        if not ep.array:
+                            if type(value) is dict and value:
+                                path.append(key)
+                                self.node(value, child)
+                                path.pop()
+                                continue
+                        elif _fits(ep, value) and all(type(v) is dict and v for v in value):
                             path.append(key)
-                            self.node(value, child)
+                            for i, v in enumerate(value):
+                                path.append(i)
+                                self.node(v, child)
+                                path.pop()
                             path.pop()
                             continue
-                    elif _fits(ep, value) and all(type(v) is dict and v for v in value):
+                # Hot path 2: a primitive with nothing but its lexical rule to check.
+                elif hot == HOT_PLAIN:
+                    if not ep.array:
+                        if value is not None and type(value) is not list:
+                            code = ep.prim.check(value)  # type: ignore[union-attr]
+                            if code is not None:
+                                path.append(key)
+                                self.bad_primitive(code, ep, value)
+                                path.pop()
+                            continue
+                    elif _fits(ep, value):
+                        prim = ep.prim
+                        for i, v in enumerate(value):
+                            code = prim.check(v) if v is not None else "fs202"  # type: ignore[union-attr]
+                            if code is not None:
+                                path.append(key)
+                                path.append(i)
+                                self.bad_primitive(code, ep, v)
+                                path.pop()
+                                path.pop()
+                        continue
+                # Hot path 3: a primitive with value rules (a bound code, a fixed value).
+                elif hot == HOT_CODED:
+                    if not ep.array:
+                        if value is not None and type(value) is not list:
+                            path.append(key)
+                            code = ep.prim.check(value)  # type: ignore[union-attr]
+                            if code is not None:
+                                self.bad_primitive(code, ep, value)
+                            self.value_checks(value, ep)
+                            path.pop()
+                            continue
+                    elif _fits(ep, value):
+                        prim = ep.prim
                         path.append(key)
                         for i, v in enumerate(value):
                             path.append(i)
-                            self.node(v, child)
+                            code = prim.check(v) if v is not None else "fs202"  # type: ignore[union-attr]
+                            if code is not None:
+                                self.bad_primitive(code, ep, v)
+                            if v is not None:
+                                self.value_checks(v, ep)
                             path.pop()
                         path.pop()
                         continue
-            # Hot path 2: a primitive with nothing but its lexical rule to check.
-            elif hot == HOT_PLAIN:
-                if not ep.array:
-                    if value is not None and type(value) is not list:
-                        code = ep.prim(value)
-                        if code is not None:
-                            path.append(key)
-                            self.bad_primitive(code, ep, value)
-                            path.pop()
-                        continue
-                elif _fits(ep, value):
-                    prim = ep.prim
-                    for i, v in enumerate(value):
-                        code = prim(v) if v is not None else "fs202"
-                        if code is not None:
-                            path.append(key)
-                            path.append(i)
-                            self.bad_primitive(code, ep, v)
-                            path.pop()
-                            path.pop()
-                    continue
-            # Hot path 3: a primitive with value rules (a bound code, a fixed value).
-            elif hot == HOT_CODED:
-                if not ep.array:
-                    if value is not None and type(value) is not list:
-                        path.append(key)
-                        code = ep.prim(value)
-                        if code is not None:
-                            self.bad_primitive(code, ep, value)
-                        self.value_checks(value, ep)
-                        path.pop()
-                        continue
-                elif _fits(ep, value):
-                    prim = ep.prim
-                    path.append(key)
-                    for i, v in enumerate(value):
-                        path.append(i)
-                        code = prim(v) if v is not None else "fs202"
-                        if code is not None:
-                            self.bad_primitive(code, ep, v)
-                        if v is not None:
-                            self.value_checks(v, ep)
-                        path.pop()
-                    path.pop()
-                    continue
             if key == "resourceType" and self.resources and data is self.resources[-1]:
                 continue
             if key[:1] == "_":
@@ -192,7 +193,7 @@ class Run:
             ep = plan.element(key)
             if ep is None or (ep.choices is not None and ep.type is None):
                 path.append(key)
-                hint = f" (use one of {', '.join(sorted(ep.choices))})" if ep is not None else ""
+                hint = f" (use one of {', '.join(sorted(ep.choices or ()))})" if ep is not None else ""
                 self.issue("fs201", f"unknown element {key!r}{hint}")
                 path.pop()
                 continue
@@ -288,7 +289,7 @@ class Run:
             self.issue("fs202", "null is only allowed as a placeholder in arrays with a '_' companion")
             return
         if ep.prim is not None:
-            code = ep.prim(item)
+            code = ep.prim.check(item)
             if code is not None:
                 self.bad_primitive(code, ep, item)
         elif ep.is_resource:
