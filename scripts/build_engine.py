@@ -3,7 +3,7 @@
 The same .py files run interpreted when not compiled, so the engine's semantics stay in one
 place; compiled, validation is about three times faster. `setup.py` uses the same list when a
 wheel is built (the Docker images). Python imports an extension before the .py beside it, so the
-build records its sources' digests in `validator/.compiled`, and an import whose sources no
+build records its sources' digests in `fhirschema/.compiled`, and an import whose sources no
 longer match runs the .py files instead (`fhirschema.engine_build`).
 """
 
@@ -19,19 +19,24 @@ SHARED = Path(__file__).resolve().parent.parent / "shared"
 # Everything `Validator.validate` runs per resource: one mypyc group, so calls between these
 # modules are direct C calls.
 COMPILED = [
-    "fhirschema/validator/engine.py",
+    "fhirschema/fastpath/operators.py",
+    "fhirschema/fastpath/parser.py",
     "fhirschema/validator/bundles.py",
     "fhirschema/validator/companions.py",
     "fhirschema/validator/constraints.py",
+    "fhirschema/validator/engine.py",
     "fhirschema/validator/extensions.py",
     "fhirschema/validator/issues.py",
     "fhirschema/validator/matching.py",
     "fhirschema/validator/plans.py",
     "fhirschema/validator/primitives.py",
     "fhirschema/validator/slices.py",
+    "fhirschema/validator/temporal.py",
     "fhirschema/validator/walk.py",
 ]
-GROUP = "fhirschema.validator._compiled"  # the shared library: fhirschema/validator/_compiled__mypyc
+# The group's shared library, fhirschema/_compiled__mypyc. Package inits stay Python: a compiled
+# package init cannot import a compiled group that lives inside it.
+GROUP = "fhirschema._compiled"
 
 
 def extensions(prefix: str = "") -> list:
@@ -46,12 +51,12 @@ def main() -> int:
     from setuptools import setup
 
     os.chdir(SHARED)
-    for old in (SHARED / "fhirschema" / "validator").glob("*.so"):
+    for old in (SHARED / "fhirschema").rglob("*.so"):
         old.unlink()  # a failed build must not leave a stale half behind
     setup(name="fhirschema-engine", ext_modules=extensions(), script_args=["-q", "build_ext", "--inplace"])
     # What the extensions were built from: an edited source makes them stale (fhirschema.engine_build).
-    manifest = {path.rsplit("/", 1)[-1]: _digest(SHARED / path) for path in COMPILED}
-    (SHARED / "fhirschema" / "validator" / ".compiled").write_text(json.dumps(manifest, indent=1) + "\n")
+    manifest = {path.removeprefix("fhirschema/"): _digest(SHARED / path) for path in COMPILED}
+    (SHARED / "fhirschema" / ".compiled").write_text(json.dumps(manifest, indent=1) + "\n")
     return 0
 
 

@@ -1,12 +1,12 @@
 """Which validator runs: the modules compiled by mypyc, or their Python source.
 
-`make engine` (scripts/build_engine.py) compiles `fhirschema.validator` to C extensions that sit
-beside the .py files they were built from, and Python imports an extension before a .py of the
-same name. Two cases must run the source instead:
+`make engine` (scripts/build_engine.py) compiles the validator and the native FHIRPath subset to
+C extensions that sit beside the .py files they were built from, and Python imports an extension
+before a .py of the same name. Two cases must run the source instead:
 
 - FHIRSCHEMA_PURE_PYTHON=1: debugging, or checking that both builds give the same results;
 - a stale build (a .py edited since `make engine`; the build records its sources' digests in
-  `validator/.compiled`), which would otherwise run old code silently.
+  `fhirschema/.compiled`), which would otherwise run old code silently.
 
 Both give identical results; the compiled build is about three times faster.
 """
@@ -22,8 +22,8 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
-PACKAGE = "fhirschema.validator"
-_DIR = Path(__file__).parent / "validator"
+PACKAGE = "fhirschema"
+_DIR = Path(__file__).parent
 MANIFEST = _DIR / ".compiled"
 
 
@@ -45,13 +45,13 @@ def stale_modules() -> list[str]:
 
 
 class _SourceFinder:
-    """Finds `fhirschema.validator` and its modules as .py files only."""
+    """Finds the modules of `fhirschema` as .py files only."""
 
     @staticmethod
     def find_spec(name: str, path: object = None, target: ModuleType | None = None) -> object:
-        if name != PACKAGE and not name.startswith(PACKAGE + "."):
+        if not name.startswith(PACKAGE + "."):
             return None
-        where = _DIR.parent if name == PACKAGE else _DIR
+        where = _DIR.joinpath(*name.split(".")[1:-1])
         finder = importlib.machinery.FileFinder(
             str(where), (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)
         )
@@ -60,7 +60,7 @@ class _SourceFinder:
 
 def select() -> None:
     """Called once on `import fhirschema`, before anything imports the validator."""
-    if _SourceFinder in sys.meta_path or not any(_DIR.glob("*.so")):
+    if _SourceFinder in sys.meta_path or not any(_DIR.glob("_compiled__mypyc*")):  # not built
         return
     if os.environ.get("FHIRSCHEMA_PURE_PYTHON", "") not in ("", "0"):
         sys.meta_path.insert(0, _SourceFinder)  # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from fhirpathpy.engine.invocations import invocation_registry, logic
 from fhirpathpy.engine.nodes import ResourceNode, TypeInfo
@@ -136,7 +136,7 @@ def _values_only(coll: list) -> list:
 
 
 def _comparison(name: str) -> dict:
-    base = invocation_registry[name]
+    base = cast(dict[str, Any], invocation_registry[name])
 
     def fn(ctx: dict, left: list, right: list) -> Any:
         left, right = _values_only(left), _values_only(right)

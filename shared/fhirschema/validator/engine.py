@@ -173,14 +173,14 @@ class Validator:
         return found
 
     def binding(self, run: Run, item: Any, ep: ElementPlan) -> None:
-        binding, origin = ep.binding  # type: ignore[misc]
-        strength = binding.get("strength")
-        if strength not in _SEVERITY:
-            return
-        t = ep.type
+        """Judge `item` against `ep`'s binding (the walk calls this only when `ep.bound`)."""
         if type(item) is str and (verdict := ep.verdicts.get(item)) is not None:
-            _replay(run, verdict)  # a bound code seen before on this element: the commonest case
+            if verdict:  # a bound code seen before on this element: the commonest case
+                _replay(run, verdict)
             return
+        binding, origin = ep.binding  # type: ignore[misc]
+        strength = binding["strength"]
+        t = ep.type
         vs = binding["valueSet"]
         if t in ("code", "string", "uri"):
             checks: list[tuple[Any, Any, Any]] = [(None, item, None)] if isinstance(item, str) else []

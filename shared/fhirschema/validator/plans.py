@@ -17,6 +17,8 @@ HOT_NESTED: Final = 1
 HOT_PLAIN: Final = 2
 HOT_CODED: Final = 3
 BINDING_RANK = {"required": 0, "extensible": 1, "preferred": 2, "example": 3}
+JUDGED_STRENGTHS = frozenset(("required", "extensible", "preferred"))  # not "example"
+CODE_TYPES = frozenset(("code", "string", "uri", "Coding", "CodeableConcept", "Quantity"))
 RESOURCE_SLOTS = frozenset(("Resource", "DomainResource"))
 # "Has a value or children" rules are enforced structurally (empty objects are rejected).
 STRUCTURAL_CONSTRAINTS = frozenset(("ele-1", "ext-1"))
@@ -39,6 +41,7 @@ class ElementPlan:
         "_children",
         "array",
         "binding",
+        "bound",
         "choice_of",
         "choices",
         "compiler",
@@ -125,6 +128,12 @@ class ElementPlan:
         self.is_primitive = self.type in PRIMITIVES or (self.type is not None and self.type[:1].islower())
         self.prim: Primitive | None = checker(self.type) if self.is_primitive and self.type else None
         self.value_checks = bool(self.fixed or self.patterns or self.binding is not None)
+        # A binding the validator judges: a strength with a severity, on a type that carries codes.
+        self.bound = (
+            self.binding is not None
+            and self.binding[0].get("strength") in JUDGED_STRENGTHS
+            and self.type in CODE_TYPES
+        )
         self.is_extension = self.type == "Extension" or key in ("extension", "modifierExtension")
         self.is_reference = self.type == "Reference"
         # A primitive with nothing else to check: validated inline by the walk.
@@ -259,6 +268,7 @@ class Compiler:
         self._plans: dict[tuple[int, ...], Plan] = {}
         self._chains: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
         self._types: dict[str, set[str]] = {}
+        self._type_plans: dict[str, Plan] = {}
 
     def plan(self, schemas: list[tuple[dict[str, Any], str | None]]) -> Plan:
         # Keyed first by the list as given (duplicates and all): the same resource type and
@@ -278,6 +288,16 @@ class Compiler:
         if plan is None:
             plan = self._plans[key] = Plan(unique, self)
         self._plans[given] = plan
+        return plan
+
+    def type_plan(self, type_name: str) -> Plan | None:
+        """The plan of a type's own chain, None when the type is unknown."""
+        plan = self._type_plans.get(type_name)
+        if plan is None:
+            chain = self.chain(type_name)
+            if not chain:
+                return None
+            plan = self._type_plans[type_name] = self.plan(list(chain))
         return plan
 
     def chain(self, ref: str) -> list[tuple[dict[str, Any], str | None]]:

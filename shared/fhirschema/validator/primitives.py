@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
+from fhirschema.validator import temporal
+
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -175,7 +177,9 @@ BASE64: Final = 5
 RULE: Final = 6
 BOOLEAN: Final = 7
 NUMBER: Final = 8
+XHTML: Final = 9
 _DATE_PATTERNS = {"date": _DATE, "dateTime": _DATETIME, "instant": _INSTANT}
+_DATE_FORMS = {"date": temporal.DATE, "dateTime": temporal.DATETIME, "instant": temporal.INSTANT}
 _INT_LOW = {"integer": INT32[0], "unsignedInt": 0, "positiveInt": 1}
 
 
@@ -186,7 +190,7 @@ class Primitive:
     A class rather than a closure so that the compiled walk calls `check` directly (see
     docs/architecture.md, "Compiled engine")."""
 
-    __slots__ = ("code", "high", "kind", "low", "match", "name", "rule")
+    __slots__ = ("code", "form", "high", "kind", "low", "match", "name", "rule")
 
     def __init__(self, type_name: str) -> None:
         self.name = type_name
@@ -195,6 +199,7 @@ class Primitive:
         self.match: Callable[[str], object] | None = None
         self.low = _INT_LOW.get(type_name, 0)
         self.high = INT32[1]
+        self.form = _DATE_FORMS.get(type_name, temporal.DATE)
         pattern = _PATTERN_ONLY.get(type_name) or _DATE_PATTERNS.get(type_name)
         if pattern is not None:
             self.match = pattern.match
@@ -212,6 +217,8 @@ class Primitive:
             self.kind = BASE64
         elif type_name == "boolean":
             self.kind = BOOLEAN
+        elif type_name == "xhtml":
+            self.kind = XHTML
         elif type_name in NUMBER_TYPES:
             self.kind = NUMBER
         elif type_name in STRING_TYPES and self.rule is not None:
@@ -234,11 +241,19 @@ class Primitive:
                         return None
                     return None if self.match(value) is not None else self.code  # type: ignore[misc]
                 if kind == DATE:
+                    if temporal.canonical(value, self.form):
+                        return None
                     return None if self.match(value) is not None and _real_date(value) else self.code  # type: ignore[misc]
                 if kind == URI:
                     return None if _no_whitespace(value) else self.code
                 if kind == BASE64:
                     return None if _base64(value) else self.code
+                if kind == XHTML:
+                    return (
+                        None
+                        if value.lstrip().startswith("<div") and value.rstrip().endswith("</div>")
+                        else self.code
+                    )
                 if kind == RULE:
                     return None if self.rule(value) else self.code  # type: ignore[misc]
         elif kind == BOOLEAN:

@@ -20,7 +20,6 @@ MAX_DEPTH: Final = 200  # deeper data is reported, not walked (no RecursionError
 _REF = re.compile(
     r"^(?:(?P<base>https?://\S+?)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$"
 )
-_CODE_TYPES = frozenset(("code", "string", "uri", "Coding", "CodeableConcept", "Quantity"))
 _SEVERITY = {
     "required": ("fs501", "error"),
     "extensible": ("fs503", "warning"),
@@ -57,6 +56,33 @@ class Run:
             self.issue("fs202", f"expected a resource (a JSON object), got {type(data).__name__}")
             return
         rtype = data.get("resourceType")
+        meta = data.get("meta")
+        plan = None
+        if (
+            not profiles
+            and type(rtype) is str
+            and not self.v.anonymous
+            and not (type(meta) is dict and "profile" in meta)
+        ):
+            plan = self.v.compiler.type_plan(rtype)  # the commonest case: the type's own plan
+        if plan is None:
+            plan = self.resource_plan(data, rtype, profiles)
+            if plan is None:
+                return
+        self.resources.append(data)
+        self.starts.append(len(self.path))
+        try:
+            if rtype == "Bundle":
+                check_bundle(self, data)
+            self.node(data, plan)
+        finally:
+            self.resources.pop()
+            self.starts.pop()
+
+    def resource_plan(
+        self, data: dict[str, Any], rtype: Any, profiles: list[str] | tuple[str, ...]
+    ) -> Plan | None:
+        """The plan for a resource's profiles, `meta.profile`s and type (None: nothing to check it against)."""
         schemas = []
         for url in profiles:
             chain = self.v.compiler.chain(url)
@@ -79,23 +105,14 @@ class Run:
             if not chain and not self.v.anonymous:
                 if self.v.strict:
                     self.issue("fs701", f"unknown resourceType {rtype!r}")
-                return  # nothing known to validate it against
+                return None  # nothing known to validate it against
             schemas += chain
         elif "resourceType" in data or not self.v.anonymous:
             self.issue("fs701" if self.v.strict else "fs201", "missing or invalid resourceType",
                        severity="error")  # fmt: skip
         if not self.resources:
             schemas = self.v.root_overlays(self) + schemas
-        plan = self.v.compiler.plan(schemas)
-        self.resources.append(data)
-        self.starts.append(len(self.path))
-        try:
-            if rtype == "Bundle":
-                check_bundle(self, data)
-            self.node(data, plan)
-        finally:
-            self.resources.pop()
-            self.starts.pop()
+        return self.v.compiler.plan(schemas)
 
     # -- objects -------------------------------------------------------------------------
 
@@ -234,9 +251,10 @@ class Run:
                     self.issue("fs501", f"{key} needs a code from {ep.binding[0]['valueSet']}", extra=[key])
                 continue
             self.issue("fs301", f"required element {key!r} is missing", extra=[key], profile=origin)
-        for key, origin in plan.excluded.items():
-            if present_groups and key in present_groups:
-                self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
+        if present_groups:
+            for key, origin in plan.excluded.items():
+                if key in present_groups:
+                    self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
         if plan.constraints and self.v.invariants is not None and not self.too_deep:
             check_constraints(self, data, plan)
         self.depth -= 1
@@ -325,7 +343,7 @@ class Run:
         for pattern, origin in ep.patterns:
             if not matches(pattern, item):
                 self.issue("fs205", f"value must match the pattern {_short(pattern)}", profile=origin)
-        if ep.binding is not None and self.v.terminology is not None and ep.type in _CODE_TYPES:
+        if ep.bound and self.v.terminology is not None:
             self.v.binding(self, item, ep)
 
 
