@@ -4,7 +4,10 @@ Kubernetes: every document parses, has apiVersion/kind/metadata.name/namespace, 
 StatefulSet selectors match their pod labels, every Service selects some workload, env refs
 (ConfigMap/Secret) exist, the HPA targets an existing Deployment. Compose: every service has an
 image or a build whose Dockerfile exists, depends_on names defined services, and host names in
-the environment URLs are services.
+the environment URLs are services. Dockerfiles (services/*/Dockerfile): what COPY takes from the
+context exists, COPY --from names an earlier stage, the last stage runs as a non-root USER with an
+exec-form CMD, and a stage that builds the package from source either installs a C compiler (the
+validator is compiled with mypyc: setup.py) or turns compiling off with FHIRSCHEMA_COMPILE=0.
 """
 
 from __future__ import annotations
@@ -100,9 +103,73 @@ def check_compose(path: Path = ROOT / "docker-compose.yml") -> tuple[list[str], 
     return errs, missing
 
 
+# `pip install .` or `pip wheel ... .`: a build from source, which compiles the validator by default.
+_BUILDS_FROM_SOURCE = re.compile(r"\bpip (?:install|wheel)\b[^&;|]*\s\.(?:\s|$)")
+INSTALLS_COMPILER = re.compile(r"\bapt-get install\b[^&;|]*\sgcc\b")
+COMPILE_OFF = re.compile(r"\bFHIRSCHEMA_COMPILE=0\b")
+
+
+def load_dockerfile(path: Path) -> list[dict[str, Any]]:
+    """Stages in order: {"image", "name" (the AS alias or None), "steps": [(INSTRUCTION, args)]}."""
+    # Comment lines go first: Docker drops them even inside a continued instruction.
+    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    stages: list[dict[str, Any]] = []
+    for line in re.sub(r"\\[ \t]*\n", " ", "\n".join(lines)).splitlines():
+        instruction, _, args = line.strip().partition(" ")
+        args = " ".join(args.split())
+        if instruction.upper() == "FROM":
+            image, *alias = re.split(r"\s+as\s+", args, maxsplit=1, flags=re.IGNORECASE)
+            stages.append({"image": image, "name": alias[0] if alias else None, "steps": []})
+        elif instruction and stages:
+            stages[-1]["steps"].append((instruction.upper(), args))
+    return stages
+
+
+def check_dockerfile(path: Path, context: Path = ROOT) -> list[str]:
+    where = str(path.relative_to(context)) if path.is_relative_to(context) else str(path)
+    stages = load_dockerfile(path)
+    if not stages:
+        return [f"{where}: no FROM"]
+    errs: list[str] = []
+    for n, stage in enumerate(stages):
+        label = f"{where} stage {stage['name'] or n}"
+        earlier = {s["name"] for s in stages[:n]}
+        runs = [args for ins, args in stage["steps"] if ins == "RUN"]
+        env = " ".join(args for ins, args in stage["steps"] if ins == "ENV")
+        for ins, args in stage["steps"]:
+            if ins != "COPY":
+                continue
+            words = args.split()
+            source = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+            if source is not None:
+                if source not in earlier:
+                    errs.append(f"{label}: COPY --from={source} names no earlier stage")
+                continue
+            for src in [w for w in words if not w.startswith("--")][:-1]:
+                if not (context / src).exists():
+                    errs.append(f"{label}: COPY {src} not in the build context")
+        compiler = any(INSTALLS_COMPILER.search(r) for r in runs)
+        for run in runs:
+            if _BUILDS_FROM_SOURCE.search(run) and not compiler and not COMPILE_OFF.search(run + " " + env):
+                errs.append(f"{label}: builds from source without a C compiler or FHIRSCHEMA_COMPILE=0")
+    final = stages[-1]["steps"]
+    users = [args for ins, args in final if ins == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        errs.append(f"{where}: the final stage runs as root")
+    cmds = [args for ins, args in final if ins == "CMD"]
+    if not cmds or not cmds[-1].startswith("["):
+        errs.append(f"{where}: the final stage needs an exec-form CMD (PID 1 then gets SIGTERM)")
+    return errs
+
+
+def check_dockerfiles(root: Path = ROOT / "services") -> list[str]:
+    return [e for path in sorted(root.glob("*/Dockerfile")) for e in check_dockerfile(path)]
+
+
 def main() -> int:
     errs = check_k8s(load_k8s())
     cerrs, missing = check_compose()
+    cerrs += check_dockerfiles()
     for e in [*errs, *cerrs]:
         print("ERROR", e)
     for m in missing:

@@ -47,3 +47,60 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
 
     for doc in check.load_k8s():
         kubernetes_validate.validate(doc, "1.31.0", strict=True)  # raises ValidationError with the path
+
+
+def test_dockerfiles_consistent() -> None:
+    paths = sorted((ROOT / "services").glob("*/Dockerfile"))
+    assert {p.parent.name for p in paths} >= {"storage", "ig-ingest", "converter", "validator", "gateway"}
+    assert check.check_dockerfiles() == []
+
+
+def test_validator_image_compiles_in_a_builder_stage_only() -> None:
+    """The wheel is built (and the validator compiled with mypyc) where gcc is; the runtime has neither."""
+    builder, runtime = check.load_dockerfile(ROOT / "services" / "validator" / "Dockerfile")
+    assert builder["name"] == "builder" and builder["image"] == runtime["image"] == "python:3.11-slim"
+
+    def runs(stage: dict) -> str:
+        return " && ".join(args for ins, args in stage["steps"] if ins == "RUN")
+
+    def copied(stage: dict) -> set[str]:
+        return {w for ins, args in stage["steps"] if ins == "COPY" for w in args.split()[:-1]}
+
+    assert check.INSTALLS_COMPILER.search(runs(builder)) and "libc6-dev" in runs(builder)
+    assert "rm -rf /var/lib/apt/lists" in runs(builder)
+    assert "pip wheel --no-deps -w /wheels ." in runs(builder)
+    assert not check.COMPILE_OFF.search(runs(builder))
+    # setup.py compiles only when it can import the module list from scripts/build_engine.py.
+    assert {"setup.py", "scripts/build_engine.py", "shared", "services"} <= copied(builder)
+
+    assert "apt-get" not in runs(runtime) and "gcc" not in runs(runtime)
+    assert "--from=builder" in copied(runtime) and "pip install /wheels/*.whl" in runs(runtime)
+    final = dict(runtime["steps"])  # the last of each instruction
+    assert final["USER"] == "fhirschema" and final["EXPOSE"] == "9100"
+    assert final["CMD"] == '["python", "-m", "validator_service"]'
+
+
+def test_services_that_never_validate_skip_the_compiler() -> None:
+    for svc in ("storage", "ig-ingest", "converter", "gateway"):
+        (stage,) = check.load_dockerfile(ROOT / "services" / svc / "Dockerfile")
+        installs = [args for ins, args in stage["steps"] if ins == "RUN" and "pip install ." in args]
+        assert installs and all(a.startswith("FHIRSCHEMA_COMPILE=0 pip install .") for a in installs), svc
+
+
+def test_dockerfile_checker_catches_mistakes(tmp_path: Path) -> None:
+    text = (ROOT / "services" / "validator" / "Dockerfile").read_text()
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(
+        text.replace("gcc libc6-dev", "curl")
+        .replace("--from=builder", "--from=build")
+        .replace("COPY scripts/build_engine.py", "COPY scripts/build_the_engine.py")
+        .replace("USER fhirschema", "USER root")
+        .replace('CMD ["python", "-m", "validator_service"]', "CMD python -m validator_service")
+    )
+    errs = check.check_dockerfile(broken)
+    assert any("builds from source without a C compiler" in e for e in errs), errs
+    assert any("COPY --from=build names no earlier stage" in e for e in errs), errs
+    assert any("COPY scripts/build_the_engine.py not in the build context" in e for e in errs), errs
+    assert any("runs as root" in e for e in errs), errs
+    assert any("exec-form CMD" in e for e in errs), errs
+    assert len(errs) == 5, errs
