@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The validator compiled with mypyc (scripts/build_engine.py), rebuilt when its sources change.
-ENGINE := shared/fhirschema/validator/.compiled
-ENGINE_SRC := $(wildcard shared/fhirschema/validator/*.py) scripts/build_engine.py
+ENGINE := shared/fhirschema/.compiled
+ENGINE_SRC := $(wildcard shared/fhirschema/validator/*.py shared/fhirschema/fastpath/*.py) scripts/build_engine.py
 
 .PHONY: up test lint bench install engine clean
 
@@ -36,4 +36,4 @@ up: $(STAMP) $(ENGINE)
 	$(PY) -m fhirschema_bus.devstack
 
 clean:
-	rm -rf $(VENV) .pytest_cache shared/build $(ENGINE) shared/fhirschema/validator/*.so
+	rm -rf $(VENV) .pytest_cache shared/build $(ENGINE) $$(find shared -name "*.so")

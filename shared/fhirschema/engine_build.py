@@ -60,7 +60,7 @@ class _SourceFinder:
 
 def select() -> None:
     """Called once on `import fhirschema`, before anything imports the validator."""
-    if _SourceFinder in sys.meta_path or not any(_DIR.glob("_compiled__mypyc*")):  # not built
+    if _SourceFinder in sys.meta_path or not built():
         return
     if os.environ.get("FHIRSCHEMA_PURE_PYTHON", "") not in ("", "0"):
         sys.meta_path.insert(0, _SourceFinder)  # type: ignore[arg-type]
@@ -73,6 +73,11 @@ def select() -> None:
             stacklevel=2,
         )
         sys.meta_path.insert(0, _SourceFinder)  # type: ignore[arg-type]
+
+
+def built() -> bool:
+    """True when compiled extensions are installed (whether or not they are in use)."""
+    return any(_DIR.glob("_compiled__mypyc*"))
 
 
 def compiled() -> bool:
