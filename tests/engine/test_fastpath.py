@@ -167,3 +167,12 @@ def test_native_subset_cases(
     assert native is native_expected
     if native is not None:
         assert native == slow
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["(" * 30000 + "1" + ")" * 30000, "name" + ".given" * 50000, "true" + " and true" * 50000],
+)
+def test_huge_expressions_are_left_to_fhirpathpy(expression: str) -> None:
+    # Compiled, the subset's parser and closures recurse in C: past its bounds they must not run.
+    assert compile_subset(expression) is None

@@ -22,6 +22,11 @@ __all__ = ["Unsupported", "compile_subset", "guard"]
 
 Check = Callable[[Any, dict[str, Any]], bool | None]
 _CACHE: dict[str, Check | None] = {}
+# Larger expressions go to fhirpathpy. Compiled (scripts/build_engine.py), parsing and evaluating
+# recurse in C, where no RecursionError stops them: nesting and chain length must be bounded.
+# R4 core, US Core and IPS invariants nest at most 5 levels in at most 121 tokens.
+MAX_NESTING = 32
+MAX_TOKENS = 1000
 
 
 def compile_subset(expression: str) -> Check | None:
@@ -34,7 +39,7 @@ def compile_subset(expression: str) -> Check | None:
     check = _special(expression)
     if check is None:
         tokens = _tokens(expression)
-        if tokens:
+        if tokens and len(tokens) <= MAX_TOKENS and _nesting(tokens) <= MAX_NESTING:
             parser = _Parser(tokens)
             try:
                 tree = parser.implies()
@@ -44,6 +49,17 @@ def compile_subset(expression: str) -> Check | None:
                 check = None
     _CACHE[expression] = check
     return check
+
+
+def _nesting(tokens: list[tuple[str, str]]) -> int:
+    depth = deepest = 0
+    for _kind, value in tokens:
+        if value in ("(", "["):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif value in (")", "]"):
+            depth -= 1
+    return deepest
 
 
 def _as_check(tree: Eval) -> Check:
