@@ -201,8 +201,8 @@ class Plan:
     """The merged view of a schema set at one node."""
 
     __slots__ = (
-        "_checks", "_elements", "compiler", "constraints", "excluded", "groups", "keys", "required", "schemas",
-        "type_name",
+        "_checks", "_elements", "compiler", "constraints", "excluded", "groups", "has_constraints", "has_required",
+        "keys", "required", "schemas", "type_name",
     )  # fmt: skip
 
     def __init__(self, schemas: list[tuple[dict[str, Any], str | None]], compiler: Compiler) -> None:
@@ -225,6 +225,8 @@ class Plan:
             for key, c in (schema.get("constraint") or {}).items():
                 if key not in STRUCTURAL_CONSTRAINTS and c.get("expression"):
                     self.constraints.setdefault(key, (c, origin))
+        self.has_required = bool(self.required)
+        self.has_constraints = bool(self.constraints)
         self._elements: dict[str, ElementPlan | None] = {}
         self._checks: list[tuple[str, dict[str, Any], str | None, Any, Any]] | None = None
         # choice group → variant keys allowed by every schema that declares the group

@@ -241,6 +241,19 @@ class Run:
             for _group, keys in present_groups.items():
                 if len(keys) > 1:
                     self.issue("fs802", f"only one of {', '.join(keys)} may be present")
+        # Flags on the plan itself: an empty dict is not touched (each is a likely cache miss).
+        if plan.has_required:
+            self.missing(data, plan, present_groups)
+        if present_groups:
+            for key, origin in plan.excluded.items():
+                if key in present_groups:
+                    self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
+        if self.v.invariants is not None and plan.has_constraints and not self.too_deep:
+            check_constraints(self, data, plan)
+        self.depth -= 1
+
+    def missing(self, data: dict[str, Any], plan: Plan, present_groups: dict[str, list[str]] | None) -> None:
+        """Required elements absent from `data`."""
         for key, origin in plan.required.items():
             if key in data or (present_groups and key in present_groups):
                 continue
@@ -251,13 +264,6 @@ class Run:
                     self.issue("fs501", f"{key} needs a code from {ep.binding[0]['valueSet']}", extra=[key])
                 continue
             self.issue("fs301", f"required element {key!r} is missing", extra=[key], profile=origin)
-        if present_groups:
-            for key, origin in plan.excluded.items():
-                if key in present_groups:
-                    self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
-        if plan.constraints and self.v.invariants is not None and not self.too_deep:
-            check_constraints(self, data, plan)
-        self.depth -= 1
 
     def element_path(self) -> str:
         """`Patient.name` for an extension at Patient.name[0].extension[2] (indices dropped)."""
