@@ -111,9 +111,13 @@ class Validator:
         ref = item.get("reference")
         if not isinstance(ref, str):
             return
-        # A plain reference's verdict depends on the string alone, unless Bundle targets or a
-        # resolver are in play: remembered per element (real data repeats its references).
-        memo = ref[:1] != "#" and self.references is None and not run.bundle_targets
+        # A plain reference's verdict depends on the string alone, unless it names several Bundle
+        # entries or a resolver is in play: remembered per element (real data repeats references).
+        memo = (
+            ref[:1] != "#"
+            and self.references is None
+            and (not run.bundle_targets or len(run.bundle_targets.get(ref, ())) <= 1)
+        )
         if memo and (verdict := ep.verdicts.get(ref)) is not None:
             _replay(run, verdict)
             return

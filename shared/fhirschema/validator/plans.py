@@ -39,6 +39,8 @@ class ElementPlan:
     __slots__ = (
         "_child0",
         "_children",
+        "_ref_types",
+        "_ref_types_known",
         "array",
         "binding",
         "bound",
@@ -149,6 +151,8 @@ class ElementPlan:
             and self.slicing is None
         )
         self._child0: Plan | None = None
+        self._ref_types: set[str] | None = None
+        self._ref_types_known = False
         self.hot = 0  # set by the plan: which of the walk's hot paths applies (HOT_*), 0 = none
         # Binding and reference verdicts by the values they depend on (see Validator.binding).
         self.verdicts: dict[Any, Any] = {}
@@ -186,6 +190,12 @@ class ElementPlan:
 
     def ref_types(self) -> set[str] | None:
         """Allowed reference target types (from `refers`), None when unconstrained."""
+        if not self._ref_types_known:
+            self._ref_types = self._allowed_types()
+            self._ref_types_known = True
+        return self._ref_types
+
+    def _allowed_types(self) -> set[str] | None:
         allowed: set[str] | None = None
         for refers in self.refers:
             types: set[str] = set()

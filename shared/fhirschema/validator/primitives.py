@@ -259,8 +259,11 @@ class Primitive:
         elif kind == BOOLEAN:
             if value is True or value is False:
                 return None
-        elif kind == NUMBER and type(value) is int:
-            return None if self.name == "decimal" or self.low <= value <= self.high else self.code
+        elif kind == NUMBER:
+            if type(value) is int:
+                return None if self.name == "decimal" or self.low <= value <= self.high else self.code
+            if type(value) is float and self.name == "decimal":
+                return None
         return check(self.name, value)
 
 

@@ -139,7 +139,7 @@ class Run:
                                 self.node(value, child)
                                 path.pop()
                                 continue
-                        elif _fits(ep, value) and all(type(v) is dict and v for v in value):
+                        elif _fits(ep, value) and _all_objects(value):
                             path.append(key)
                             for i, v in enumerate(value):
                                 path.append(i)
@@ -361,6 +361,15 @@ def _fits(ep: ElementPlan, value: Any) -> bool:
         and len(value) >= ep.min
         and (ep.max is None or len(value) <= ep.max)
     )
+
+
+def _all_objects(items: list[Any]) -> bool:
+    """Every item a non-empty JSON object (the nested hot path's precondition)."""
+    # A loop, not all(<generator>): compiled, this indexes the list; the generator is generic.
+    for item in items:  # noqa: SIM110
+        if type(item) is not dict or not item:
+            return False
+    return True
 
 
 def _short(value: Any) -> str:
