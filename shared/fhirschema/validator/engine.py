@@ -44,6 +44,8 @@ class Validator:
         self.overlays = [(s, s.get("url")) for s in overlays]
         self.anonymous = bool(overlays)
         self._context_memo: dict[tuple[str, str | None, str], bool] = {}
+        # extension url -> (its schema chain, its StructureDefinition for the context rules)
+        self._extensions: dict[str, tuple[tuple[dict[str, Any], ...], dict[str, Any] | None]] = {}
         self._code_memo: dict[tuple[str, str | None, str, str | None], Any] = {}
 
     def validate(self, resource: Any, profiles: Sequence[str] = ()) -> ValidationResult:
@@ -79,21 +81,26 @@ class Validator:
         url = item.get("url")
         if not isinstance(url, str) or ("://" not in url and not url.startswith("urn:")):
             return extra  # relative urls name sub-extensions: the parent's slices define them
-        chain = self.compiler.chain(url)
-        if not chain:
+        found = self._extensions.get(url)
+        if found is None:
+            chain = self.compiler.chain(url)
+            resolve = getattr(self.source, "resource", None)
+            sd = resolve(url) if chain and resolve is not None else None
+            found = (tuple(s for s, _ in chain), sd if isinstance(sd, dict) else None)
+            if len(self._extensions) < MEMO_SIZE:  # bounded: urls come from the data
+                self._extensions[url] = found
+        schemas, definition = found
+        if not schemas:
             if not extra:
                 modifier = ep.key == "modifierExtension"
                 run.issue("fs1102" if modifier else "fs1101", f"unknown extension {url}",
                           severity="error" if modifier else "warning")  # fmt: skip
             return extra
-        self._check_context(run, url)
-        return extra + tuple(s for s, _ in chain)
+        if definition is not None and run.ext_parents:
+            self._check_context(run, url, definition)
+        return extra + schemas
 
-    def _check_context(self, run: Run, url: str) -> None:
-        resolve = getattr(self.source, "resource", None)
-        sd = resolve(url) if resolve is not None else None
-        if not isinstance(sd, dict) or not run.ext_parents:
-            return
+    def _check_context(self, run: Run, url: str, sd: dict[str, Any]) -> None:
         parent_type, path = run.ext_parents[-1], run.element_path()
         key = (url, parent_type, path)
         ok = self._context_memo.get(key)

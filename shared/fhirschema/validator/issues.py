@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 ISSUE_SYSTEM = "https://fhirschema.dev/CodeSystem/validation-issue"
@@ -28,13 +27,32 @@ _FHIR_CODE.update({"fs101": "structure", "fs102": "structure", "fs103": "structu
 SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
 
 
-@dataclass(slots=True)
 class Issue:
-    code: str
-    severity: str
-    path: list[str | int]
-    message: str
-    profile: str | None = None
+    # Not a dataclass: compiled (scripts/build_engine.py), a dataclass keeps an interpreted
+    # __init__, and the walk creates one Issue per finding.
+    __slots__ = ("code", "message", "path", "profile", "severity")
+
+    def __init__(
+        self, code: str, severity: str, path: list[str | int], message: str, profile: str | None = None
+    ) -> None:
+        self.code = code
+        self.severity = severity
+        self.path = path
+        self.message = message
+        self.profile = profile
+
+    def _fields(self) -> tuple[str, str, list[str | int], str, str | None]:
+        return (self.code, self.severity, self.path, self.message, self.profile)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Issue) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return "Issue(code={!r}, severity={!r}, path={!r}, message={!r}, profile={!r})".format(
+            *self._fields()
+        )
 
     def expression(self, root: str | None) -> str:
         out = root or "$this"
@@ -43,10 +61,15 @@ class Issue:
         return out
 
 
-@dataclass(slots=True)
 class ValidationResult:
-    issues: list[Issue] = field(default_factory=list)
-    resource_type: str | None = None
+    __slots__ = ("issues", "resource_type")
+
+    def __init__(self, issues: list[Issue] | None = None, resource_type: str | None = None) -> None:
+        self.issues: list[Issue] = [] if issues is None else issues
+        self.resource_type = resource_type
+
+    def __repr__(self) -> str:
+        return f"ValidationResult(issues={self.issues!r}, resource_type={self.resource_type!r})"
 
     @property
     def valid(self) -> bool:
