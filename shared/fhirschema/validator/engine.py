@@ -193,18 +193,7 @@ class Validator:
         strength = binding["strength"]
         t = ep.type
         vs = binding["valueSet"]
-        if t in ("code", "string", "uri"):
-            checks: list[tuple[Any, Any, Any]] = [(None, item, None)] if isinstance(item, str) else []
-        elif t == "Coding":
-            checks = [(item.get("system"), item.get("code"), item.get("display"))] if item.get("code") else []
-        elif t == "Quantity":
-            checks = [(item.get("system"), item.get("code"), None)] if item.get("code") else []
-        else:  # CodeableConcept
-            checks = [
-                (c.get("system"), c.get("code"), c.get("display"))
-                for c in item.get("coding") or ()
-                if isinstance(c, dict) and isinstance(c.get("code"), str)
-            ]
+        checks = _code_triples(item, t)
         if not checks:
             if t == "CodeableConcept" and strength == "required" and isinstance(item, dict):
                 run.issue("fs501", f"no code given; a code from the required value set {vs} is needed",
@@ -246,6 +235,26 @@ class Validator:
             return
         shown = ", ".join(f"{s}#{c}" if s else str(c) for s, c, _ in checks)
         run.issue(code, f"{shown} is not in the {strength} value set {vs}", severity=severity, profile=origin)
+
+
+def _code_triples(item: Any, t: str | None) -> list[tuple[Any, Any, Any]]:
+    """The (system, code, display) triples a bound value of type `t` carries."""
+    if t in ("code", "string", "uri"):
+        return [(None, item, None)] if isinstance(item, str) else []
+    if not isinstance(item, dict):
+        return []
+    obj: dict[str, Any] = item  # typed: compiled, .get is a direct dict lookup
+    if t == "Coding":
+        return [(obj.get("system"), obj.get("code"), obj.get("display"))] if obj.get("code") else []
+    if t == "Quantity":
+        return [(obj.get("system"), obj.get("code"), None)] if obj.get("code") else []
+    triples = []  # CodeableConcept
+    for coding in obj.get("coding") or ():
+        if isinstance(coding, dict):
+            code = coding.get("code")
+            if isinstance(code, str):
+                triples.append((coding.get("system"), code, coding.get("display")))
+    return triples
 
 
 Verdict = tuple[tuple[str, str, str, str | None, tuple[str | int, ...]], ...]

@@ -73,10 +73,10 @@ CODES = {
 
 
 # str methods mypyc has no primitive for, called through the method descriptor rather than an
-# attribute lookup on every value (compiled, these are C constants).
+# attribute lookup on every value (compiled, these are C constants). isalnum/isspace/isdigit do
+# have primitives (an ASCII table loop): those are called as methods.
 _isascii: Final = str.isascii
 _isprintable: Final = str.isprintable
-_isalnum: Final = str.isalnum
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
@@ -235,9 +235,11 @@ class Primitive:
                 if kind == PATTERN:
                     # The commonest codes and ids are decided without the regex engine: a code
                     # with no spaces or control characters, an id of letters and digits.
-                    if self.name == "code" and " " not in value and _isprintable(value) and value:
+                    if self.name == "code" and (
+                        value.isalnum() or (" " not in value and _isprintable(value) and value)
+                    ):
                         return None
-                    if self.name == "id" and _isalnum(value) and len(value) <= 64:
+                    if self.name == "id" and value.isalnum() and len(value) <= 64:
                         return None
                     return None if self.match(value) is not None else self.code  # type: ignore[misc]
                 if kind == DATE:
