@@ -241,10 +241,14 @@ class Plan:
         self._checks: list[tuple[str, dict[str, Any], str | None, Any, Any]] | None = None
         # choice group → variant keys allowed by every schema that declares the group
         self.groups: dict[str, set[str]] = {}
-        for key in self.keys:
-            ep = self.element(key)
-            if ep is not None and ep.choices is not None:
-                self.groups[key] = ep.choices
+        for key, defs in self.keys.items():
+            # Only choice groups are made here: every other ElementPlan is made on first use,
+            # keyed by the data's own key object, so that later lookups of keys from the same
+            # JSON parser (orjson reuses key objects) match by identity, not by comparing text.
+            if any(el.get("choices") is not None for el, _ in defs):
+                ep = self.element(key)
+                if ep is not None and ep.choices is not None:
+                    self.groups[key] = ep.choices
 
     def checks(self) -> list[tuple[str, dict[str, Any], str | None, Any, Any]]:
         """Constraints with their native FHIRPath forms (see fastpath.py), compiled once per plan."""
