@@ -289,10 +289,12 @@ def _equals(a: Eval, b: Eval, *, negate: bool) -> Eval:
             return []
         if len(left) != len(right):
             return [negate]
-        same = all(
-            (_plain(x) == _plain(y) and type(x) is not bool) or x is y
-            for x, y in zip(left, right, strict=True)
-        )
+        same = True
+        for i in range(len(left)):  # not all(zip(..., strict=True)): compiled, an indexed loop
+            x, y = left[i], right[i]
+            if not ((_plain(x) == _plain(y) and type(x) is not bool) or x is y):
+                same = False
+                break
         return [same != negate]
 
     return fn
