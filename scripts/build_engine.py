@@ -55,7 +55,13 @@ def main() -> int:
         old.unlink()  # a failed build must not leave a stale half behind
     setup(name="fhirschema-engine", ext_modules=extensions(), script_args=["-q", "build_ext", "--inplace"])
     # What the extensions were built from: an edited source makes them stale (fhirschema.engine_build).
-    manifest = {path.removeprefix("fhirschema/"): _digest(SHARED / path) for path in COMPILED}
+    # ... and which build it describes (a manifest beside another build vouches for nothing).
+    library = next((SHARED / "fhirschema").glob("_compiled__mypyc*"))
+    stat = library.stat()
+    manifest = {
+        "library": {"file": library.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+        "sources": {path.removeprefix("fhirschema/"): _digest(SHARED / path) for path in COMPILED},
+    }
     (SHARED / "fhirschema" / ".compiled").write_text(json.dumps(manifest, indent=1) + "\n")
     return 0
 

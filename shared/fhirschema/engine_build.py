@@ -28,14 +28,25 @@ MANIFEST = _DIR / ".compiled"
 
 
 def stale_modules() -> list[str]:
-    """Sources that differ from those the extensions were built from ([] for a wheel install,
-    which ships no manifest: its sources and extensions come from one build)."""
+    """Sources that differ from those the extensions were built from, and the compiled library
+    when it is not the build the manifest describes ([] for a wheel install, which ships no
+    manifest: its sources and extensions come from one build)."""
     try:
         built = json.loads(MANIFEST.read_text())
     except (OSError, ValueError):
         return []
+    if not isinstance(built, dict):
+        return []
     stale = []
-    for name, digest in built.items():
+    library = built.get("library") or {}
+    try:
+        stat = (_DIR / str(library.get("file"))).stat()
+        same = stat.st_size == library.get("size") and stat.st_mtime_ns == library.get("mtime_ns")
+    except OSError:
+        same = False
+    if not same:
+        stale.append(str(library.get("file") or "_compiled__mypyc"))
+    for name, digest in (built.get("sources") or {}).items():
         try:
             if hashlib.sha256((_DIR / name).read_bytes()).hexdigest() != digest:
                 stale.append(name)

@@ -89,16 +89,27 @@ def test_stale_modules_compares_sources_with_the_manifest(
     monkeypatch.setattr(engine_build, "_DIR", tmp_path)
     monkeypatch.setattr(engine_build, "MANIFEST", tmp_path / ".compiled")
     walk, plans = tmp_path / "walk.py", tmp_path / "plans.py"
+    library = tmp_path / "_compiled__mypyc.so"
     walk.write_text("X = 1\n")
     plans.write_text("Y = 1\n")
+    library.write_bytes(b"built")
     assert engine_build.stale_modules() == []  # no manifest: a wheel install
     digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (walk, plans)}
-    engine_build.MANIFEST.write_text(json.dumps(digests))
+    stat = library.stat()
+    manifest = {
+        "library": {"file": library.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+        "sources": digests,
+    }
+    engine_build.MANIFEST.write_text(json.dumps(manifest))
     assert engine_build.stale_modules() == []
     walk.write_text("X = 2\n")
     assert engine_build.stale_modules() == ["walk.py"]
     plans.unlink()
     assert engine_build.stale_modules() == ["plans.py", "walk.py"]
+    walk.write_text("X = 1\n")
+    plans.write_text("Y = 1\n")
+    library.write_bytes(b"another build")  # the manifest describes a different library
+    assert engine_build.stale_modules() == [library.name]
     engine_build.MANIFEST.write_text("")  # `make engine` touches it after a failed build (no .so then)
     assert engine_build.stale_modules() == []
 
