@@ -34,6 +34,8 @@ COMPILED = [
     "fhirschema/validator/temporal.py",
     "fhirschema/validator/walk.py",
 ]
+# Not compiled, but mypyc builds their signatures into the compiled modules: part of the manifest.
+DEPENDS = ["fhirschema/fastpath/__init__.py", "fhirschema/slicing.py", "fhirschema/validator/__init__.py"]
 # The group's shared library, fhirschema/_compiled__mypyc. Package inits stay Python: a compiled
 # package init cannot import a compiled group that lives inside it.
 GROUP = "fhirschema._compiled"
@@ -60,7 +62,7 @@ def main() -> int:
     stat = library.stat()
     manifest = {
         "library": {"file": library.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-        "sources": {path.removeprefix("fhirschema/"): _digest(SHARED / path) for path in COMPILED},
+        "sources": {path.removeprefix("fhirschema/"): _digest(SHARED / path) for path in COMPILED + DEPENDS},
     }
     (SHARED / "fhirschema" / ".compiled").write_text(json.dumps(manifest, indent=1) + "\n")
     return 0

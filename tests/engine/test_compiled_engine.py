@@ -22,6 +22,7 @@ from tests.conftest import EXAMPLES, PACKAGES, ROOT
 
 # Every R4 spec example against R4 core, every US Core 6.1.0 example against its meta.profile.
 CORPORA = ("r4-spec", "hl7.fhir.us.core#6.1.0")
+MALFORMED = Path(__file__).parent / "data" / "malformed_resources.json"
 PURE_PYTHON = os.environ.get("FHIRSCHEMA_PURE_PYTHON", "") not in ("", "0")
 
 
@@ -38,17 +39,30 @@ def corpus_issues() -> dict[str, Any]:
         with_dependencies=False,
     )
     validator = Validator(ctx, terminology=Terminology(ctx.resource), invariants=Invariants())
-    found = {}
-    for folder in CORPORA:
-        for file in sorted((EXAMPLES / folder).glob("*.json")):
-            issues = validator.validate(orjson.loads(file.read_bytes())).issues
-            rows = [[i.code, i.severity, i.path, i.message, i.profile] for i in issues]
-            found[f"{folder}/{file.name}"] = rows
+    resources = {
+        f"{folder}/{file.name}": orjson.loads(file.read_bytes())
+        for folder in CORPORA
+        for file in sorted((EXAMPLES / folder).glob("*.json"))
+    }
+    # Malformed shapes (numbers for strings, objects for arrays, deep nesting, ...): compiled code
+    # checks type hints at run time, so these must give the same issues, never a TypeError.
+    for n, resource in enumerate(orjson.loads(MALFORMED.read_bytes())):
+        resources[f"malformed[{n}]"] = resource
+    found: dict[str, Any] = {}
+    for name, resource in resources.items():
+        try:
+            issues = validator.validate(resource).issues
+        except Exception as exc:  # reported, so the assertion shows which input and why
+            found[name] = f"raised {exc!r}"
+            continue
+        found[name] = [[i.code, i.severity, i.path, i.message, i.profile] for i in issues]
     return found
 
 
 def _skip_unless_compiled() -> None:
     if not engine_build.built():
+        if os.environ.get("FHIRSCHEMA_REQUIRE_COMPILED"):
+            pytest.fail("FHIRSCHEMA_REQUIRE_COMPILED is set but no compiled validator is installed")
         pytest.skip("no compiled validator (make engine needs a C compiler): the Python source runs")
     if PURE_PYTHON:
         pytest.skip("FHIRSCHEMA_PURE_PYTHON is set: the Python source runs by request")
@@ -81,6 +95,8 @@ def test_compiled_and_source_give_identical_issues() -> None:
     pairs = {name: (issues, source["issues"][name]) for name, issues in compiled.items()}
     differ = {name: pair for name, pair in pairs.items() if pair[0] != pair[1]}
     assert not differ, f"{len(differ)} differ; the first (compiled, source): {next(iter(differ.items()))}"
+    raised = {name: rows for name, rows in compiled.items() if isinstance(rows, str)}
+    assert not raised, raised
 
 
 def test_stale_modules_compares_sources_with_the_manifest(

@@ -93,7 +93,10 @@ def _ref1(node: Any, env: dict[str, Any]) -> bool:
     if not isinstance(ref, str) or not ref.startswith("#"):
         return True
     root = env.get("root") or {}
-    return ref[1:] in {c.get("id") for c in root.get("contained") or () if isinstance(c, dict)}
+    contained = root.get("contained")
+    if not isinstance(contained, list):
+        contained = []
+    return ref[1:] in {c.get("id") for c in contained if isinstance(c, dict)}
 
 
 def _strings(node: Any) -> set[str]:
@@ -112,8 +115,8 @@ def _strings(node: Any) -> set[str]:
 
 def _dom3(node: Any, env: dict[str, Any]) -> bool:
     contained = node.get("contained") if isinstance(node, dict) else None
-    if not contained:
-        return True
+    if not contained or not isinstance(contained, list):
+        return True  # nothing contained, or not an array (reported by the walk as fs203)
     referenced = _strings({k: v for k, v in node.items() if k != "contained"}) | _strings(contained)
     for item in contained:
         if (

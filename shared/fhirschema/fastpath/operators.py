@@ -347,5 +347,8 @@ def _ordered(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and _FULL_DATETIME.match(value):
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:  # a leap second (:60), valid FHIR that datetime cannot hold
+            raise Unsupported("a date-time datetime cannot represent") from None
     raise Unsupported("ordering needs FHIRPath precision rules")

@@ -174,9 +174,14 @@ class Validator:
         finally:
             run.path.pop()
 
-    def _check_code(self, vs: str, system: str | None, code: str, display: str | None) -> Any:
+    def _check_code(self, vs: str, system: Any, code: Any, display: Any) -> Any:
+        # system/code/display are raw JSON values (Any: compiled, a str annotation would be a
+        # run-time check, and a number where a string belongs must give an issue, not a TypeError).
         key = (vs, system, code, display)
-        found = self._code_memo.get(key)
+        try:
+            found = self._code_memo.get(key)
+        except TypeError:  # an object or array where a string belongs: judged, not remembered
+            return self.terminology.check(vs, system, code, display)
         if found is None:
             found = self.terminology.check(vs, system, code, display)
             if len(self._code_memo) < 100_000:  # bounded: a validator lives as long as its process
@@ -244,17 +249,26 @@ def _code_triples(item: Any, t: str | None) -> list[tuple[Any, Any, Any]]:
     if not isinstance(item, dict):
         return []
     obj: dict[str, Any] = item  # typed: compiled, .get is a direct dict lookup
-    if t == "Coding":
-        return [(obj.get("system"), obj.get("code"), obj.get("display"))] if obj.get("code") else []
-    if t == "Quantity":
-        return [(obj.get("system"), obj.get("code"), None)] if obj.get("code") else []
+    if t == "Coding" or t == "Quantity":
+        code = obj.get("code")
+        found = _triple(obj.get("system"), code, obj.get("display") if t == "Coding" else None)
+        return [found] if found is not None and code else []
     triples = []  # CodeableConcept
-    for coding in obj.get("coding") or ():
+    codings = obj.get("coding")
+    for coding in codings if isinstance(codings, list) else ():
         if isinstance(coding, dict):
-            code = coding.get("code")
-            if isinstance(code, str):
-                triples.append((coding.get("system"), code, coding.get("display")))
+            found = _triple(coding.get("system"), coding.get("code"), coding.get("display"))
+            if found is not None:
+                triples.append(found)
     return triples
+
+
+def _triple(system: Any, code: Any, display: Any) -> tuple[Any, Any, Any] | None:
+    """A (system, code, display) the terminology can judge: strings (a system may be absent);
+    a display of another type is not compared. Wrong JSON types are the primitives' issues."""
+    if not isinstance(code, str) or (system is not None and not isinstance(system, str)):
+        return None
+    return (system, code, display if isinstance(display, str) else None)
 
 
 Verdict = tuple[tuple[str, str, str, str | None, tuple[str | int, ...]], ...]

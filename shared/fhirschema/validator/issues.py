@@ -49,6 +49,9 @@ class Issue:
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
 
+    def __reduce__(self) -> tuple[type[Issue], tuple[str, str, list[str | int], str, str | None]]:
+        return (Issue, self._fields())  # pickle and copy (compiled, there is no __dict__)
+
     def __repr__(self) -> str:
         return "Issue(code={!r}, severity={!r}, path={!r}, message={!r}, profile={!r})".format(
             *self._fields()
@@ -70,6 +73,18 @@ class ValidationResult:
 
     def __repr__(self) -> str:
         return f"ValidationResult(issues={self.issues!r}, resource_type={self.resource_type!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ValidationResult)
+            and self.issues == other.issues
+            and self.resource_type == other.resource_type
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type[ValidationResult], tuple[list[Issue], str | None]]:
+        return (ValidationResult, (self.issues, self.resource_type))
 
     @property
     def valid(self) -> bool:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 # Called for operators that need more than the data: ("$profile", data, [urls]) and
 # ("$valueset", data, url). Returns whether `data` satisfies it.
 ProfileCheck = Callable[[str, Any, Any], bool]
+# Compiled (scripts/build_engine.py), recursion is C recursion, which no RecursionError stops:
+# deeper data raises one here, which Validator.validate reports as fs1302 like the source does.
+MAX_DEPTH: Final = 100
 
 
-def matches(pattern: Any, data: Any, profile_check: ProfileCheck | None = None) -> bool:
+def matches(pattern: Any, data: Any, profile_check: ProfileCheck | None = None, depth: int = 0) -> bool:
     """Does `data` contain `pattern`? Arrays: every pattern item must match some data item."""
+    if depth > MAX_DEPTH:
+        raise RecursionError("data nested too deeply to match a pattern")
+    depth += 1
     if isinstance(pattern, dict):
         if isinstance(data, list):
-            return any(matches(pattern, item, profile_check) for item in data)
+            return any(matches(pattern, item, profile_check, depth) for item in data)
         if not isinstance(data, dict):
             if "$value" in pattern and len(pattern) == 1:
                 return data == pattern["$value"]
@@ -25,16 +31,16 @@ def matches(pattern: Any, data: Any, profile_check: ProfileCheck | None = None) 
                     return False
                 continue
             if isinstance(want, dict) and any(k[0] == "$" for k in want):
-                if not _keyed_operator(key, want, data, profile_check):
+                if not _keyed_operator(key, want, data, profile_check, depth):
                     return False
                 continue
-            if key not in data or not matches(want, data[key], profile_check):
+            if key not in data or not matches(want, data[key], profile_check, depth):
                 return False
         return True
     if isinstance(pattern, list):
         if not isinstance(data, list):
-            return len(pattern) == 1 and matches(pattern[0], data, profile_check)
-        return all(any(matches(p, d, profile_check) for d in data) for p in pattern)
+            return len(pattern) == 1 and matches(pattern[0], data, profile_check, depth)
+        return all(any(matches(p, d, profile_check, depth) for d in data) for p in pattern)
     return pattern == data
 
 
@@ -50,7 +56,7 @@ def _operator(op: str, want: Any, data: dict[str, Any], profile_check: ProfileCh
 
 
 def _keyed_operator(
-    key: str, want: dict[str, Any], data: dict[str, Any], profile_check: ProfileCheck | None
+    key: str, want: dict[str, Any], data: dict[str, Any], profile_check: ProfileCheck | None, depth: int
 ) -> bool:
     present = key in data
     if "$exists" in want and bool(want["$exists"]) != (
@@ -73,7 +79,7 @@ def _keyed_operator(
     ):
         return False
     rest = {k: v for k, v in want.items() if k[0] != "$"}
-    return not rest or (present and matches(rest, data[key], profile_check))
+    return not rest or (present and matches(rest, data[key], profile_check, depth))
 
 
 def equals(fixed: Any, data: Any) -> bool:

@@ -25,7 +25,10 @@ _CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
 _INTEGER64 = re.compile(r"^(0|-?[1-9][0-9]*)$")
 # base64Binary's alphabet plus the whitespace the FHIR regex allows, checked with bytes.translate:
 # Attachment.data runs to megabytes, where a regex character class is ~5x slower.
-_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\n\r\f\v"
+_BASE64_ALPHABET = (
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\n\r\f\v\x1c\x1d\x1e\x1f"
+)
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")  # the rule itself; non-ASCII text (Unicode \s) goes here
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$")
 _NO_WS = re.compile(r"^\S*$")
 
@@ -106,7 +109,9 @@ def _no_whitespace(v: str) -> bool:
 
 
 def _base64(v: str) -> bool:
-    return bool(v) and v.isascii() and not v.encode("ascii").translate(None, _BASE64_ALPHABET)
+    if v.isascii():
+        return bool(v) and not v.encode("ascii").translate(None, _BASE64_ALPHABET)
+    return _BASE64.match(v) is not None
 
 
 def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:

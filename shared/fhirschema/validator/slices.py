@@ -163,7 +163,9 @@ def _profile_check(run: Run, data: Any, profiles: list[str], memo: dict[tuple[in
     if not isinstance(data, dict):
         return False
     meta = data.get("meta")
-    declared = meta.get("profile") or () if isinstance(meta, dict) else ()
+    declared = meta.get("profile") if isinstance(meta, dict) else None
+    if not isinstance(declared, list):
+        declared = []
     for url in profiles:
         if url in declared:
             return True
@@ -174,7 +176,9 @@ def _profile_check(run: Run, data: Any, profiles: list[str], memo: dict[tuple[in
                 memo[key] = False
             else:
                 issues: list[Issue] = []
-                type(run)(run.v, issues).resource(data, (url,))  # a fresh walk (Run: no import cycle)
+                walk = type(run)(run.v, issues)  # a fresh walk (type(run): no import cycle) ...
+                walk.depth = run.depth  # ... within the same depth bound: compiled, recursion is C's
+                walk.resource(data, (url,))
                 memo[key] = not any(i.severity in ("error", "fatal") for i in issues)
         if memo[key]:
             return True

@@ -92,12 +92,14 @@ class Run:
         meta_profiles = (
             (data.get("meta") or {}).get("profile") if isinstance(data.get("meta"), dict) else None
         )
-        for _i, url in enumerate(meta_profiles if isinstance(meta_profiles, list) else ()):
-            if not isinstance(url, str):
+        # `entry`, not `url`: compiled, a variable keeps the type of its first use (str above),
+        # and these are raw JSON values.
+        for entry in meta_profiles if isinstance(meta_profiles, list) else ():
+            if not isinstance(entry, str):
                 continue
-            chain = self.v.compiler.chain(url.split("|", 1)[0]) or self.v.compiler.chain(url)
+            chain = self.v.compiler.chain(entry.split("|", 1)[0]) or self.v.compiler.chain(entry)
             if not chain:
-                self.issue("fs701", f"meta.profile {url} is not loaded", severity=self.v.unknown_severity,
+                self.issue("fs701", f"meta.profile {entry} is not loaded", severity=self.v.unknown_severity,
                            extra=["meta", "profile"])  # fmt: skip
             schemas += chain
         if isinstance(rtype, str):
