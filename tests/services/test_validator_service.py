@@ -28,6 +28,7 @@ from validator_service import ValidatorSettings, bootstrap
 from validator_service.bootstrap import local_context
 from validator_service.service import result_chunks
 
+from fhirschema import engine_build
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
     HEADER_MSG_ID,
@@ -146,12 +147,15 @@ async def test_two_replicas_share_a_batch_each_result_stored_once(
         elapsed = time.monotonic() - t0
         handled = (a.state["service"].handled, b.state["service"].handled)
         beats = await (await js.key_value(s.KV_SERVICES)).keys()
+        details = a.details()
     print(f"\n2 replicas, {total} items: {elapsed:.2f}s ({total / elapsed:.0f}/s), split {handled}")
     assert final.state is JobState.SUCCEEDED
     assert (final.done, final.valid, final.invalid, final.failed) == (total, total - 200, 200, 0)
     assert await stored_results(js, job.id) == total
     assert min(handled) > 0, f"one replica did nothing: {handled}"
     assert {"validator.replica-a", "validator.replica-b"} <= set(beats)
+    # The heartbeat (GET /info) says which build of the engine a replica runs.
+    assert details["engine"] == ("compiled" if engine_build.compiled() else "python")
 
 
 def test_result_chunks_split_under_the_limit_with_range_msg_ids() -> None:

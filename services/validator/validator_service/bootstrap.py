@@ -17,6 +17,7 @@ from faststream.nats import JStream, PullSub
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fhirschema import engine_build
 from fhirschema.context import FhirContext
 from fhirschema.invariants import Invariants
 from fhirschema.terminology import Terminology
@@ -100,8 +101,13 @@ def bootstrap(
             transient=transient,
         )
         state["service"] = service
+        engine = "compiled" if engine_build.compiled() else "python"
+        if engine == "python":
+            log.warning("the validator engine runs as Python source (about 3x slower): build it with "
+                        "`make engine`, or use the validator image, which compiles it")  # fmt: skip
         worker.details = lambda: {
-            "handled": service.handled, "skipped": service.skipped, "validators": len(service.validators)
+            "handled": service.handled, "skipped": service.skipped, "validators": len(service.validators),
+            "engine": engine,
         }  # fmt: skip
 
     async def close() -> None:
