@@ -68,7 +68,7 @@ def _empty(base: Eval) -> Eval:
 
 
 def _has_value(base: Eval) -> Eval:
-    return lambda n, env: [any(not isinstance(x, dict | list) for x in base(n, env))]
+    return lambda n, env: [any(not isinstance(x, (dict, list)) for x in base(n, env))]
 
 
 def _not(base: Eval) -> Eval:
@@ -277,7 +277,8 @@ def _xor(a: Eval, b: Eval) -> Eval:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, dict | list):
+    # A tuple, not `dict | list`: compiled, the union would be built on every call.
+    if isinstance(value, (dict, list)):
         raise Unsupported("complex equality")
     return value
 
@@ -344,7 +345,7 @@ def _ordered(value: Any) -> Any:
 
     Partial dates and zone-less times need FHIRPath's precision rules: left to the full engine.
     """
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and _FULL_DATETIME.match(value):
         try:

@@ -150,12 +150,13 @@ _LEXICAL: dict[str, Callable[[Any], bool]] = {
 
 def check(type_name: str, value: Any) -> str | None:
     """The fs code of the first rule `value` breaks as a `type_name`, or None when it is fine."""
-    if isinstance(value, dict | list):
+    # Tuples, not `dict | list`: compiled, the union would be built on every call.
+    if isinstance(value, (dict, list)):
         return "fs204"
     if type_name == "boolean":
         return None if value is True or value is False else "fs103"
     if type_name in NUMBER_TYPES:
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
             return "fs102"
     elif not isinstance(value, str):
         return "fs101"
