@@ -92,3 +92,14 @@ def test_extension_context(validator: Validator) -> None:
     wrong = {"resourceType": "Patient", "gender": "male", "_gender": {"extension": [birth_time]}}
     [issue] = [i for i in validator.validate(wrong).issues if i.code == "fs1103"]
     assert issue.severity == "warning" and "Patient.birthDate" in issue.message
+
+
+def test_made_up_keys_do_not_grow_the_validator(validator: Validator) -> None:
+    # A long-lived validator (a service replica) sees keys from untrusted data: the plans remember
+    # unknown keys only up to a bound, and every made-up key is still reported.
+    for i in range(3000):
+        result = validator.validate({"resourceType": "Basic", "code": {"text": "x"}, f"made-up-{i}": 1})
+        assert [issue.code for issue in result.issues].count("fs201") == 1
+    plan = validator.compiler.type_plan("Basic")
+    assert plan is not None
+    assert len(plan._elements) <= len(plan.keys) + 256

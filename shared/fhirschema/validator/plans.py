@@ -21,6 +21,7 @@ JUDGED_STRENGTHS = frozenset(("required", "extensible", "preferred"))  # not "ex
 CODE_TYPES = frozenset(("code", "string", "uri", "Coding", "CodeableConcept", "Quantity"))
 RESOURCE_SLOTS = frozenset(("Resource", "DomainResource"))
 # "Has a value or children" rules are enforced structurally (empty objects are rejected).
+UNKNOWN_KEYS: Final = 256  # unknown keys remembered per plan (see Plan.element)
 STRUCTURAL_CONSTRAINTS = frozenset(("ele-1", "ext-1"))
 
 
@@ -272,7 +273,10 @@ class Plan:
                     ep.hot = HOT_PLAIN
                 elif ep.prim is not None and ep.slicing is None:
                     ep.hot = HOT_CODED
-            self._elements[key] = ep
+            # Unknown keys come from the data: remembered only up to a bound, so that a stream of
+            # made-up keys cannot grow a long-lived validator without limit.
+            if ep is not None or len(self._elements) < len(self.keys) + UNKNOWN_KEYS:
+                self._elements[key] = ep
             return ep
 
 
