@@ -145,7 +145,8 @@ class FhirContext:
                 schema = convert(sd, package=pkg)
             except ConversionError as exc:
                 self.warnings.append(f"{url}: cannot convert: {exc}")
-        self._schemas[url] = schema
+        if sd is not None or len(self._schemas) < 100_000:  # misses: urls from the data, bounded
+            self._schemas[url] = schema
         return schema
 
     def entries(self, resource_type: str | None = None) -> Iterator[tuple[Package, Entry]]:

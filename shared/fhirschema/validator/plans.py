@@ -22,6 +22,7 @@ CODE_TYPES = frozenset(("code", "string", "uri", "Coding", "CodeableConcept", "Q
 RESOURCE_SLOTS = frozenset(("Resource", "DomainResource"))
 # "Has a value or children" rules are enforced structurally (empty objects are rejected).
 UNKNOWN_KEYS: Final = 256  # unknown keys remembered per plan (see Plan.element)
+UNKNOWN_REFS: Final = 10_000  # misses remembered by Compiler.chain
 STRUCTURAL_CONSTRAINTS = frozenset(("ele-1", "ext-1"))
 
 
@@ -335,7 +336,8 @@ class Compiler:
                 break
             out.append((schema, schema.get("url") or current))
             current = schema.get("base")
-        self._chains[ref] = out
+        if out or len(self._chains) < UNKNOWN_REFS:  # unknown urls come from the data: bounded
+            self._chains[ref] = out
         return out
 
     def types_of(self, url: str) -> set[str]:
