@@ -114,6 +114,10 @@ def _base64(v: str) -> bool:
     return _BASE64.match(v) is not None
 
 
+def _xhtml(v: str) -> bool:
+    return v.lstrip().startswith("<div") and v.rstrip().endswith("</div>")
+
+
 def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
     return lambda v: pattern.match(v) is not None
 
@@ -139,7 +143,7 @@ _LEXICAL: dict[str, Callable[[Any], bool]] = {
     "date": lambda v: _DATE.match(v) is not None and _real_date(v),
     "dateTime": lambda v: _DATETIME.match(v) is not None and _real_date(v),
     "instant": lambda v: _INSTANT.match(v) is not None and _real_date(v),
-    "xhtml": lambda v: v.lstrip().startswith("<div") and v.rstrip().endswith("</div>"),
+    "xhtml": _xhtml,
     "integer64": lambda v: _INTEGER64.match(v) is not None and INT64[0] <= int(v) <= INT64[1],
     "integer": _int_in(INT32[0]),
     "unsignedInt": _int_in(0),
@@ -184,7 +188,6 @@ RULE: Final = 6
 BOOLEAN: Final = 7
 NUMBER: Final = 8
 XHTML: Final = 9
-_DATE_PATTERNS = {"date": _DATE, "dateTime": _DATETIME, "instant": _INSTANT}
 _DATE_FORMS = {"date": temporal.DATE, "dateTime": temporal.DATETIME, "instant": temporal.INSTANT}
 _INT_LOW = {"integer": INT32[0], "unsignedInt": 0, "positiveInt": 1}
 
@@ -206,7 +209,7 @@ class Primitive:
         self.low = _INT_LOW.get(type_name, 0)
         self.high = INT32[1]
         self.form = _DATE_FORMS.get(type_name, temporal.DATE)
-        pattern = _PATTERN_ONLY.get(type_name) or _DATE_PATTERNS.get(type_name)
+        pattern = _PATTERN_ONLY.get(type_name)
         if pattern is not None:
             self.match = pattern.match
         if type_name not in CODES and type_name != "boolean":
@@ -215,7 +218,7 @@ class Primitive:
             self.kind = TEXT
         elif type_name in _PATTERN_ONLY:
             self.kind = PATTERN
-        elif type_name in _DATE_PATTERNS:
+        elif type_name in _DATE_FORMS:
             self.kind = DATE
         elif type_name in ("uri", "url", "canonical"):
             self.kind = URI
@@ -248,20 +251,14 @@ class Primitive:
                     if self.name == "id" and value.isalnum() and len(value) <= 64:
                         return None
                     return None if self.match(value) is not None else self.code  # type: ignore[misc]
-                if kind == DATE:
-                    if temporal.canonical(value, self.form):
-                        return None
-                    return None if self.match(value) is not None and _real_date(value) else self.code  # type: ignore[misc]
+                if kind == DATE:  # the plain forms without the regex engine, the rest by the rule
+                    return None if temporal.canonical(value, self.form) or self.rule(value) else self.code  # type: ignore[misc]
                 if kind == URI:
                     return None if _no_whitespace(value) else self.code
                 if kind == BASE64:
                     return None if _base64(value) else self.code
                 if kind == XHTML:
-                    return (
-                        None
-                        if value.lstrip().startswith("<div") and value.rstrip().endswith("</div>")
-                        else self.code
-                    )
+                    return None if _xhtml(value) else self.code
                 if kind == RULE:
                     return None if self.rule(value) else self.code  # type: ignore[misc]
         elif kind == BOOLEAN:
