@@ -7,8 +7,8 @@ from typing import Any, Protocol
 
 from fhirschema.validator.extensions import allowed_here, contexts_text
 from fhirschema.validator.issues import Issue, ValidationResult
-from fhirschema.validator.plans import Compiler, ElementPlan
-from fhirschema.validator.walk import _REF, _SEVERITY, Run
+from fhirschema.validator.plans import BINDING_SEVERITY, Compiler, ElementPlan
+from fhirschema.validator.walk import _REF, Run
 
 
 class SchemaSource(Protocol):
@@ -221,7 +221,7 @@ class Validator:
     def _judge_codes(self, run: Run, checks: list[tuple[Any, Any, Any]], ep: ElementPlan) -> None:
         binding, origin = ep.binding  # type: ignore[misc]
         strength = binding["strength"]
-        code, severity = _SEVERITY[strength]
+        code, severity = BINDING_SEVERITY[strength]
         vs = binding["valueSet"]
         results = [self._check_code(vs, system, value, display) for system, value, display in checks]
         if any(r.status == "member" for r in results):

@@ -17,7 +17,12 @@ HOT_NESTED: Final = 1
 HOT_PLAIN: Final = 2
 HOT_CODED: Final = 3
 BINDING_RANK = {"required": 0, "extensible": 1, "preferred": 2, "example": 3}
-JUDGED_STRENGTHS = frozenset(("required", "extensible", "preferred"))  # not "example"
+# Binding strengths the validator judges ("example" is not), with the issue each one raises.
+BINDING_SEVERITY = {
+    "required": ("fs501", "error"),
+    "extensible": ("fs503", "warning"),
+    "preferred": ("fs502", "information"),
+}
 CODE_TYPES = frozenset(("code", "string", "uri", "Coding", "CodeableConcept", "Quantity"))
 RESOURCE_SLOTS = frozenset(("Resource", "DomainResource"))
 # "Has a value or children" rules are enforced structurally (empty objects are rejected).
@@ -135,7 +140,7 @@ class ElementPlan:
         # A binding the validator judges: a strength with a severity, on a type that carries codes.
         self.bound = (
             self.binding is not None
-            and self.binding[0].get("strength") in JUDGED_STRENGTHS
+            and self.binding[0].get("strength") in BINDING_SEVERITY
             and self.type in CODE_TYPES
         )
         self.is_extension = self.type == "Extension" or key in ("extension", "modifierExtension")

@@ -20,11 +20,6 @@ MAX_DEPTH: Final = 200  # deeper data is reported, not walked (no RecursionError
 _REF = re.compile(
     r"^(?:(?P<base>https?://\S+?)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$"
 )
-_SEVERITY = {
-    "required": ("fs501", "error"),
-    "extensible": ("fs503", "warning"),
-    "preferred": ("fs502", "information"),
-}
 
 
 class Run:
