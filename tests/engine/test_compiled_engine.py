@@ -99,6 +99,16 @@ def test_compiled_and_source_give_identical_issues() -> None:
     assert not raised, raised
 
 
+def test_cli_version_names_the_build(capsys: pytest.CaptureFixture[str]) -> None:
+    from fhirschema.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    build = "compiled (mypyc)" if engine_build.compiled() else "Python source"
+    assert build in capsys.readouterr().out
+
+
 def test_stale_modules_compares_sources_with_the_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,10 +18,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fhirschema",
         description="FHIRSchema engine: convert StructureDefinitions, validate resources, manage FHIR packages.",
     )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print the version and which build of the validator runs"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"fhirschema.cli.{name}").add_parser(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from fhirschema import __version__, engine_build
+
+        build = "compiled (mypyc)" if engine_build.compiled() else "Python source (`make engine` compiles it)"
+        print(f"fhirschema {__version__}; validator: {build}")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
