@@ -174,14 +174,9 @@ class Validator:
         finally:
             run.path.pop()
 
-    def _check_code(self, vs: str, system: Any, code: Any, display: Any) -> Any:
-        # system/code/display are raw JSON values (Any: compiled, a str annotation would be a
-        # run-time check, and a number where a string belongs must give an issue, not a TypeError).
-        key = (vs, system, code, display)
-        try:
-            found = self._code_memo.get(key)
-        except TypeError:  # an object or array where a string belongs: judged, not remembered
-            return self.terminology.check(vs, system, code, display)
+    def _check_code(self, vs: str, system: str | None, code: str, display: str | None) -> Any:
+        key = (vs, system, code, display)  # strings only: _triple keeps nothing else
+        found = self._code_memo.get(key)
         if found is None:
             found = self.terminology.check(vs, system, code, display)
             if len(self._code_memo) < 100_000:  # bounded: a validator lives as long as its process
@@ -205,20 +200,20 @@ class Validator:
                           profile=origin)  # fmt: skip
             return
         # The verdict depends on the (system, code, display) triples alone: remembered per element.
+        # They are strings or None (_triple), so the key is always hashable.
         key: Any = item if type(item) is str else tuple(checks)
-        try:
-            verdict = ep.verdicts.get(key)
-        except TypeError:  # unhashable parts (a code that is an object): no memo
-            verdict = key = None
+        verdict = ep.verdicts.get(key)
         if verdict is not None:
             _replay(run, verdict)
             return
         before = len(run.issues)
         self._judge_codes(run, checks, ep)
-        if key is not None and len(ep.verdicts) < MEMO_SIZE:
+        if len(ep.verdicts) < MEMO_SIZE:
             ep.verdicts[key] = _captured(run, before)
 
-    def _judge_codes(self, run: Run, checks: list[tuple[Any, Any, Any]], ep: ElementPlan) -> None:
+    def _judge_codes(
+        self, run: Run, checks: list[tuple[str | None, str, str | None]], ep: ElementPlan
+    ) -> None:
         binding, origin = ep.binding  # type: ignore[misc]
         strength = binding["strength"]
         code, severity = BINDING_SEVERITY[strength]
@@ -242,7 +237,7 @@ class Validator:
         run.issue(code, f"{shown} is not in the {strength} value set {vs}", severity=severity, profile=origin)
 
 
-def _code_triples(item: Any, t: str | None) -> list[tuple[Any, Any, Any]]:
+def _code_triples(item: Any, t: str | None) -> list[tuple[str | None, str, str | None]]:
     """The (system, code, display) triples a bound value of type `t` carries."""
     if t in ("code", "string", "uri"):
         return [(None, item, None)] if isinstance(item, str) else []
@@ -263,7 +258,7 @@ def _code_triples(item: Any, t: str | None) -> list[tuple[Any, Any, Any]]:
     return triples
 
 
-def _triple(system: Any, code: Any, display: Any) -> tuple[Any, Any, Any] | None:
+def _triple(system: Any, code: Any, display: Any) -> tuple[str | None, str, str | None] | None:
     """A (system, code, display) the terminology can judge: strings (a system may be absent);
     a display of another type is not compared. Wrong JSON types are the primitives' issues."""
     if not isinstance(code, str) or (system is not None and not isinstance(system, str)):

@@ -61,7 +61,7 @@ class Run:
         ):
             plan = self.v.compiler.type_plan(rtype)  # the commonest case: the type's own plan
         if plan is None:
-            plan = self.resource_plan(data, rtype, profiles)
+            plan = self.resource_plan(data, rtype, meta, profiles)
             if plan is None:
                 return
         self.resources.append(data)
@@ -75,7 +75,7 @@ class Run:
             self.starts.pop()
 
     def resource_plan(
-        self, data: dict[str, Any], rtype: Any, profiles: list[str] | tuple[str, ...]
+        self, data: dict[str, Any], rtype: Any, meta: Any, profiles: list[str] | tuple[str, ...]
     ) -> Plan | None:
         """The plan for a resource's profiles, `meta.profile`s and type (None: nothing to check it against)."""
         schemas = []
@@ -84,9 +84,7 @@ class Run:
             if not chain:
                 self.issue("fs701", f"profile {url} is not loaded", severity=self.v.unknown_severity)
             schemas += chain
-        meta_profiles = (
-            (data.get("meta") or {}).get("profile") if isinstance(data.get("meta"), dict) else None
-        )
+        meta_profiles = meta.get("profile") if isinstance(meta, dict) else None
         # `entry`, not `url`: compiled, a variable keeps the type of its first use (str above),
         # and these are raw JSON values.
         for entry in meta_profiles if isinstance(meta_profiles, list) else ():
