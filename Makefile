@@ -28,10 +28,12 @@ engine: $(ENGINE)
 
 test: $(STAMP) $(ENGINE)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check .
 
 up: $(STAMP) $(ENGINE)

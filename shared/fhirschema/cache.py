@@ -6,14 +6,15 @@
 
 from __future__ import annotations
 
+import builtins
 import os
-import re
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 
-from fhirschema.package import Package, PackageError, load_directory, load_tgz, split_spec
+from fhirschema.ids import PackageId, version_key
+from fhirschema.package import Package, PackageError, load_directory, load_tgz
 
 ENV_VAR = "FHIR_PACKAGE_CACHE"
 
@@ -21,13 +22,6 @@ ENV_VAR = "FHIR_PACKAGE_CACHE"
 def default_cache_root() -> Path:
     env = os.environ.get(ENV_VAR)
     return Path(env).expanduser() if env else Path.home() / ".fhir" / "packages"
-
-
-def _version_key(version: str) -> tuple:
-    # Releases sort above pre-releases of the same number (1.0.0 > 1.0.0-ballot).
-    main, _, pre = version.partition("-")
-    nums = tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.]", main))
-    return (nums, pre == "", pre)
 
 
 class PackageCache:
@@ -46,14 +40,14 @@ class PackageCache:
             if "#" in child.name and (child / "package" / "package.json").is_file():
                 name, _, version = child.name.partition("#")
                 found.append((name, version))
-        return sorted(found, key=lambda nv: (nv[0], _version_key(nv[1])))
+        return sorted(found, key=lambda nv: (nv[0], version_key(nv[1])))
 
-    def versions(self, name: str) -> list[str]:
+    def versions(self, name: str) -> builtins.list[str]:
         return [v for n, v in self.list() if n == name]
 
     def resolve(self, spec: str) -> tuple[str, str] | None:
         """`name#version` (or `name@version`, or `name` for the newest) → installed (name, version)."""
-        name, version = split_spec(spec)
+        name, version = PackageId.split(spec)
         versions = self.versions(name)
         if not versions:
             return None

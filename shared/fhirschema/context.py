@@ -8,9 +8,8 @@ from typing import Any, Protocol
 
 from fhirschema.cache import PackageCache
 from fhirschema.converter import ConversionError, convert
-from fhirschema.package import Entry, Package, PackageError, load_package, split_spec
-
-CORE_SD = "http://hl7.org/fhir/StructureDefinition/"
+from fhirschema.ids import PackageId, canonical_url, is_type_name
+from fhirschema.package import Entry, Package, PackageError, load_package
 
 
 class SchemaSource(Protocol):
@@ -52,6 +51,7 @@ class FhirContext:
         queue: list[tuple[str | Path, str | None]] = [(spec, None) for spec in specs]
         while queue:
             spec, required_by = queue.pop(0)
+            pkg: Package | None
             if required_by is None:
                 pkg = load_package(spec, cache)
             else:
@@ -128,9 +128,9 @@ class FhirContext:
 
     def url_for(self, ref: str) -> str:
         """A type name (`Patient`) → its canonical url; urls pass through."""
-        if "/" in ref or ":" in ref:
+        if not is_type_name(ref):
             return ref
-        return self._names.get(ref, CORE_SD + ref)
+        return self._names.get(ref) or canonical_url(ref)
 
     def schema(self, ref: str) -> dict[str, Any] | None:
         url = self.url_for(ref)
@@ -167,7 +167,7 @@ class FhirContext:
 
 
 def _find_dependency(spec: str, required_by: str, ctx: FhirContext, cache: PackageCache) -> Package | None:
-    name, version = split_spec(spec)
+    name, version = PackageId.split(spec)
     # Next to the package that needs it (a folder of `name#version.tgz` files), then the cache.
     folder = Path(required_by).parent
     candidates = [folder / f"{name}#{version}.tgz", *sorted(folder.glob(f"{name}#*.tgz"))]

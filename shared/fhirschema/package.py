@@ -125,15 +125,6 @@ def parse_dependencies(raw: dict[str, Any]) -> dict[str, str]:
     return deps
 
 
-def split_spec(spec: str) -> tuple[str, str | None]:
-    """`name#version`, `name@version` or bare `name` → (name, version or None)."""
-    for sep in ("#", "@"):
-        if sep in spec:
-            name, _, version = spec.partition(sep)
-            return name, version or None
-    return spec, None
-
-
 def load_tgz(path: str | Path, data: bytes | None = None) -> Package:
     """Load a package tarball (from disk, or from bytes already downloaded)."""
     label = str(path)
@@ -286,6 +277,6 @@ def _scan(pkg: Package, raw: dict[str, bytes]) -> list[Entry]:
         if not isinstance(rtype, str):
             pkg.warnings.append(f"{pkg.id}: {filename}: no resourceType; skipped")
             continue
-        fields = {k: resource.get(k) for k in _INDEX_KEYS if isinstance(resource.get(k), str)}
+        fields: dict[str, Any] = {k: resource.get(k) for k in _INDEX_KEYS if isinstance(resource.get(k), str)}
         entries.append(Entry(filename=filename, **fields))
     return entries

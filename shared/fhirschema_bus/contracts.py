@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 INLINE_LIMIT = 512 * 1024  # bytes of JSON; bigger payloads go by S3 reference
 CHUNK_BYTES = 768 * 1024  # a ValidateChunk message stays under this (NATS' limit: 1 MB)
@@ -153,7 +153,7 @@ class ConvertResult(BaseModel):
     error: str | None = None
     stored: ObjectRef | None = None
 
-    model_config = {"populate_by_name": True}
+    model_config = ConfigDict(populate_by_name=True)
 
 
 # --- packages / ingest -----------------------------------------------------------------------
@@ -186,7 +186,7 @@ class PutSchema(BaseModel):
     package: str | None = None
     id: str | None = None
 
-    model_config = {"populate_by_name": True}
+    model_config = ConfigDict(populate_by_name=True)
 
 
 class IndexPackage(BaseModel):

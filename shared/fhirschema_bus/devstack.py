@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,9 @@ class Stack:
             "s3": pick_port("S3", "FHIRSCHEMA_DEVSTACK_S3_PORT", 8333),
             "redis": pick_port("Redis", "FHIRSCHEMA_DEVSTACK_REDIS_PORT", 6379),
         }
-        starters = {"nats": srv.start_nats, "s3": srv.start_s3, "redis": srv.start_redis}
+        starters: dict[str, Callable[..., srv.RunningServer]] = {
+            "nats": srv.start_nats, "s3": srv.start_s3, "redis": srv.start_redis,
+        }  # fmt: skip
         with ThreadPoolExecutor(3) as pool:
             futures = {k: pool.submit(f, self.base, port=ports[k]) for k, f in starters.items()}
         errors = []

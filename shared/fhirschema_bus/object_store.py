@@ -12,6 +12,7 @@ No connection is made at construction time.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import io
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -217,7 +218,7 @@ class ObjectStore:
         self._call("delete", f"{bucket}/{key}", lambda: self.client.remove_object(bucket, key))
 
     def list(self, bucket: str, prefix: str = "", recursive: bool = True) -> list[str]:
-        def ls() -> list[str]:
+        def ls() -> builtins.list[str]:
             objs = self.client.list_objects(bucket, prefix=prefix or None, recursive=recursive)
             return [o.object_name for o in objs if o.object_name is not None]
 
@@ -275,7 +276,7 @@ class ObjectStore:
     async def adelete(self, bucket: str, key: str) -> None:
         await self._run(self.delete, bucket, key)
 
-    async def alist(self, bucket: str, prefix: str = "") -> list[str]:
+    async def alist(self, bucket: str, prefix: str = "") -> builtins.list[str]:
         return await self._run(self.list, bucket, prefix)
 
     async def aget(self, ref: ObjectRef) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -160,7 +160,11 @@ def _socket_flags(data_dir: Path, ports: dict[str, int]) -> dict[str, object]:
 @contextlib.contextmanager
 def local_stack(base_dir: Path) -> Iterator[dict[str, RunningServer]]:
     """NATS, S3 and Redis started in parallel; all stopped on exit (also when one fails to start)."""
-    starters = {"nats": start_nats, "s3": start_s3, "redis": start_redis}
+    starters: dict[str, Callable[..., RunningServer]] = {
+        "nats": start_nats,
+        "s3": start_s3,
+        "redis": start_redis,
+    }
     with ThreadPoolExecutor(len(starters)) as pool:
         futures = {k: pool.submit(f, Path(base_dir)) for k, f in starters.items()}
     servers: dict[str, RunningServer] = {}

@@ -109,12 +109,12 @@ async def ensure_topology(js: JetStreamContext, settings: NatsSettings | None = 
             await js.update_stream(config)  # exists with other settings: converge
     for durable in DURABLES:
         stream = await js.find_stream_name_by_subject(durable.subject.replace(">", "x"))
-        config = consumer_config(durable, settings)
+        consumer = consumer_config(durable, settings)
         try:
             await js.consumer_info(stream, durable.name)
         except NotFoundError:
             try:
-                await js.add_consumer(stream, config)
+                await js.add_consumer(stream, consumer)
             except BadRequestError:
                 pass  # another replica created it between the two calls
     for kv in KV_BUCKETS:

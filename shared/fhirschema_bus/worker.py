@@ -25,11 +25,11 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from faststream import BaseMiddleware, FastStream
 from faststream.message import StreamMessage
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram, start_http_server
@@ -205,12 +205,15 @@ class ReliableConsume(BaseMiddleware):
         super().__init__(msg, context=context)
         self.worker = worker
 
-    async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
-        raw = msg.raw_message
+    async def consume_scope(
+        self, call_next: Callable[[Any], Awaitable[Any]], stream_msg: StreamMessage[Any]
+    ) -> Any:
+        raw = stream_msg.raw_message
         try:
             deliveries = raw.metadata.num_delivered
         except Exception:
-            return await call_next(msg)  # core NATS request/reply: FastStream's own handling
+            return await call_next(stream_msg)  # core NATS request/reply: FastStream's own handling
+        msg = cast(NatsMessage, stream_msg)  # a JetStream message: it has metadata
         w, subject = self.worker, raw.subject
         labels = (w.service, subject)
         t0 = time.perf_counter()
@@ -235,9 +238,7 @@ class ReliableConsume(BaseMiddleware):
         LATENCY.labels(*labels).observe(time.perf_counter() - t0)
         return result
 
-    async def _dead(
-        self, msg: StreamMessage[Any], error: str, deliveries: int, labels: tuple[str, str]
-    ) -> None:
+    async def _dead(self, msg: NatsMessage, error: str, deliveries: int, labels: tuple[str, str]) -> None:
         w = self.worker
         try:
             await send_to_dead_letters(w.js, msg.raw_message, error, w.service, deliveries=deliveries)

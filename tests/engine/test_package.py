@@ -13,7 +13,8 @@ import pytest
 from fhirschema.cache import PackageCache
 from fhirschema.context import FhirContext
 from fhirschema.converter import convert
-from fhirschema.package import PackageError, load_package, load_tgz, parse_dependencies, split_spec
+from fhirschema.ids import PackageId
+from fhirschema.package import PackageError, load_package, load_tgz, parse_dependencies
 from tests.conftest import PACKAGES
 
 R4 = PACKAGES / "hl7.fhir.r4.core#4.0.1.tgz"
@@ -100,8 +101,8 @@ def test_dependencies_with_npm_alias():
         "other.pkg": "2.0.0",
     }
     assert (
-        split_spec("hl7.fhir.us.core@6.1.0")
-        == split_spec("hl7.fhir.us.core#6.1.0")
+        PackageId.split("hl7.fhir.us.core@6.1.0")
+        == PackageId.split("hl7.fhir.us.core#6.1.0")
         == ("hl7.fhir.us.core", "6.1.0")
     )
 

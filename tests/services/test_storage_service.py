@@ -64,7 +64,7 @@ async def ask(nc: Client, subject: str, body: Any, timeout: float = 10.0) -> Any
 
 async def test_upsert_get_list_delete(storage: Storage, nc: Client) -> None:
     url = f"http://example.org/StructureDefinition/p-{uuid.uuid4().hex[:6]}"
-    put1 = PutSchema(schema=schema(url, "1.0.0", "P"), package="ex.pkg#1.0.0").model_dump(by_alias=True)
+    put1 = PutSchema(schema_=schema(url, "1.0.0", "P"), package="ex.pkg#1.0.0").model_dump(by_alias=True)
     rec1 = await ask(nc, s.STORAGE_UPSERT, put1)
     assert rec1["id"] == "ex.pkg#1.0.0/P" and rec1["object"]["key"] == "ex.pkg/1.0.0/P.json"
     assert (await ask(nc, s.STORAGE_UPSERT, put1))["id"] == rec1["id"]  # idempotent: same id and key
@@ -102,7 +102,7 @@ async def test_durable_put_and_restart_rebuilds_index(
 ) -> None:
     js = nc.jetstream()
     url = f"http://example.org/StructureDefinition/d-{uuid.uuid4().hex[:6]}"
-    body = PutSchema(schema=schema(url, "1", "D"), package="d.pkg#1").model_dump_json(by_alias=True)
+    body = PutSchema(schema_=schema(url, "1", "D"), package="d.pkg#1").model_dump_json(by_alias=True)
     await js.publish(s.STORAGE_PUT_SCHEMA, body.encode(), headers={"Nats-Msg-Id": url})
     for _ in range(100):
         got = await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url})

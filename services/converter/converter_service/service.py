@@ -52,7 +52,7 @@ class ConversionService:
             await self.bus.reply(req.reply_to, data)
         if req.store and result.schema_ is not None:
             # The storage service consumes this from the work stream; the id keeps it single.
-            put = PutSchema(schema=result.schema_, package=req.package)
+            put = PutSchema(schema_=result.schema_, package=req.package)
             body = put.model_dump_json(by_alias=True, exclude_none=True).encode()
             await self.bus.store(s.STORAGE_PUT_SCHEMA, body, f"put.{req.idempotency_key}")
         await self.bus.store(s.job_result_subject(s.CONVERT_RESULT, req.job_id), data, req.idempotency_key)

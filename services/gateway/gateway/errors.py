@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -76,7 +77,7 @@ def operation_outcome(message: str, status: int, severity: str = "error") -> dic
 
 
 def error_response(
-    message: str, status: int, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    message: str, status: int, extra: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None
 ) -> Response:
     body = operation_outcome(message, status)
     if extra:

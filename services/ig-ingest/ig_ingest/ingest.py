@@ -17,10 +17,11 @@ from typing import Any, Protocol
 import orjson
 
 from fhirschema.converter import ConversionError, convert
+from fhirschema.ids import PackageId
 from fhirschema.package import Package, PackageError, load_tgz
 from fhirschema_bus.contracts import IndexPackage, JobStatus, ObjectRef, PutSchema
 from fhirschema_bus.object_store import ObjectStore
-from ig_ingest.sources import PackageSource, fetch_first, parse_spec
+from ig_ingest.sources import PackageSource, fetch_first
 
 log = logging.getLogger("ig_ingest")
 MAX_MESSAGE = 1024 * 1024 - 16 * 1024  # NATS default max_payload, minus headers
@@ -47,8 +48,7 @@ class IngestError(RuntimeError):
 
 
 def package_key(spec: str) -> str:
-    name, version = parse_spec(spec)
-    return f"{name}/{name}#{version}.tgz"
+    return PackageId.parse(spec).tgz_key
 
 
 class Ingester:
@@ -114,7 +114,7 @@ class Ingester:
         for i, entry in enumerate(sds):
             try:
                 schema = await asyncio.to_thread(_convert, pkg, entry)
-                put = PutSchema(schema=schema, package=spec)
+                put = PutSchema(schema_=schema, package=spec)
                 if len(orjson.dumps(schema)) > MAX_MESSAGE:
                     raise IngestError(f"schema of {entry.url} exceeds the 1 MB message limit")
                 await self.sink.put_schema(put, msg_id=f"{job_id}|{entry.url}|{entry.version or ''}")

@@ -18,6 +18,8 @@ from typing import Protocol
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from fhirschema.ids import PackageId
+
 log = logging.getLogger("ig_ingest.sources")
 MAX_TGZ_BYTES = 512 * 1024 * 1024
 
@@ -31,18 +33,10 @@ class SourceError(RuntimeError):
 
 
 class PackageSource(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def fetch(self, name: str, version: str) -> bytes | None: ...
-
-
-def parse_spec(spec: str) -> tuple[str, str]:
-    name, sep, version = spec.strip().partition("#")
-    if not sep:
-        name, sep, version = spec.strip().partition("@")
-    if not name or not version:
-        raise ValueError(f"package spec must be name#version, got {spec!r}")
-    return name, version
 
 
 @dataclass
@@ -132,7 +126,11 @@ def make_sources(specs: list[str]) -> list[PackageSource]:
 
 def fetch_first(sources: list[PackageSource], spec: str) -> tuple[bytes, str]:
     """The tarball from the first source that has it, and that source's name."""
-    name, version = parse_spec(spec)
+    try:
+        pid = PackageId.parse(spec)
+    except ValueError as e:
+        raise PackageNotFound(str(e)) from e
+    name, version = pid.name, pid.version
     errors: list[str] = []
     for src in sources:
         try:

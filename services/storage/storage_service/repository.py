@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from fhirschema.ids import Canonical, version_key
 from fhirschema.package import Package, load_tgz
 from fhirschema_bus.contracts import IndexPackage, ObjectRef, PutSchema, SchemaQuery, SchemaRecord, now
 from fhirschema_bus.object_store import ObjectNotFound, ObjectStore, ObjectStoreError, ObjectStoreUnavailable
@@ -106,10 +107,7 @@ class SchemaRepository:
     async def find(self, q: SchemaQuery) -> SchemaRecord:
         rid = q.id
         if rid is None and q.url:
-            ref = q.url
-            if "://" not in ref and "|" not in ref and "/" not in ref:
-                ref = keys.CORE_SD + ref  # a core type name, e.g. "Patient"
-            rid = await self.index.resolve(ref)
+            rid = await self.index.resolve(str(Canonical.parse(q.url)))
         if rid is None:
             if not (q.id or q.url):
                 raise BadRequest("give 'id' or 'url'")
@@ -167,7 +165,7 @@ class SchemaRepository:
                 "file": e.filename,
             }
             entries[f"{e.url}|{e.version or ''}"] = ref
-            if e.url not in latest or keys.version_key(e.version) >= keys.version_key(latest[e.url]):
+            if e.url not in latest or version_key(e.version) >= version_key(latest[e.url]):
                 entries[e.url], latest[e.url] = ref, e.version
         doc = {"package": req.package, "object": req.object.model_dump(), "entries": entries}
         await self._s3(self.store.aput_json(self.bucket, keys.resources_key(req.package), doc))

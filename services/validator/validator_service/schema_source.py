@@ -23,13 +23,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from fhirschema.ids import canonical_url
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import SchemaQuery
 
 CACHE_HITS = Counter("fhirschema_schema_cache_hits_total", "Schema cache hits", ["kind", "layer"])
 CACHE_MISSES = Counter("fhirschema_schema_cache_misses_total", "Schema cache misses", ["kind"])
 
-CORE_SD = "http://hl7.org/fhir/StructureDefinition/"
 NOT_FOUND = b"null"  # cached negative answer: an unknown profile is asked for on every item
 
 
@@ -50,7 +50,7 @@ class StorageClient:
 
     async def fetch(self, kind: str, ref: str) -> dict[str, Any] | None:
         if kind == "schema":
-            subject, body = s.STORAGE_GET_SCHEMA, SchemaQuery(url=_canonical(ref)).model_dump_json()
+            subject, body = s.STORAGE_GET_SCHEMA, SchemaQuery(url=canonical_url(ref)).model_dump_json()
         else:
             subject, body = s.STORAGE_GET_RESOURCE, orjson.dumps({"url": ref}).decode()
         try:
@@ -149,11 +149,6 @@ class RemoteSchemaSource:
             while len(self._memo) > self._size:
                 self._memo.popitem(last=False)
         return value
-
-
-def _canonical(ref: str) -> str:
-    # The engine also asks for core types by name ("Patient", "string").
-    return ref if ":" in ref or "/" in ref else CORE_SD + ref
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

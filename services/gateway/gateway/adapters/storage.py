@@ -52,7 +52,7 @@ class NatsSchemaRepository:
     async def upsert(
         self, schema: dict[str, Any], *, schema_id: str | None, package: str | None
     ) -> SchemaRecord:
-        put = PutSchema(schema=schema, package=package, id=schema_id)
+        put = PutSchema(schema_=schema, package=package, id=schema_id)
         data = await self._call(
             s.STORAGE_UPSERT, put.model_dump_json(by_alias=True, exclude_none=True).encode()
         )

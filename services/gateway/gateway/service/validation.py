@@ -19,6 +19,7 @@ from fhirschema_bus.contracts import (
     JobKind,
     JobState,
     JobStatus,
+    Outcome,
     ValidateResult,
     result_items,
 )
@@ -106,7 +107,7 @@ class ValidationService:
             return  # e.g. a conversion reply after its caller gave up: nothing to keep
         subject = s.job_result_subject(s.VALIDATE_RESULT, job_id)
         await self.d.bus.js.publish(subject, data, headers={HEADER_MSG_ID: f"{job_id}.{result.index}"})
-        outcome = "failed" if result.error else ("valid" if result.valid else "invalid")
+        outcome: Outcome = "failed" if result.error else ("valid" if result.valid else "invalid")
         jobs = await self.d.jobs()
         await jobs.record(job_id, result.index, outcome)
 
