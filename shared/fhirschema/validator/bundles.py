@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from fhirschema.validator.walk import Run
+from fhirschema.validator.findings import Finding, finding
+
+Targets = dict[str, set[str | None]]  # `Type/id` -> the fullUrls of the entries that hold it
 
 
-def check_bundle(run: Run, data: dict[str, Any]) -> None:
-    """Bundle rules (SPEC §3): fullUrl form, duplicate entries, document/message structure."""
+def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets]:
+    """Bundle rules (SPEC §3): fullUrl form, duplicate entries, document/message structure; and
+    the Bundle's reference targets."""
+    out: list[Finding] = []
     entries = data.get("entry")
     if not isinstance(entries, list):
-        return
+        return out, {}
     by_identity: dict[tuple[str, str], list[tuple[int, str | None]]] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -20,11 +23,8 @@ def check_bundle(run: Run, data: dict[str, Any]) -> None:
         full = entry.get("fullUrl")
         res = entry.get("resource")
         if isinstance(full, str) and not (full.startswith(("urn:uuid:", "urn:oid:")) or "://" in full):
-            run.issue(
-                "fs1003",
-                f"fullUrl {full!r} is neither absolute nor a urn",
-                extra=["entry", i, "fullUrl"],
-            )
+            out.append(finding("fs1003", f"fullUrl {full!r} is neither absolute nor a urn",
+                               extra=("entry", i, "fullUrl")))  # fmt: skip
         if (
             isinstance(res, dict)
             and isinstance(res.get("id"), str)
@@ -37,16 +37,17 @@ def check_bundle(run: Run, data: dict[str, Any]) -> None:
         for (name, _), hits in by_identity.items():
             if len({full for _, full in hits}) > 1:
                 for i, _full in hits:
-                    run.issue("fs1201", f"{name} appears in {len(hits)} entries with different fullUrls",
-                               extra=["entry", i, "resource", "id"])  # fmt: skip
+                    out.append(finding("fs1201", f"{name} appears in {len(hits)} entries with different fullUrls",
+                                       extra=("entry", i, "resource", "id")))  # fmt: skip
     kind = data.get("type")
     first = entries[0].get("resource") if entries and isinstance(entries[0], dict) else None
     expected = (
         {"document": "Composition", "message": "MessageHeader"}.get(kind) if isinstance(kind, str) else None
     )
     if expected and (not isinstance(first, dict) or first.get("resourceType") != expected):
-        run.issue("fs1202", f"a {kind} Bundle must start with a {expected}", extra=["entry", 0, "resource"])
-    targets: dict[str, set[str | None]] = {}
+        out.append(finding("fs1202", f"a {kind} Bundle must start with a {expected}",
+                           extra=("entry", 0, "resource")))  # fmt: skip
+    targets: Targets = {}
     for (name, _), hits in by_identity.items():  # every version of a Type/id: one target set
         targets.setdefault(name, set()).update(f for _, f in hits)
-    run.bundle_targets = targets
+    return out, targets

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fhirschema.validator.findings import Finding, finding
+
 if TYPE_CHECKING:
     from fhirschema.validator.plans import Plan
-    from fhirschema.validator.walk import Run
 
 
-def check_constraints(run: Run, data: Any, plan: Plan) -> None:
-    """The plan's FHIRPath constraints on `data`: the native subset first, fhirpathpy for the rest."""
-    resource = run.resources[-1] if run.resources else data
-    root = run.resources[0] if run.resources else data
+def check_constraints(data: Any, plan: Plan, invariants: Any, resources: list[dict[str, Any]],
+                      path: list[str | int], start: int) -> list[Finding]:  # fmt: skip
+    """The plan's FHIRPath constraints on `data`: the native subset first, fhirpathpy (`invariants`)
+    for the rest. `resources` enclose `data` (outermost first); `path[start:]` leads from the
+    innermost one to `data`."""
+    out: list[Finding] = []
+    resource = resources[-1] if resources else data
+    root = resources[0] if resources else data
     env = {"root": root, "resource": resource, "groups": plan.groups}
     type_name: str | None = None
     for key, c, origin, fast, shortcut in plan.checks():
@@ -22,21 +27,22 @@ def check_constraints(run: Run, data: Any, plan: Plan) -> None:
         verdict = fast(data, env) if fast is not None else None
         if verdict is None:  # outside the native subset: the full FHIRPath engine
             if type_name is None:
-                type_name = _type_name(run, plan, resource)
-            verdict = run.v.invariants.evaluate(
+                type_name = _type_name(plan, resource, bool(resources), path[start:])
+            verdict = invariants.evaluate(
                 c["expression"], data, resource=resource, root=root, path=type_name
             ).ok
         if verdict is False:
             severity = "warning" if c.get("severity") == "warning" else "error"
-            run.issue("fs601", f"constraint {key} failed: {c.get('human') or c['expression']}",
-                       severity=severity, profile=origin)  # fmt: skip
+            out.append(finding("fs601", f"constraint {key} failed: {c.get('human') or c['expression']}",
+                               severity=severity, profile=origin))  # fmt: skip
+    return out
 
 
-def _type_name(run: Run, plan: Plan, resource: dict[str, Any]) -> str | None:
+def _type_name(plan: Plan, resource: dict[str, Any], enclosed: bool, below: list[str | int]) -> str | None:
     type_name = plan.type_name
-    if type_name in (None, "BackboneElement", "Element") and run.resources:
+    if type_name in (None, "BackboneElement", "Element") and enclosed:
         # Backbone elements are typed by their path (Parameters.parameter), not by a type name.
-        keys = [p for p in run.path[run.starts[-1] :] if isinstance(p, str)]
+        keys = [p for p in below if isinstance(p, str)]
         type_name = (
             ".".join([resource.get("resourceType", ""), *keys]) if keys else resource.get("resourceType")
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhirschema.validator.findings import Finding, finding
+
 # Contexts that admit any element (or any resource) at all.
 _ANYWHERE = frozenset(("Element", "Base", "Resource", "DomainResource"))
 
@@ -44,3 +46,15 @@ def _collapse(path: str) -> str:
 
 def contexts_text(sd: dict[str, Any]) -> str:
     return ", ".join(str(c.get("expression")) for c in sd.get("context") or () if isinstance(c, dict))
+
+
+def unknown_extension(url: str, modifier: bool) -> Finding:
+    """An extension whose definition is not loaded: a modifier cannot be ignored, others can."""
+    return finding("fs1102" if modifier else "fs1101", f"unknown extension {url}",
+                   severity="error" if modifier else "warning")  # fmt: skip
+
+
+def misplaced_extension(url: str, sd: dict[str, Any], path: str) -> Finding:
+    # A warning: the conformance cases use extensions off their context in valid data.
+    return finding("fs1103", f"extension {url} is not allowed on {path} (contexts: {contexts_text(sd)})",
+                   severity="warning")  # fmt: skip

@@ -3,16 +3,15 @@ as data is walked (slice cardinality, order, closed and openAtEnd rules)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fhirschema.slicing import build_match
-from fhirschema.validator.issues import Issue
+from fhirschema.validator.findings import Finding, finding
 from fhirschema.validator.matching import matches
 
 if TYPE_CHECKING:
-    from fhirschema.validator.engine import Validator
     from fhirschema.validator.plans import ElementPlan
-    from fhirschema.validator.walk import Run
 
 
 class Slice:
@@ -78,8 +77,14 @@ class Slicing:
             sl.match = match or None
 
 
-def assign_slices(run: Run, items: list[Any], ep: ElementPlan) -> list[tuple[dict[str, Any], ...]]:
-    """Classify items into slices; report slice cardinality/order/closed; return extra schemas."""
+Conforms = Callable[[dict[str, Any], str], bool]  # does a resource validate clean against a profile?
+
+
+def assign_slices(
+    items: list[Any], ep: ElementPlan, conforms: Conforms, terminology: Any
+) -> tuple[list[tuple[dict[str, Any], ...]], list[Finding]]:
+    """Classify items into slices: the extra schemas of each item's slice, and the findings on
+    slice cardinality, order and closed slicing."""
     slicing = ep.slicing
     assert slicing is not None
     named = [s for s in slicing.slices.values() if s.name != "@default"]
@@ -87,12 +92,13 @@ def assign_slices(run: Run, items: list[Any], ep: ElementPlan) -> list[tuple[dic
     assigned: list[Any] = []
     counts = dict.fromkeys(slicing.slices, 0)
     extras: list[tuple[dict[str, Any], ...]] = []
+    out: list[Finding] = []
     memo: dict[tuple[int, str], bool] = {}
 
     def check(op: str, data: Any, want: Any) -> bool:
         if op == "$valueset":
-            return _in_value_set(run.v, data, want)
-        return _profile_check(run, data, want, memo)
+            return _in_value_set(terminology, data, want)
+        return _profile_check(data, want, memo, conforms)
 
     for i, item in enumerate(items):
         hit = None
@@ -101,9 +107,10 @@ def assign_slices(run: Run, items: list[Any], ep: ElementPlan) -> list[tuple[dic
                 if hit is None:
                     hit = sl
                 elif not sl.name.startswith(hit.name + "/") and not (
-                    run.v.terminology is None and ("$valueset" in sl.match or "$valueset" in hit.match)
+                    terminology is None and ("$valueset" in sl.match or "$valueset" in hit.match)
                 ):  # without terminology, value-set sliced items cannot be told apart: no verdict
-                    run.issue("fs901", f"item matches both slice {hit.name!r} and {sl.name!r}", extra=[i])
+                    out.append(finding("fs901", f"item matches both slice {hit.name!r} and {sl.name!r}",
+                                       extra=(i,)))  # fmt: skip
                     break
         if hit is None and ep.key in ("extension", "modifierExtension") and isinstance(item, dict):
             hit = next((s for s in named if s.match in (None, {}) and _ext_url(s) == item.get("url")), None)
@@ -124,25 +131,26 @@ def assign_slices(run: Run, items: list[Any], ep: ElementPlan) -> list[tuple[dic
         if hit is None:
             seen_unmatched = True
             if slicing.closed:
-                run.issue("fs901", "item matches no slice and the slicing is closed", extra=[i])
+                out.append(finding("fs901", "item matches no slice and the slicing is closed", extra=(i,)))
             continue
         if slicing.open_at_end and seen_unmatched:
-            run.issue("fs904", f"item of slice {hit.name!r} after an unsliced item (openAtEnd)", extra=[i])
+            out.append(finding("fs904", f"item of slice {hit.name!r} after an unsliced item (openAtEnd)",
+                               extra=(i,)))  # fmt: skip
         if slicing.ordered:
             if order[hit.name] < last:
-                run.issue("fs903", f"slice {hit.name!r} is out of order", extra=[i])
+                out.append(finding("fs903", f"slice {hit.name!r} is out of order", extra=(i,)))
             last = max(last, order[hit.name])
     for sl in slicing.slices.values():
         n = counts[sl.name]
         if n < sl.min:
-            run.issue("fs902", f"slice {sl.name!r} needs at least {sl.min} item(s), found {n}")
+            out.append(finding("fs902", f"slice {sl.name!r} needs at least {sl.min} item(s), found {n}"))
         if sl.max is not None and n > sl.max:
-            run.issue("fs902", f"slice {sl.name!r} allows at most {sl.max} item(s), found {n}")
-    return extras
+            out.append(finding("fs902", f"slice {sl.name!r} allows at most {sl.max} item(s), found {n}"))
+    return extras, out
 
 
-def _in_value_set(v: Validator, data: Any, value_set: str) -> bool:
-    if v.terminology is None:
+def _in_value_set(terminology: Any, data: Any, value_set: str) -> bool:
+    if terminology is None:
         return True  # cannot tell: do not split slices on it
     if isinstance(data, str):
         codes: list[tuple[Any, Any]] = [(None, data)]
@@ -152,13 +160,15 @@ def _in_value_set(v: Validator, data: Any, value_set: str) -> bool:
     else:
         return False
     return any(
-        v.terminology.check(value_set, system, code).status != "not-member"
+        terminology.check(value_set, system, code).status != "not-member"
         for system, code in codes
         if isinstance(code, str)
     )
 
 
-def _profile_check(run: Run, data: Any, profiles: list[str], memo: dict[tuple[int, str], bool]) -> bool:
+def _profile_check(
+    data: Any, profiles: list[str], memo: dict[tuple[int, str], bool], conforms: Conforms
+) -> bool:
     """Does `data` conform to one of `profiles`? Declared in meta.profile, or validates clean."""
     if not isinstance(data, dict):
         return False
@@ -171,15 +181,7 @@ def _profile_check(run: Run, data: Any, profiles: list[str], memo: dict[tuple[in
             return True
         key = (id(data), url)
         if key not in memo:
-            chain = run.v.compiler.chain(url)
-            if not chain or chain[0][0].get("type") not in (None, data.get("resourceType")):
-                memo[key] = False
-            else:
-                issues: list[Issue] = []
-                walk = type(run)(run.v, issues)  # a fresh walk (type(run): no import cycle) ...
-                walk.depth = run.depth  # ... within the same depth bound: compiled, recursion is C's
-                walk.resource(data, (url,))
-                memo[key] = not any(i.severity in ("error", "fatal") for i in issues)
+            memo[key] = conforms(data, url)
         if memo[key]:
             return True
     return False

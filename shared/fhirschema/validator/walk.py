@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
+from fhirschema.validator.bindings import binding_findings
 from fhirschema.validator.bundles import check_bundle
 from fhirschema.validator.companions import walk_companion
 from fhirschema.validator.constraints import check_constraints
+from fhirschema.validator.extensions import misplaced_extension, unknown_extension
+from fhirschema.validator.findings import Finding
 from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
 from fhirschema.validator.plans import HOT_CODED, HOT_NESTED, HOT_PLAIN, ElementPlan, Plan
+from fhirschema.validator.references import reference_findings
 from fhirschema.validator.slices import assign_slices
 
 if TYPE_CHECKING:
     from fhirschema.validator.engine import Validator
 
 MAX_DEPTH: Final = 200  # deeper data is reported, not walked (no RecursionError, bounded work)
-_REF = re.compile(
-    r"^(?:(?P<base>https?://\S+?)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$"
-)
 
 
 class Run:
@@ -44,6 +45,11 @@ class Run:
             path.extend(extra)
         self.issues.append(Issue(code, severity, path, message, profile))
 
+    def report(self, findings: Iterable[Finding]) -> None:
+        """A rule module's findings, at the current path."""
+        for code, severity, message, extra, profile in findings:
+            self.issue(code, message, severity=severity, extra=list(extra) or None, profile=profile)
+
     # -- resources -----------------------------------------------------------------------
 
     def resource(self, data: Any, profiles: list[str] | tuple[str, ...] = ()) -> None:
@@ -61,53 +67,31 @@ class Run:
         ):
             plan = self.v.compiler.type_plan(rtype)  # the commonest case: the type's own plan
         if plan is None:
-            plan = self.resource_plan(data, rtype, meta, profiles)
+            plan, findings = self.v.resource_plan(data, rtype, meta, profiles, not self.resources)
+            self.report(findings)
             if plan is None:
                 return
         self.resources.append(data)
         self.starts.append(len(self.path))
         try:
             if rtype == "Bundle":
-                check_bundle(self, data)
+                findings, self.bundle_targets = check_bundle(data)
+                self.report(findings)
             self.node(data, plan)
         finally:
             self.resources.pop()
             self.starts.pop()
 
-    def resource_plan(
-        self, data: dict[str, Any], rtype: Any, meta: Any, profiles: list[str] | tuple[str, ...]
-    ) -> Plan | None:
-        """The plan for a resource's profiles, `meta.profile`s and type (None: nothing to check it against)."""
-        schemas = []
-        for url in profiles:
-            chain = self.v.compiler.chain(url)
-            if not chain:
-                self.issue("fs701", f"profile {url} is not loaded", severity=self.v.unknown_severity)
-            schemas += chain
-        meta_profiles = meta.get("profile") if isinstance(meta, dict) else None
-        # `entry`, not `url`: compiled, a variable keeps the type of its first use (str above),
-        # and these are raw JSON values.
-        for entry in meta_profiles if isinstance(meta_profiles, list) else ():
-            if not isinstance(entry, str):
-                continue
-            chain = self.v.compiler.chain(entry.split("|", 1)[0]) or self.v.compiler.chain(entry)
-            if not chain:
-                self.issue("fs701", f"meta.profile {entry} is not loaded", severity=self.v.unknown_severity,
-                           extra=["meta", "profile"])  # fmt: skip
-            schemas += chain
-        if isinstance(rtype, str):
-            chain = self.v.compiler.chain(rtype)
-            if not chain and not self.v.anonymous:
-                if self.v.strict:
-                    self.issue("fs701", f"unknown resourceType {rtype!r}")
-                return None  # nothing known to validate it against
-            schemas += chain
-        elif "resourceType" in data or not self.v.anonymous:
-            self.issue("fs701" if self.v.strict else "fs201", "missing or invalid resourceType",
-                       severity="error")  # fmt: skip
-        if not self.resources:
-            schemas = self.v.root_overlays(self) + schemas
-        return self.v.compiler.plan(schemas)
+    def conforms(self, data: dict[str, Any], url: str) -> bool:
+        """Does `data` validate without errors against profile `url` (a slice's profile)?"""
+        chain = self.v.compiler.chain(url)
+        if not chain or chain[0][0].get("type") not in (None, data.get("resourceType")):
+            return False
+        issues: list[Issue] = []
+        walk = Run(self.v, issues)
+        walk.depth = self.depth  # within the same depth bound: compiled, recursion is C's
+        walk.resource(data, (url,))
+        return not any(i.severity in ("error", "fatal") for i in issues)
 
     # -- objects -------------------------------------------------------------------------
 
@@ -244,7 +228,8 @@ class Run:
                 if key in present_groups:
                     self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
         if self.v.invariants is not None and plan.has_constraints and not self.too_deep:
-            check_constraints(self, data, plan)
+            start = self.starts[-1] if self.starts else 0
+            self.report(check_constraints(data, plan, self.v.invariants, self.resources, self.path, start))
         self.depth -= 1
 
     def missing(self, data: dict[str, Any], plan: Plan, present_groups: dict[str, list[str]] | None) -> None:
@@ -292,7 +277,10 @@ class Run:
                 self.issue("fs303", f"at least {ep.min} item(s) required, found {len(items)}")
             if ep.max is not None and len(items) > ep.max:
                 self.issue("fs302", f"at most {ep.max} item(s) allowed, found {len(items)}")
-            extras = assign_slices(self, items, ep) if ep.slicing is not None else None
+            extras = None
+            if ep.slicing is not None:
+                extras, findings = assign_slices(items, ep, self.conforms, self.v.terminology)
+                self.report(findings)
             path = self.path
             for i, item in enumerate(items):
                 path.append(i)
@@ -324,7 +312,7 @@ class Run:
                 self.issue("fs202", "empty objects are not allowed: an element needs a value or children")
                 return
             if ep.is_extension:
-                extra = self.v.extension_schemas(self, item, ep, extra)
+                extra = self.extension_schemas(item, ep, extra)
                 if not extra and not self.v.compiler.chain("Extension"):
                     return  # no Extension definition loaded: nothing to check the item against
             child = ep.child(extra)
@@ -332,7 +320,9 @@ class Run:
                 self.issue("fs701", f"type {ep.type} is not loaded", severity=self.v.unknown_severity)
             self.node(item, child)
             if ep.is_reference:
-                self.v.reference(self, item, ep)
+                root = self.resources[0] if self.resources else None
+                self.report(reference_findings(item, ep, self.is_type, root, self.bundle_targets,
+                                               self.v.references))  # fmt: skip
         if ep.value_checks:
             self.value_checks(item, ep)
 
@@ -345,7 +335,26 @@ class Run:
             if not matches(pattern, item):
                 self.issue("fs205", f"value must match the pattern {_short(pattern)}", profile=origin)
         if ep.bound and self.v.terminology is not None:
-            self.v.binding(self, item, ep)
+            self.report(binding_findings(item, ep, self.v.check_code))
+
+    def extension_schemas(self, item: dict[str, Any], ep: ElementPlan,
+                          extra: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:  # fmt: skip
+        url = item.get("url")
+        if not isinstance(url, str) or ("://" not in url and not url.startswith("urn:")):
+            return extra  # relative urls name sub-extensions: the parent's slices define them
+        schemas, definition = self.v.extension(url)
+        if not schemas:
+            if not extra:
+                self.report((unknown_extension(url, ep.key == "modifierExtension"),))
+            return extra
+        if definition is not None and self.ext_parents:
+            parent_type, path = self.ext_parents[-1], self.element_path()
+            if not self.v.context_allowed(url, definition, parent_type, path):
+                self.report((misplaced_extension(url, definition, path),))
+        return extra + schemas
+
+    def is_type(self, name: str) -> bool:
+        return bool(self.v.compiler.chain(name))
 
 
 def _fits(ep: ElementPlan, value: Any) -> bool:
