@@ -4,6 +4,10 @@
     python scripts/conformance.py us-core-6         # US Core 6.1.0 examples against their meta.profile
     python scripts/conformance.py all --json out.json
 
+Each IG's examples run against their `meta.profile` with the IG's dependencies as
+`../shared/fhir/packages` holds them (the nearest version where the exact one is missing:
+terminology.r4 7.0.1 for 5.0.0-6.5.0, extensions.r4 5.2.0 for 5.1.0; ihe.formatcode.fhir is absent).
+
 The triage of the remaining errors lives in docs/conformance.md.
 """
 
@@ -35,6 +39,18 @@ CORPORA = {
                                               "hl7.terminology.r4#7.0.1"]),
     "ips": ("hl7.fhir.uv.ips#2.0.0", ["hl7.fhir.uv.ips#2.0.0", "hl7.fhir.r4.core#4.0.1", "hl7.fhir.uv.ipa#1.1.0",
                                       "hl7.terminology.r4#7.0.1", "hl7.fhir.uv.extensions.r4#5.2.0"]),
+    "genomics": ("hl7.fhir.uv.genomics-reporting#3.0.0", ["hl7.fhir.uv.genomics-reporting#3.0.0",
+                                                          "hl7.fhir.r4.core#4.0.1", "hl7.terminology.r4#7.0.1",
+                                                          "hl7.fhir.uv.extensions.r4#5.2.0"]),
+    "ch-core": ("ch.fhir.ig.ch-core#2.0.0", ["ch.fhir.ig.ch-core#2.0.0", "ch.fhir.ig.ch-epr-term#2.0.8",
+                                             "hl7.fhir.r4.core#4.0.1", "hl7.terminology.r4#7.0.1"]),
+    "ch-orf": ("ch.fhir.ig.ch-orf#1.0.0", ["ch.fhir.ig.ch-orf#1.0.0", "ch.fhir.ig.ch-core#2.0.0",
+                                           "ch.fhir.ig.ch-epr-term#2.0.8", "hl7.fhir.uv.sdc#2.7.0",
+                                           "hl7.fhir.r4.core#4.0.1", "hl7.terminology.r4#7.0.1"]),
+    "ch-lab-order": ("ch.fhir.ig.ch-lab-order#1.0.0", ["ch.fhir.ig.ch-lab-order#1.0.0", "ch.fhir.ig.ch-orf#1.0.0",
+                                                       "ch.fhir.ig.ch-core#2.0.0", "ch.fhir.ig.ch-epr-term#2.0.8",
+                                                       "hl7.fhir.uv.sdc#2.7.0", "hl7.fhir.r4.core#4.0.1",
+                                                       "hl7.terminology.r4#7.0.1"]),
     "synthea": ("synthea-bulk-10-patients", ["hl7.fhir.us.core#6.1.0", "hl7.fhir.r4.core#4.0.1",
                                              "hl7.terminology.r4#7.0.1", "hl7.fhir.uv.extensions.r4#5.2.0"]),
 }  # fmt: skip

@@ -163,6 +163,16 @@ class Invariants:
             # children()/descendants() crash on an untyped object; "Element" is always right.
             path = "Element"
         focus = ResourceNode.create_node(node, self._model_path(path)) if path else node
+        try:
+            result = self._run(compiled.ast, focus, resource, root)
+        except RecursionError:
+            return InvariantResult(None, "expression too deeply nested to evaluate")
+        except Exception as exc:  # fhirpathpy raises bare Exceptions for type errors etc.
+            # fhirpathpy messages can embed whole collections: keep the issue readable.
+            return InvariantResult(None, f"evaluation failed: {str(exc)[:200]}")
+        return _as_result(result)
+
+    def _run(self, ast: dict, focus: object, resource: dict, root: dict | None) -> Any:
         ctx = {
             "dataRoot": [focus],
             "$this": [focus],  # fhirpathpy only sets it inside functions; `$this.x` needs it
@@ -176,16 +186,23 @@ class Invariants:
             "userInvocationTable": self.functions,
             "traceFn": _ignore_trace,
         }
+        with self._lock:
+            constants.reset()  # today()/now() are fixed per evaluation
+            return do_eval(ctx, ctx["dataRoot"], ast["children"][0])
+
+    def selects(self, expression: str, node: object, *, resource: dict, root: dict | None = None) -> bool:
+        """Is `node` (by identity) among what `expression` selects from `resource`? An extension's
+        FHIRPath context (R4 §2.28.4); an expression that cannot be evaluated selects nothing."""
+        compiled = self.compile(expression)
+        if compiled.ast is None:
+            return False
+        focus = ResourceNode.create_node(resource, resource.get("resourceType"))
         try:
-            with self._lock:
-                constants.reset()  # today()/now() are fixed per evaluation
-                result = do_eval(ctx, ctx["dataRoot"], compiled.ast["children"][0])
-        except RecursionError:
-            return InvariantResult(None, "expression too deeply nested to evaluate")
-        except Exception as exc:  # fhirpathpy raises bare Exceptions for type errors etc.
-            # fhirpathpy messages can embed whole collections: keep the issue readable.
-            return InvariantResult(None, f"evaluation failed: {str(exc)[:200]}")
-        return _as_result(result)
+            result = self._run(compiled.ast, focus, resource, root)
+        except Exception:  # includes RecursionError: selects nothing
+            return False
+        items = result if isinstance(result, list) else [result]
+        return any(get_data(item) is node for item in items)
 
 
 _TRUE = InvariantResult(True)

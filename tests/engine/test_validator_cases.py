@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
 from tests.engine.validator_cases import Case, load_cases, run_case, verdict
@@ -10,6 +13,24 @@ CASES = load_cases()
 
 # Cases we do not pass, each with the reason (see docs/conformance.md).
 KNOWN_FAILURES: dict[str, str] = {}
+
+_UNKNOWN_TYPE = {"valid": False, "issues": [{"code": "fs701", "path": []}]}
+# Cases whose expectation the HL7 reference validator (issue 10) or issue 9 decides otherwise:
+# the amended expectation, merged over the case's, and why (docs/conformance.md lists them).
+AMENDED: dict[str, tuple[dict[str, Any], str]] = {
+    "primitive-extensions-r4: _given as array of Elements → valid (matches array primitive shape)": (
+        {"valid": False, "issues": [{"code": "fs1103", "path": ["name", 0, "_given", 0, "extension", 0]}]},
+        "humanname-own-prefix's context is HumanName.family; the reference rejects it on given",
+    ),
+    "real-resources: unknown resourceType → silent pass (matches aidbox default; strict mode is future work)": (
+        _UNKNOWN_TYPE,
+        "issue 9: an unknown resourceType is an error in every mode",
+    ),
+    "strict-mode: non-strict: unknown resourceType → silent (current default)": (
+        _UNKNOWN_TYPE,
+        "issue 9: an unknown resourceType is an error in every mode",
+    ),
+}
 
 
 def test_case_count() -> None:
@@ -23,5 +44,13 @@ def test_validator_case(case: Case) -> None:
     reason = KNOWN_FAILURES.get(case.id)
     if reason:
         pytest.xfail(reason)
+    amended = AMENDED.get(case.id)
+    if amended:
+        case = replace(case, test={**case.test, **amended[0]})
     problems = verdict(case, run_case(case))
     assert not problems, "; ".join(problems)
+
+
+def test_amended_cases_exist() -> None:
+    ids = {case.id for case in CASES}
+    assert set(AMENDED) <= ids

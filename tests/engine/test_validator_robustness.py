@@ -30,10 +30,18 @@ def test_non_object_json(validator: Validator, data: object) -> None:
 def test_missing_and_unknown_resource_type(validator: Validator) -> None:
     missing = validator.validate({"id": "x"})
     assert not missing.valid and "resourceType" in missing.issues[0].message
-    assert (
-        Validator(validator.source, strict=True).validate({"resourceType": "Nonsense"}).issues[0].code
-        == "fs701"
-    )
+    for strict in (False, True):  # an error in every mode (issue 9)
+        result = Validator(validator.source, strict=strict).validate({"resourceType": "Nonsense"})
+        assert not result.valid and result.issues[0].code == "fs701"
+
+
+def test_requested_profile_that_is_not_loaded(validator: Validator) -> None:
+    patient = {"resourceType": "Patient", "meta": {"profile": ["http://example.org/nowhere-meta"]}}
+    result = validator.validate(patient, ["http://example.org/nowhere"])
+    [asked] = [i for i in result.issues if "nowhere" in i.message and "meta" not in i.message]
+    assert asked.code == "fs701" and asked.severity == "error" and not result.valid
+    [meta] = [i for i in result.issues if "nowhere-meta" in i.message]
+    assert meta.severity == "warning"  # as the HL7 validator does, outside strict mode
 
 
 def test_ten_thousand_deep_nesting(validator: Validator) -> None:
@@ -91,7 +99,8 @@ def test_extension_context(validator: Validator) -> None:
     assert not [i for i in validator.validate(right).issues if i.code == "fs1103"]
     wrong = {"resourceType": "Patient", "gender": "male", "_gender": {"extension": [birth_time]}}
     [issue] = [i for i in validator.validate(wrong).issues if i.code == "fs1103"]
-    assert issue.severity == "warning" and "Patient.birthDate" in issue.message
+    # An error, as the HL7 validator decides (issue 10 class 5).
+    assert issue.severity == "error" and "Patient.birthDate" in issue.message
 
 
 def test_made_up_keys_do_not_grow_the_validator(validator: Validator) -> None:

@@ -29,7 +29,7 @@ def convert(sd: Any, *, package: Any = None) -> dict[str, Any]:
         raise ConversionError(f"expected a JSON object, got {type(sd).__name__}")
     if sd.get("resourceType") != "StructureDefinition":
         raise ConversionError(f"not a StructureDefinition (resourceType {sd.get('resourceType')!r})")
-    for key in ("name", "type", "kind"):
+    for key in ("type", "kind"):
         if not isinstance(sd.get(key), str):
             raise ConversionError(f"StructureDefinition {sd.get('url', '?')} has no {key!r}")
     schema = _header(sd, package)
@@ -50,7 +50,7 @@ def convert(sd: Any, *, package: Any = None) -> dict[str, Any]:
     try:
         _Walk(sd, schema).run(_expand_choices(_collapse_type_slicing(body)))
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ConversionError(f"{sd.get('url', sd['name'])}: malformed differential ({exc!r})") from exc
+        raise ConversionError(f"{sd.get('url', schema['name'])}: malformed differential ({exc!r})") from exc
     return schema
 
 
@@ -62,7 +62,7 @@ def _header(sd: dict[str, Any], package: Any) -> dict[str, Any]:
         klass = "extension"
     else:
         klass = kind
-    header: dict[str, Any] = {"name": sd["name"], "type": sd["type"], "kind": kind, "class": klass}
+    header: dict[str, Any] = {"name": _name(sd), "type": sd["type"], "kind": kind, "class": klass}
     for key in (
         "url",
         "version",
@@ -83,6 +83,14 @@ def _header(sd: dict[str, Any], package: Any) -> dict[str, Any]:
         if name and version:
             header.update(package_name=name, package_version=version, package_id=f"{name}#{version}")
     return header
+
+
+def _name(sd: dict[str, Any]) -> str:
+    """`name` is 1..1 in R4, but hand-written profiles omit it: their id or url names them then."""
+    for value in (sd.get("name"), sd.get("id"), str(sd.get("url") or "").rsplit("/", 1)[-1]):
+        if isinstance(value, str) and value:
+            return value
+    raise ConversionError("StructureDefinition has no name, id or url")
 
 
 class _Frame:

@@ -46,7 +46,8 @@ class Validator:
         self.references = references
         self.overlays = [(s, s.get("url")) for s in overlays]
         self.anonymous = bool(overlays)
-        self._context_memo: dict[tuple[str, str | None, str], bool] = {}
+        self._context_memo: dict[tuple[str, str | None, str, str | None], tuple[bool, list[str]]] = {}
+        self._type_names: dict[str, frozenset[str]] = {}
         # extension url -> (its schema chain, its StructureDefinition for the context rules)
         self._extensions: dict[str, tuple[tuple[dict[str, Any], ...], dict[str, Any] | None]] = {}
         self._code_memo: dict[tuple[str, str | None, str, str | None], Any] = {}
@@ -72,7 +73,10 @@ class Validator:
         for url in profiles:
             chain = self.compiler.chain(url)
             if not chain:
-                findings.append(finding("fs701", f"profile {url} is not loaded", self.unknown_severity))
+                # Asked for by the caller: a profile that was not checked cannot be passed (issue 9).
+                severity = "error" if root else self.unknown_severity
+                findings.append(finding("fs701", f"profile {url} is not loaded: load the package or file "
+                                        "that defines it", severity))  # fmt: skip
             schemas += chain
         meta_profiles = meta.get("profile") if isinstance(meta, dict) else None
         # `entry`, not `url`: compiled, a variable keeps the type of its first use (str above),
@@ -88,9 +92,10 @@ class Validator:
         if isinstance(rtype, str):
             chain = self.compiler.chain(rtype)
             if not chain and not self.anonymous:
-                if self.strict:
-                    findings.append(finding("fs701", f"unknown resourceType {rtype!r}"))
-                return None, findings  # nothing known to validate it against
+                # Nothing known to validate it against, so it cannot be valid (in every mode).
+                findings.append(finding("fs701", f"unknown resourceType {rtype!r}: no definition of it "
+                                        "is loaded (a typo, or a package missing?)"))  # fmt: skip
+                return None, findings
             schemas += chain
         elif "resourceType" in data or not self.anonymous:
             findings.append(finding("fs701" if self.strict else "fs201", "missing or invalid resourceType"))
@@ -129,14 +134,33 @@ class Validator:
                 self._extensions[url] = found
         return found
 
-    def context_allowed(self, url: str, sd: dict[str, Any], parent_type: str | None, path: str) -> bool:
-        key = (url, parent_type, path)
-        ok = self._context_memo.get(key)
-        if ok is None:
-            ok = allowed_here(sd, parent_type, path)
+    def context_allowed(self, url: str, sd: dict[str, Any], parent_type: str | None, path: str,
+                        host_url: str | None) -> tuple[bool, list[str]]:  # fmt: skip
+        """`extensions.allowed_here`, remembered (the answer depends on these strings alone)."""
+        key = (url, parent_type, path, host_url)
+        found = self._context_memo.get(key)
+        if found is None:
+            found = allowed_here(sd, self.type_names(parent_type), path, host_url)
             if len(self._context_memo) < CODE_MEMO_SIZE:
-                self._context_memo[key] = ok
-        return ok
+                self._context_memo[key] = found
+        return found
+
+    def type_names(self, type_name: str | None) -> frozenset[str]:
+        """A type and the types it derives from (`Patient`, `DomainResource`, `Resource`)."""
+        if type_name is None:
+            return frozenset()
+        found = self._type_names.get(type_name)
+        if found is None:
+            names = {type_name}
+            for schema, _ in self.compiler.chain(type_name):
+                t = schema.get("type")
+                if isinstance(t, str) and schema.get("derivation") != "constraint":
+                    names.add(t)
+                name = schema.get("name")
+                if isinstance(name, str):
+                    names.add(name)
+            found = self._type_names[type_name] = frozenset(names)
+        return found
 
     def check_code(self, vs: str, system: str | None, code: str, display: str | None) -> Any:
         """The terminology's verdict on one code (a `CodeCheck`), remembered."""

@@ -6,33 +6,47 @@ from typing import Any
 
 from fhirschema.validator.findings import Finding, finding
 
-# Contexts that admit any element (or any resource) at all.
-_ANYWHERE = frozenset(("Element", "Base", "Resource", "DomainResource"))
+# Contexts that admit any element at all.
+_ANYWHERE = frozenset(("Element", "Base"))
 
 
-def allowed_here(sd: dict[str, Any], parent_type: str | None, path: str) -> bool:
-    """May the extension defined by `sd` sit on an element of type `parent_type` at `path`
-    (e.g. `Patient.name`)? Contexts that cannot be judged statically (FHIRPath) allow it."""
+def allowed_here(sd: dict[str, Any], parent_types: frozenset[str], path: str,
+                 host_url: str | None) -> tuple[bool, list[str]]:  # fmt: skip
+    """May the extension defined by `sd` sit on an element at `path` (e.g. `Patient.name`) whose
+    type is one of `parent_types` (the type and its bases), inside the extension `host_url` (when
+    its host is an extension)? (True, []) when a context admits it statically, else (False, the
+    FHIRPath contexts that may still admit it, evaluated against the data by the caller)."""
     contexts = sd.get("context")
     if not isinstance(contexts, list) or not contexts:
-        return True
+        return True, []
     path = _collapse(path)
+    fhirpath: list[str] = []
     for context in contexts:
         if not isinstance(context, dict):
-            return True
+            return True, []
         kind, expression = context.get("type"), context.get("expression")
-        if kind != "element" or not isinstance(expression, str):
-            return True  # `extension` (a parent extension's url) and `fhirpath` contexts
+        if not isinstance(expression, str):
+            return True, []
+        if kind == "fhirpath":
+            fhirpath.append(expression)
+            continue
+        if kind == "extension":
+            # On an extension with that url (`url` or `url#element`): sits in its `extension`.
+            if host_url is not None and expression.split("#", 1)[0] == host_url:
+                return True, []
+            continue
+        if kind != "element":
+            return True, []  # an unknown kind of context: not judged
         expression = _collapse(expression)
-        if expression in _ANYWHERE or expression in (parent_type, path):
-            return True
+        if expression in _ANYWHERE or expression in parent_types or expression == path:
+            return True, []
         head, _, tail = expression.partition(".")
         # `Address.line` on `Patient.address.line`: a datatype's element, wherever the type is used
         if tail and path.endswith("." + tail) and head[:1].isupper() and head not in path.split(".", 1)[0]:
-            return True
-        if expression.endswith(".extension") and parent_type == "Extension":
-            return True
-    return False
+            return True, []
+        if expression.endswith(".extension") and "Extension" in parent_types:
+            return True, []
+    return False, fhirpath
 
 
 def _collapse(path: str) -> str:
@@ -55,6 +69,14 @@ def unknown_extension(url: str, modifier: bool) -> Finding:
 
 
 def misplaced_extension(url: str, sd: dict[str, Any], path: str) -> Finding:
-    # A warning: the conformance cases use extensions off their context in valid data.
-    return finding("fs1103", f"extension {url} is not allowed on {path} (contexts: {contexts_text(sd)})",
-                   severity="warning")  # fmt: skip
+    # An error, as the reference validator decides (R4 §2.28.4: the context says where it may be used).
+    return finding("fs1103", f"extension {url} is not allowed on {path} (contexts: {contexts_text(sd)})")
+
+
+def context_invariants(sd: dict[str, Any]) -> list[str]:
+    found = sd.get("contextInvariant")
+    return [x for x in found if isinstance(x, str)] if isinstance(found, list) else []
+
+
+def failed_invariant(url: str, expression: str) -> Finding:
+    return finding("fs1103", f"extension {url} is not allowed here: its context invariant {expression} fails")

@@ -9,7 +9,12 @@ from fhirschema.validator.bindings import binding_findings
 from fhirschema.validator.bundles import check_bundle
 from fhirschema.validator.companions import walk_companion
 from fhirschema.validator.constraints import check_constraints
-from fhirschema.validator.extensions import misplaced_extension, unknown_extension
+from fhirschema.validator.extensions import (
+    context_invariants,
+    failed_invariant,
+    misplaced_extension,
+    unknown_extension,
+)
 from fhirschema.validator.findings import Finding
 from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
@@ -32,7 +37,9 @@ class Run:
         self.too_deep = False
         self.resources: list[dict[str, Any]] = []  # enclosing resources, outermost first
         self.starts: list[int] = []  # len(self.path) where each enclosing resource begins
-        self.ext_parents: list[str | None] = []  # type of the element whose extensions are walked
+        # The element whose extensions are walked: its type, the element itself, the url of the
+        # extension it is (or None), for the extensions' context rules.
+        self.ext_parents: list[tuple[str | None, Any, str | None]] = []
         self.companions: list[str | None] = []  # primitive types whose `_x` companion is walked
         self.bundle_targets: dict[str, set[str | None]] = {}
 
@@ -210,7 +217,8 @@ class Run:
                 parent = plan.type_name
                 if parent == "Element" and self.companions:
                     parent = self.companions[-1]  # `_birthDate`: extensions of a primitive's value
-                self.ext_parents.append(parent)  # for the extensions' context rules
+                host_url = data.get("url") if parent == "Extension" else None
+                self.ext_parents.append((parent, data, host_url if isinstance(host_url, str) else None))
                 self.value(value, ep)
                 self.ext_parents.pop()
             else:
@@ -348,10 +356,29 @@ class Run:
                 self.report((unknown_extension(url, ep.key == "modifierExtension"),))
             return extra
         if definition is not None and self.ext_parents:
-            parent_type, path = self.ext_parents[-1], self.element_path()
-            if not self.v.context_allowed(url, definition, parent_type, path):
-                self.report((misplaced_extension(url, definition, path),))
+            self.check_context(url, definition)
         return extra + schemas
+
+    def check_context(self, url: str, definition: dict[str, Any]) -> None:
+        """Is the extension `url` used where its definition's `context` allows (R4 §2.28.4)?"""
+        parent_type, host, host_url = self.ext_parents[-1]
+        path = self.element_path()
+        ok, fhirpath = self.v.context_allowed(url, definition, parent_type, path, host_url)
+        invariants = self.v.invariants
+        resource = self.resources[-1] if self.resources else host
+        if not ok and fhirpath and invariants is not None:
+            # FHIRPath contexts: the element must be among what the expression selects.
+            root = self.resources[0] if self.resources else host
+            ok = any(invariants.selects(e, host, resource=resource, root=root) for e in fhirpath)
+        elif not ok and fhirpath:
+            ok = True  # cannot evaluate FHIRPath here: not judged
+        if not ok:
+            self.report((misplaced_extension(url, definition, path),))
+            return
+        if invariants is not None:
+            for expression in context_invariants(definition):
+                if invariants.evaluate(expression, host, resource=resource).ok is False:
+                    self.report((failed_invariant(url, expression),))
 
     def is_type(self, name: str) -> bool:
         return bool(self.v.compiler.chain(name))
