@@ -18,50 +18,76 @@ _FHIR_CODE = {
     "fs901": "structure", "fs902": "structure", "fs903": "structure", "fs904": "structure",
     "fs1001": "structure", "fs1002": "not-found", "fs1003": "invalid", "fs1004": "business-rule",
     "fs1101": "extension", "fs1102": "extension", "fs1103": "extension", "fs1201": "business-rule", "fs1202": "business-rule",
-    "fs1301": "invalid", "fs1302": "too-costly", "fs1303": "too-long",
+    "fs1301": "invalid", "fs1302": "too-costly", "fs1303": "too-long", "fs1304": "invalid",
 }  # fmt: skip
 
 _FHIR_CODE.update({f"fs{n}": "value" for n in range(104, 124)})
 _FHIR_CODE.update({"fs101": "structure", "fs102": "structure", "fs103": "structure"})
 
 SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
+# Where in the input text an issue is (fhirschema.jsoninput: not JSON, repeated keys).
+LINE_URL = "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-line"
+COLUMN_URL = "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-col"
+
+_Fields = tuple[str, str, list[str | int], str, str | None, int | None, int | None]
 
 
 class Issue:
     # Not a dataclass: compiled (scripts/build_engine.py), a dataclass keeps an interpreted
     # __init__, and the walk creates one Issue per finding.
-    __slots__ = ("code", "message", "path", "profile", "severity")
+    __slots__ = ("code", "column", "line", "message", "path", "profile", "severity")
 
     def __init__(
-        self, code: str, severity: str, path: list[str | int], message: str, profile: str | None = None
+        self,
+        code: str,
+        severity: str,
+        path: list[str | int],
+        message: str,
+        profile: str | None = None,
+        *,
+        line: int | None = None,  # 1-based, in the input text (set by fhirschema.jsoninput)
+        column: int | None = None,
     ) -> None:
         self.code = code
         self.severity = severity
         self.path = path
         self.message = message
         self.profile = profile
+        self.line = line
+        self.column = column
 
-    def _fields(self) -> tuple[str, str, list[str | int], str, str | None]:
-        return (self.code, self.severity, self.path, self.message, self.profile)
+    def _fields(self) -> _Fields:
+        return (self.code, self.severity, self.path, self.message, self.profile, self.line, self.column)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Issue) and self._fields() == other._fields()
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
 
-    def __reduce__(self) -> tuple[type[Issue], tuple[str, str, list[str | int], str, str | None]]:
-        return (Issue, self._fields())  # pickle and copy (compiled, there is no __dict__)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy (compiled, there is no __dict__); line and column are keyword-only
+        if self.line is None and self.column is None:
+            return (Issue, self._fields()[:5])
+        return (_issue_at, self._fields())
 
     def __repr__(self) -> str:
-        return "Issue(code={!r}, severity={!r}, path={!r}, message={!r}, profile={!r})".format(
-            *self._fields()
-        )
+        text = "Issue(code={!r}, severity={!r}, path={!r}, message={!r}, profile={!r}".format(*self._fields())
+        if self.line is not None or self.column is not None:
+            text += f", line={self.line!r}, column={self.column!r}"
+        return text + ")"
 
     def expression(self, root: str | None) -> str:
         out = root or "$this"
         for part in self.path:
             out += f"[{part}]" if isinstance(part, int) else f".{part}"
         return out
+
+
+def _issue_at(
+    code: str, severity: str, path: list[str | int], message: str, profile: str | None,
+    line: int | None, column: int | None,
+) -> Issue:  # fmt: skip
+    return Issue(code, severity, path, message, profile, line=line, column=column)
 
 
 class ValidationResult:
@@ -99,18 +125,26 @@ class ValidationResult:
             diagnostics = issue.message
             if issue.profile:
                 diagnostics += f" (profile {issue.profile})"
-            issues.append(
-                {
-                    "severity": issue.severity,
-                    "code": _FHIR_CODE.get(issue.code, "processing"),
-                    "details": {
-                        "coding": [{"system": ISSUE_SYSTEM, "code": issue.code}],
-                        "text": issue.message,
-                    },
-                    "diagnostics": diagnostics,
-                    "expression": [issue.expression(self.resource_type)],
-                }
-            )
+            entry: dict[str, Any] = {
+                "severity": issue.severity,
+                "code": _FHIR_CODE.get(issue.code, "processing"),
+                "details": {
+                    "coding": [{"system": ISSUE_SYSTEM, "code": issue.code}],
+                    "text": issue.message,
+                },
+                "diagnostics": diagnostics,
+                "expression": [issue.expression(self.resource_type)],
+            }
+            if issue.line is not None:
+                entry = {"extension": _position(issue.line, issue.column), **entry}
+            issues.append(entry)
         if not issues:
             issues.append({"severity": "information", "code": "informational", "diagnostics": "All OK"})
         return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def _position(line: int, column: int | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"url": LINE_URL, "valueInteger": line}]
+    if column is not None:
+        out.append({"url": COLUMN_URL, "valueInteger": column})
+    return out
