@@ -21,6 +21,7 @@ MODELS = [
     ("fhirschema_bus.settings", "S3Settings", "S3-compatible store (storage, ig-ingest, validator and gateway for large payloads)"),
     ("fhirschema_bus.settings", "RedisSettings", "Redis (storage index, validator schema cache)"),
     ("fhirschema_bus.settings", "PackageSettings", "FHIR packages (ig-ingest)"),
+    ("fhirschema_bus.settings", "IngestSettings", "the IG pipeline: registry client, discovery, schedule, retention (ig-ingest)"),
     ("fhirschema_bus.settings", "GatewaySettings", "gateway (HTTP)"),
     ("fhirschema_bus.worker", "WorkerSettings", "every worker (validator, converter, ig-ingest)"),
     ("validator_service.bootstrap", "ValidatorSettings", "validator"),

@@ -3,7 +3,8 @@
 One value object per idea, used by the engine, the CLI and every service:
 
 - `PackageId`: `name#version` (also read as `name@version`, as npm writes it), its ordering by
-  version, and where its tarball lives in S3.
+  version, and where its tarball lives in S3; `newest` / `newest_matching` pick versions by the
+  registries' rules (latest stable, `maj.min.x` patch wildcards) in that same order.
 - `Canonical`: a canonical url with an optional `|version`, and the one rule for "a core type
   name vs a canonical url" (`Patient` means `http://hl7.org/fhir/StructureDefinition/Patient`).
 """
@@ -11,13 +12,16 @@ One value object per idea, used by the engine, the CLI and every service:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 CORE_SD = "http://hl7.org/fhir/StructureDefinition/"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,213}$")  # npm package names, FHIR style
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,127}$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_$-]{0,127}$")  # `$`: CI builds, `current$branch`
 _NUMERIC = re.compile(r"\d+")
+_PATCH_WILDCARD = re.compile(r"(\d+)\.(\d+)\.x")
+_RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
 def version_key(version: str | None) -> tuple[Any, ...]:
@@ -28,6 +32,45 @@ def version_key(version: str | None) -> tuple[Any, ...]:
     core, _, pre = version.partition("-")
     nums = tuple(int(p) if _NUMERIC.fullmatch(p) else -1 for p in core.split("."))
     return (nums, 0 if pre else 1, pre)
+
+
+def is_prerelease(version: str) -> bool:
+    """`6.1.0-snapshot1`, `4.0.0-ballot`: a tag after the numbers (never chosen as `latest`)."""
+    return "-" in version
+
+
+def is_wildcard(version: str) -> bool:
+    """A version pattern rather than a version: `1.2.x` (the only form registries resolve)."""
+    return "x" in version.lower().split(".")
+
+
+def newest(versions: Iterable[str]) -> str | None:
+    """The highest stable version, else the highest of all (HAPI's `getLatestVersion`)."""
+    vs = list(versions)
+    stable = [v for v in vs if not is_prerelease(v)]
+    return max(stable or vs, key=version_key, default=None)
+
+
+def newest_matching(pattern: str, versions: Iterable[str]) -> str | None:
+    """The highest release `maj.min.N` for the pattern `maj.min.x` (semver `maxSatisfying`, so
+    pre-releases never match). Any other wildcard (`x.x`, `1.x`, `1.x.x`) is a ValueError, as in
+    the reference client: only the patch may float."""
+    m = _PATCH_WILDCARD.fullmatch(pattern)
+    if m is None:
+        raise ValueError(f"unsupported version pattern {pattern!r}: only a patch wildcard such as 1.2.x")
+    major, minor = m.groups()
+    hits = [
+        v
+        for v in versions
+        if (r := _RELEASE.fullmatch(v)) and int(r[1]) == int(major) and int(r[2]) == int(minor)
+    ]
+    return max(hits, key=version_key, default=None)
+
+
+def patch_wildcard(version: str) -> str | None:
+    """`5.0.0` -> `5.0.x`: the retry when an exact version is absent; None for other forms."""
+    r = _RELEASE.fullmatch(version)
+    return f"{r[1]}.{r[2]}.x" if r else None
 
 
 @dataclass(frozen=True, order=False)

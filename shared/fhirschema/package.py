@@ -113,7 +113,13 @@ class Package:
 
 
 def parse_dependencies(raw: dict[str, Any]) -> dict[str, str]:
-    deps: dict[str, str] = {}
+    return dict(dependency_list(raw))
+
+
+def dependency_list(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """`package.json` dependencies as (name, version) pairs, npm aliases resolved and kept apart:
+    `{"hl7.fhir.us.core": "7.0.0", "v610@npm:hl7.fhir.us.core": "6.1.0"}` names two packages."""
+    deps: list[tuple[str, str]] = []
     for key, value in raw.items():
         version = str(value)
         name = key
@@ -121,7 +127,7 @@ def parse_dependencies(raw: dict[str, Any]) -> dict[str, str]:
             name, _, version = version[4:].rpartition("@")
         elif "@npm:" in key:  # "alias@npm:name": "version"
             name = key.split("@npm:", 1)[1]
-        deps[name] = version
+        deps.append((name, version))
     return deps
 
 
@@ -149,6 +155,13 @@ def load_tgz(path: str | Path, data: bytes | None = None) -> Package:
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise PackageError(label, f"not a readable package tarball ({exc}); re-download it") from exc
     return _assemble(label, manifest, index, raw, root=None)
+
+
+def load_files(label: str, files: dict[str, bytes]) -> Package:
+    """A package from its files, already read (paths relative to `package/`): for callers that
+    unpacked the tarball themselves, e.g. to check it first."""
+    raw = {rel: data for rel, data in files.items() if _is_indexable(rel)}
+    return _assemble(label, files.get("package.json"), files.get(".index.json"), raw, root=None)
 
 
 def load_directory(path: str | Path) -> Package:

@@ -44,8 +44,10 @@ class RedisSettings(BaseSettings):
 class PackageSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_")
 
+    # Registries in order (first success wins): a FHIR registry's base URL, `npm+<url>` for an
+    # npm-style registry (tarballs from dist.tarball), or a folder of <name>#<version>.tgz files.
     package_sources: str = "https://packages.fhir.org,https://packages2.fhir.org/packages"
-    packages: str = "hl7.fhir.r4.core#4.0.1"  # loaded at start-up by ig-ingest
+    packages: str = "hl7.fhir.r4.core#4.0.1"  # ingested at start-up by ig-ingest, with dependencies
 
     def source_list(self) -> list[str]:
         return [s.strip() for s in self.package_sources.split(",") if s.strip()]
@@ -66,3 +68,31 @@ class GatewaySettings(BaseSettings):
     batch_chunk_items: int = (
         128  # measured: 32 -> 3.1k res/s, 64 -> 4.3-6.3k, 128 -> 5.2-6.8k, 256 -> 3.4-3.9k
     )
+
+
+class IngestSettings(BaseSettings):
+    """The IG pipeline (ig-ingest): registry client limits, discovery, schedule, retention."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_IG_")
+
+    # JSON object: registry base URL -> bearer token, sent to that registry's host only.
+    registry_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    # More hosts a registry may send us to (comma-separated origins): packages.fhir.org's own
+    # tarball URLs point at packages.simplifier.net, the same service. Nothing else is contacted.
+    allowed_hosts: str = "https://packages.simplifier.net"
+    ci_build_url: str = "https://build.fhir.org/ig"  # `#current` packages; empty: not resolved
+    # package-feeds.json (URL or path; see FHIR/ig-registry) for name masks; empty: catalog only.
+    feeds_url: str = ""
+    timeout_seconds: float = 30.0  # per connect / read
+    download_timeout_seconds: float = 300.0  # per whole request
+    attempts: int = 4  # per request, on 5xx, 429 and transport errors
+    max_retry_after_seconds: float = 30.0  # a longer Retry-After moves on to the next registry
+    max_download_bytes: int = 256 * 1024 * 1024
+    max_unpacked_bytes: int = 1024 * 1024 * 1024  # decompression cap (gzip bombs)
+    max_entries: int = 200_000
+    concurrency: int = 4  # packages downloaded and converted at once per job
+    convert_chunk: int = 100  # StructureDefinitions per converter request
+    keep_versions: int = 0  # retention: newest N versions per package (0: keep all)
+    webhook_url: str = ""  # failures are POSTed here as JSON (retried), when set
+    webhook_token: SecretStr | None = None  # sent as a bearer token to the webhook
+    webhook_attempts: int = 5

@@ -42,3 +42,22 @@ def test_core_type_names_vs_canonical_urls() -> None:
     assert Canonical.parse("http://x.org/P|1.0") == Canonical("http://x.org/P", "1.0")
     assert str(Canonical.parse("Patient")) == CORE_SD + "Patient"
     assert str(Canonical.parse("http://x.org/P|")) == "http://x.org/P"
+
+
+def test_registry_version_rules() -> None:
+    from fhirschema.ids import is_wildcard, newest, newest_matching, patch_wildcard
+
+    listed = ["6.1.0-snapshot1", "6.0.0", "6.1.0", "5.0.1", "5.0.0", "3.1.1", "7.0.0-ballot"]
+    assert newest(listed) == "6.1.0"  # stable above pre-releases, whatever the upload order
+    assert newest(["7.0.0-ballot", "7.0.0-ballot2"]) == "7.0.0-ballot2"
+    assert newest([]) is None
+    assert newest_matching("5.0.x", listed) == "5.0.1"
+    assert newest_matching("6.1.x", listed) == "6.1.0"  # 6.1.0-snapshot1 never matches
+    assert newest_matching("4.0.x", listed) is None
+    assert newest_matching("5.0.x", ["5.0.10", "5.0.9"]) == "5.0.10"
+    for bad in ("x.x", "1.x", "1.x.x", "x.y.x"):
+        with pytest.raises(ValueError, match="patch wildcard"):
+            newest_matching(bad, listed)
+    assert is_wildcard("1.2.x") and is_wildcard("x.x") and not is_wildcard("1.2.3")
+    assert patch_wildcard("5.0.0") == "5.0.x" and patch_wildcard("5.0.0-ballot") is None
+    assert PackageId.parse("hl7.fhir.uv.x#current$main").version == "current$main"
