@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from fhirschema import jsoninput
 from fhirschema.cache import ENV_VAR, PackageCache
 
 
@@ -50,32 +50,20 @@ def read_json_file(path: str) -> Any:
     """Parse one JSON file (`-` is stdin); raises InputError with the reason."""
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, expected a JSON file") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        raise InputError(read_error(path, exc)) from None
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
+        return jsoninput.parse(data).value
+    except jsoninput.JsonInputError as exc:
         raise InputError(f"{path}: not JSON ({exc})") from None
 
 
-def iter_ndjson(path: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value or InputError) for each non-blank line."""
-    handle = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-    try:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield number, InputError(f"{path}:{number}: not JSON ({exc})")
-    finally:
-        if handle is not sys.stdin.buffer:
-            handle.close()
+def read_error(path: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: no such file"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path}: is a folder, expected a JSON file"
+    return f"{path}: cannot read ({exc.strerror})"
 
 
 def write_line(value: Any) -> None:

@@ -1,31 +1,32 @@
-"""`fhirschema validate [--package SPEC]... [--profile URL]... [--supporting FILE]... PATH...`
+"""`fhirschema validate [--package SPEC]... [--profile URL]... [--supporting FILE]... [--jobs N] PATH...`
 
-A fixed contract (other tools depend on it). One NDJSON line per validated resource:
-`{"source": "<path>" | "<path>:<line>", "valid": bool, "outcome": <OperationOutcome>}`.
-Exit 0 all valid, 1 any invalid, 2 usage or I/O error.
+A fixed contract (other tools depend on it). One NDJSON line per input resource, in input order:
+`{"source": "<path>" | "<path>:<line>", "valid": bool, "outcome": <OperationOutcome>}`. Input
+that is not JSON is a result too (`valid: false`, a fatal issue with its line and column).
+Exit 0 all valid, 1 any invalid, 2 usage or I/O error (a file that cannot be read).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from fhirschema import jsoninput
+from fhirschema.cli import bulk
 from fhirschema.cli.common import (
     InputError,
     add_package_options,
     cache_from,
     error,
+    read_error,
     read_json_file,
-    write_line,
 )
 from fhirschema.context import FhirContext
 from fhirschema.package import PackageError
-from fhirschema.validator import ValidationResult, Validator
+from fhirschema.validator import Validator
 
 DEFAULT_PACKAGE = "hl7.fhir.r4.core#4.0.1"
 
@@ -60,9 +61,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--format", choices=("ndjson", "text"), default="ndjson", help="output format (default ndjson)"
     )
     parser.add_argument(
+        "--jobs", "-j", type=_jobs, default=None, metavar="N",
+        help="processes validating a large input (default: one per core; output keeps input order)",
+    )  # fmt: skip
+    parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="JSON resource file, .ndjson file, or - for stdin"
     )
     parser.set_defaults(run=run)
+
+
+def _jobs(text: str) -> int:
+    jobs = int(text)
+    if jobs < 1:
+        raise argparse.ArgumentTypeError("--jobs must be at least 1")
+    return jobs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,24 +83,26 @@ def run(args: argparse.Namespace) -> int:
     except (PackageError, InputError) as exc:
         error("validate", str(exc))
         return 2
-    validator = _validator(context, args)
+    task = bulk.Task(_validator(context, args), tuple(args.profile), args.format == "text")
     progress = _progress(args.paths)
-    any_invalid = False
-    io_error = False
-    for source, resource in _inputs(args.paths):  # streamed: an NDJSON file is never held whole
-        if isinstance(resource, InputError):
-            error("validate", str(resource))
-            io_error = True
-            progress.update()
-            continue
-        result = validator.validate(resource, args.profile)
-        any_invalid |= not result.valid
-        _emit(args.format, source, result)
-        progress.update()
-    progress.close()
-    if io_error:
+    counts = {"invalid": 0, "errors": 0}
+    write = sys.stdout.buffer.write
+
+    def emit(done: bulk.Done) -> None:
+        write(done.output)
+        for message in done.errors:
+            error("validate", message)
+        counts["invalid"] += done.invalid
+        counts["errors"] += len(done.errors)
+        progress.update(done.items)
+
+    try:
+        bulk.run(task, _inputs(args.paths, counts), args.jobs or bulk.default_jobs(), emit)
+    finally:
+        progress.close()
+    if counts["errors"]:
         return 2
-    return 1 if any_invalid else 0
+    return 1 if counts["invalid"] else 0
 
 
 def _context(args: argparse.Namespace) -> FhirContext:
@@ -124,53 +138,47 @@ def _validator(context: FhirContext, args: argparse.Namespace) -> Validator:
     return Validator(context, invariants=invariants, terminology=terminology, strict=args.strict)
 
 
-def _inputs(paths: list[str]) -> Iterator[tuple[str, Any]]:
+def _inputs(paths: list[str], counts: dict[str, int]) -> Iterator[bulk.Item]:
+    """The inputs, streamed: an NDJSON file is never held whole. An NDJSON file that cannot be
+    opened is reported here; a JSON file is read by whoever validates it."""
     for path in paths:
-        if path != "-" and not Path(path).is_file():
-            yield path, InputError(f"{path}: no such file")
-            continue
-        if path.endswith(".ndjson"):
-            with open(path, "rb") as handle:
-                yield from _ndjson(path, handle)
-            continue
-        data = sys.stdin.buffer.read() if path == "-" else None
-        if data is None:
+        if path == "-":
+            yield from _stdin(sys.stdin.buffer.read())
+        elif path.endswith(".ndjson"):
             try:
-                yield path, read_json_file(path)
-            except InputError as exc:
-                yield path, exc
-            continue
+                handle = open(path, "rb")  # noqa: SIM115
+            except OSError as exc:
+                error("validate", read_error(path, exc))
+                counts["errors"] += 1
+                continue
+            with handle:
+                for number, line in enumerate(handle, 1):
+                    if line.strip():  # without its newline: a fault's position is on this line
+                        yield bulk.Item(f"{path}:{number}", line.rstrip(b"\r\n"))
+        else:
+            yield bulk.Item(path)
+
+
+def _stdin(data: bytes) -> Iterator[bulk.Item]:
+    """One JSON document, or NDJSON when the whole is not JSON but its first line is."""
+    lines = [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
+    if len(lines) > 1:
         try:
-            yield "-", orjson.loads(data)
-        except orjson.JSONDecodeError:
-            yield from _ndjson("-", data.splitlines())  # stdin may be NDJSON
-
-
-def _ndjson(path: str, lines: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{number}", orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield f"{path}:{number}", InputError(f"{path}:{number}: not JSON ({exc})")
-
-
-def _emit(fmt: str, source: str, result: ValidationResult) -> None:
-    if fmt == "ndjson":
-        write_line({"source": source, "valid": result.valid, "outcome": result.to_outcome()})
-        return
-    status = "valid" if result.valid else "INVALID"
-    lines = [f"{source}: {status}"]
-    for issue in result.issues:
-        lines.append(
-            f"  {issue.severity:<11} {issue.code:<6} {issue.expression(result.resource_type)}: {issue.message}"
-        )
-    sys.stdout.write("\n".join(lines) + "\n")
+            jsoninput.parse(data)
+        except jsoninput.JsonInputError:
+            try:
+                jsoninput.parse(lines[0][1])
+            except jsoninput.JsonInputError:
+                pass
+            else:
+                for number, line in lines:
+                    yield bulk.Item(f"-:{number}", line)
+                return
+    yield bulk.Item("-", data)
 
 
 class _NoProgress:
-    def update(self) -> None: ...
+    def update(self, n: int = 1) -> None: ...
 
     def close(self) -> None: ...
 

@@ -1,0 +1,67 @@
+"""fhirschema.cli.bulk: chunks validated here or in forked workers, results in input order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fhirschema import jsoninput
+from fhirschema.cli import bulk
+from fhirschema.context import FhirContext
+from fhirschema.validator import Validator
+from tests.conftest import EXAMPLES, PACKAGES
+
+
+@pytest.fixture(scope="module")
+def task() -> bulk.Task:
+    ctx = FhirContext.from_specs([PACKAGES / "hl7.fhir.r4.core#4.0.1.tgz"], with_dependencies=False)
+    return bulk.Task(Validator(ctx), (), False)
+
+
+def _items(tmp_path: Path) -> list[bulk.Item]:
+    files = sorted((EXAMPLES / "r4-spec").glob("Observation-*.json"))[:40]
+    items = [bulk.Item(f"line:{n}", orjson.dumps(orjson.loads(p.read_bytes()))) for n, p in enumerate(files)]
+    items += [bulk.Item("broken", b'{"resourceType": "Patient",'), bulk.Item(str(tmp_path / "missing.json"))]
+    return items + [bulk.Item(str(p)) for p in files[:7]]
+
+
+def _collect(task: bulk.Task, items: list[bulk.Item], jobs: int) -> list[bulk.Done]:
+    done: list[bulk.Done] = []
+    bulk.run(task, items, jobs, done.append)
+    return done
+
+
+def test_workers_give_the_same_lines_in_the_same_order(
+    task: bulk.Task, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk, "CHUNK_ITEMS", 5)
+    items = _items(tmp_path)
+    serial = _collect(task, items, 1)
+    forked: list[int] = []
+    parallel = bulk._parallel
+    monkeypatch.setattr(bulk, "SERIAL_SECONDS", 0.0)
+    monkeypatch.setattr(bulk, "_parallel", lambda *a: (forked.append(1), parallel(*a)))
+    two = _collect(task, items, 2)
+    assert forked, "the workers were not used"
+    assert b"".join(d.output for d in two) == b"".join(d.output for d in serial)
+    assert [(d.items, d.invalid, d.errors) for d in two] == [(d.items, d.invalid, d.errors) for d in serial]
+    out = [orjson.loads(line) for line in b"".join(d.output for d in serial).splitlines()]
+    assert len(out) == len(items) - 1  # the missing file is an I/O error, not a result
+    assert [x["source"] for x in out][40:42] == [
+        "broken",
+        str(sorted((EXAMPLES / "r4-spec").glob("Observation-*.json"))[0]),
+    ]
+    assert sum(d.invalid for d in serial) >= 1
+    assert [e for d in serial for e in d.errors] == [f"{tmp_path / 'missing.json'}: no such file"]
+
+
+def test_a_line_is_what_orjson_makes_of_the_result(task: bulk.Task) -> None:
+    for data in (b'{"resourceType": "Patient"}', b'{"resourceType": "Patient", "gender": 1}', b"[", b'"x"'):
+        [done] = _collect(task, [bulk.Item("s", data)], 1)
+        result = jsoninput.validate(task.validator, data)
+        assert (
+            done.output
+            == orjson.dumps({"source": "s", "valid": result.valid, "outcome": result.to_outcome()}) + b"\n"
+        )
