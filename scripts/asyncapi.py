@@ -46,6 +46,8 @@ def build() -> dict:
             f"`{subjects.CONVERT_RESULT}.<job>` (a ValidateResult or ConvertResult per message; a batch "
             f"chunk's results come as one ValidateResultChunk); job status: KV `{subjects.KV_JOBS}` and "
             f"`{subjects.JOB_EVENTS}.<job>`; dead letters: `{subjects.DEAD_LETTER}.<subject>`. "
+            f"Storage replies (`{subjects.PREFIX}.storage.*`) are StorageReply envelopes; the repository "
+            f"state is KV `{subjects.KV_REPOSITORY}` key `{subjects.REPOSITORY_STATE_KEY}` (RepositoryState). "
             f"Resources over {contracts.INLINE_LIMIT} bytes travel by S3 reference (`resource_ref`)."
         ),
     )
@@ -61,6 +63,15 @@ def build() -> dict:
                 contracts.JobStatus,
                 contracts.JobEvent,
                 contracts.DeadLetter,
+                # storage's replies (each inside a StorageReply envelope) and the repository state
+                contracts.StorageReply,
+                contracts.SchemaDocument,
+                contracts.SchemaList,
+                contracts.SchemaRecord,
+                contracts.SchemaDeleted,
+                contracts.PackageIndexed,
+                contracts.PackageRemoved,
+                contracts.RepositoryState,
             )
         }
     )

@@ -167,35 +167,56 @@ class IngestRequest(BaseModel):
     sources: list[str] = Field(default_factory=list)  # override FHIRSCHEMA_PACKAGE_SOURCES
 
 
+SchemaOrigin = Literal["upload", "package"]
+
+
 class SchemaRecord(BaseModel):
     """The repository's index entry for one stored FHIRSchema."""
 
-    id: str  # stable id: "<package>#<version>/<schema name>" or a slug for uploads
+    id: str  # derived from (url, version, package): see storage_service.keys.schema_id
     url: str
     version: str | None = None
     type: str | None = None
     kind: str | None = None
     derivation: str | None = None
     package: str | None = None  # name#version
+    # "package": converted from a registered package tarball (ig-ingest); validators read those
+    # from the tarball itself. "upload": everything else (POST/PUT /schemas, stored conversions).
+    origin: SchemaOrigin = "upload"
     object: ObjectRef
     updated: datetime = Field(default_factory=now)
 
 
 class PutSchema(BaseModel):
+    """Store a FHIRSchema. Storage request/reply (STORAGE_UPSERT, the gateway: a url|version that
+    exists is a conflict unless `replace`) or durable (STORAGE_PUT_SCHEMA, ig-ingest and the
+    converter: always replaces, a redelivery must succeed)."""
+
     schema_: dict[str, Any] = Field(alias="schema")
     package: str | None = None
-    id: str | None = None
+    id: str | None = None  # replace exactly this record (PUT /schemas/{id}); it must exist
+    replace: bool = False
+    origin: SchemaOrigin = "upload"
 
     model_config = ConfigDict(populate_by_name=True)
 
 
 class IndexPackage(BaseModel):
-    """Storage request/reply: index the canonical resources (StructureDefinition, ValueSet,
-    CodeSystem, ...) of a package tarball already stored in S3, so STORAGE_GET_RESOURCE finds them
-    by url. Resources travel inside the tarball, never one message each."""
+    """Storage request/reply: register a package tarball already stored in S3 (ig-ingest stored it)
+    in the repository state, so that validator replicas load it. Resources travel inside the
+    tarball, never one message each. `sha256`, when given, must match the stored object."""
 
     package: str  # name#version
     object: ObjectRef
+    sha256: str | None = None
+    source: str | None = None  # where ig-ingest found it (registry url, folder)
+
+
+class RemovePackage(BaseModel):
+    """Storage request/reply: take a package out of the repository state and drop its schema
+    records (its tarball stays in S3 for whoever stored it to delete)."""
+
+    package: str  # name#version
 
 
 class SchemaQuery(BaseModel):
@@ -205,8 +226,99 @@ class SchemaQuery(BaseModel):
     url: str | None = None
     type: str | None = None
     package: str | None = None
+    origin: SchemaOrigin | None = None
     limit: int = 100
     offset: int = 0
+
+
+# --- the repository state (KV_REPOSITORY / REPOSITORY_STATE_KEY) -------------------------------
+
+
+class StoredPackage(BaseModel):
+    """A package tarball registered in the repository: validators materialise it."""
+
+    package: str  # name#version
+    object: ObjectRef  # the tarball in S3
+    sha256: str  # of the tarball's bytes; replicas check what they download
+    fhir_versions: list[str] = Field(default_factory=list)  # from package.json
+    dependencies: dict[str, str] = Field(default_factory=dict)  # name -> version, from package.json
+    source: str | None = None
+    registered: datetime = Field(default_factory=now)
+
+
+class RepositoryState(BaseModel):
+    """What the schema repository holds, as ONE record: written only by storage, compare-and-set
+    on the KV revision; every change (package registered or removed, schema uploaded, replaced or
+    deleted) bumps `revision`. Validator replicas watch it; it is the only thing that makes their
+    package contexts and compiled validators change."""
+
+    revision: int = 0
+    packages: list[StoredPackage] = Field(default_factory=list)
+    uploads: int = 0  # bumps with every change of an uploaded schema (origin "upload")
+    updated: datetime = Field(default_factory=now)
+
+    def package(self, spec: str) -> StoredPackage | None:
+        return next((p for p in self.packages if p.package == spec), None)
+
+
+# --- storage replies --------------------------------------------------------------------------
+
+
+class StorageFault(BaseModel):
+    """Why storage could not answer: an HTTP-like status (400 bad request, 404 not found,
+    409 conflict, 503 S3 unavailable or the index rebuilding) and a message for the user."""
+
+    status: int
+    message: str
+
+
+class StorageReply(BaseModel):
+    """The envelope of every storage reply: a `result` (the model the request names) or an
+    `error`. Encoded by storage_service, decoded by `fhirschema_bus.storage.StorageClient`."""
+
+    result: dict[str, Any] | None = None
+    error: StorageFault | None = None
+
+
+class SchemaDocument(BaseModel):
+    """Reply to STORAGE_GET_SCHEMA: the record and the FHIRSchema itself."""
+
+    record: SchemaRecord
+    schema_: dict[str, Any] = Field(alias="schema")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class SchemaList(BaseModel):
+    """Reply to STORAGE_LIST: one page of records, and how many match in all."""
+
+    items: list[SchemaRecord]
+    total: int
+
+
+class SchemaDeleted(BaseModel):
+    """Reply to STORAGE_DELETE."""
+
+    id: str
+    deleted: bool
+
+
+class PackageIndexed(BaseModel):
+    """Reply to STORAGE_INDEX_PACKAGE: the package as registered, and the state revision that
+    holds it."""
+
+    package: StoredPackage
+    resources: int  # canonical resources (with a url) in the tarball
+    revision: int
+
+
+class PackageRemoved(BaseModel):
+    """Reply to STORAGE_REMOVE_PACKAGE."""
+
+    package: str
+    removed: bool  # False: it was not registered
+    schemas: int  # schema records dropped
+    revision: int
 
 
 # --- jobs, events, dead letters ---------------------------------------------------------------

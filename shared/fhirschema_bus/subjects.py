@@ -43,7 +43,9 @@ STORAGE_GET_RESOURCE = f"{PREFIX}.storage.resource"
 STORAGE_LIST = f"{PREFIX}.storage.list"
 STORAGE_DELETE = f"{PREFIX}.storage.delete"
 STORAGE_UPSERT = f"{PREFIX}.storage.upsert"  # synchronous put (gateway uploads), replies a SchemaRecord
-STORAGE_INDEX_PACKAGE = f"{PREFIX}.storage.index"  # IndexPackage -> {"resources": n}: index a stored tarball
+STORAGE_INDEX_PACKAGE = f"{PREFIX}.storage.index"  # IndexPackage -> PackageIndexed: register a stored tarball
+STORAGE_REMOVE_PACKAGE = f"{PREFIX}.storage.unindex"  # RemovePackage -> PackageRemoved
+# Every storage reply is a StorageReply envelope (contracts.py), read with fhirschema_bus.storage.
 SERVICE_HEARTBEAT = f"{PREFIX}.heartbeat"  # + ".<service>"
 
 # --- durable consumers (shared by all replicas of a service) ---
@@ -57,6 +59,10 @@ DURABLE_STORAGE = "storage"
 KV_JOBS = "fhirschema_jobs"  # job id -> JobStatus JSON
 KV_IDEMPOTENCY = "fhirschema_done"  # "<job>.<index>" -> marker: counted once
 KV_SERVICES = "fhirschema_services"  # service instance -> last heartbeat
+# The repository state (contracts.RepositoryState): ONE key, written only by storage
+# (compare-and-set on the KV revision), watched by every validator replica.
+KV_REPOSITORY = "fhirschema_repository"
+REPOSITORY_STATE_KEY = "state"
 
 
 def job_result_subject(base: str, job_id: str) -> str:

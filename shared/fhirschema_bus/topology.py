@@ -84,6 +84,8 @@ KV_BUCKETS = [
     KeyValueConfig(bucket=s.KV_JOBS, history=1, ttl=7 * DAY, storage=StorageType.FILE),
     KeyValueConfig(bucket=s.KV_IDEMPOTENCY, history=1, ttl=7 * DAY, storage=StorageType.FILE),
     KeyValueConfig(bucket=s.KV_SERVICES, history=1, ttl=60.0, storage=StorageType.MEMORY),
+    # The repository state: one key, never expires (history for whoever investigates a change).
+    KeyValueConfig(bucket=s.KV_REPOSITORY, history=10, storage=StorageType.FILE),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 import uuid
@@ -19,6 +20,7 @@ from storage_service.app import Storage
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import IngestRequest, JobState, JobStatus
 from fhirschema_bus.object_store import ObjectStore
+from fhirschema_bus.repository import read_state, repository_kv
 from fhirschema_bus.servers import RunningServer
 from fhirschema_bus.settings import NatsSettings, PackageSettings
 from fhirschema_bus.worker import Worker, WorkerSettings
@@ -122,7 +124,12 @@ async def test_ingest_from_directory_at_startup(
             s.STORAGE_GET_SCHEMA,
             {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"},
         )
-        assert patient["type"] == "Patient" and patient["elements"]
+        assert patient["schema"]["type"] == "Patient" and patient["schema"]["elements"]
+        assert patient["record"]["origin"] == "package"
+        state, _ = await read_state(await repository_kv(nc.jetstream()))
+        registered = state.package(SMALL)
+        assert registered is not None and registered.source == str(pkg_dir)
+        assert registered.sha256 == hashlib.sha256((PACKAGES / f"{SMALL}.tgz").read_bytes()).hexdigest()
         vs = await ask(
             nc, s.STORAGE_GET_RESOURCE, {"url": "http://hl7.org/fhir/us/core/ValueSet/omb-race-category"}
         )

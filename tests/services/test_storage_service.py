@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -16,15 +18,18 @@ from storage_service.index import SchemaIndex
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
+    DeadLetter,
     IndexPackage,
     JobEvent,
     JobKind,
     JobState,
     JobStatus,
     PutSchema,
+    RepositoryState,
     SchemaQuery,
 )
 from fhirschema_bus.object_store import ObjectStore
+from fhirschema_bus.repository import read_state, repository_kv
 from fhirschema_bus.servers import RunningServer, start_s3
 from fhirschema_bus.settings import NatsSettings, RedisSettings
 from tests.conftest import PACKAGES
@@ -58,8 +63,11 @@ async def storage(
 
 
 async def ask(nc: Client, subject: str, body: Any, timeout: float = 10.0) -> Any:
+    """The reply's result, or its error (a StorageFault: status, message)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return json.loads((await nc.request(subject, data, timeout=timeout)).data)
+    reply = json.loads((await nc.request(subject, data, timeout=timeout)).data)
+    assert set(reply) in ({"result"}, {"error"}), reply  # always the StorageReply envelope
+    return reply.get("result") or reply["error"]
 
 
 async def test_upsert_get_list_delete(storage: Storage, nc: Client) -> None:
@@ -74,11 +82,12 @@ async def test_upsert_get_list_delete(storage: Storage, nc: Client) -> None:
     upload = await ask(nc, s.STORAGE_UPSERT, {"schema": schema(url + "-up", "0.1", "Up")})
     assert upload["object"]["key"].startswith("_uploads/")
 
-    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url}))["version"] == "2.0.0"  # latest
-    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": f"{url}|1.0.0"}))["version"] == "1.0.0"
-    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"id": rec1["id"]}))["url"] == url
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url}))["schema"]["version"] == "2.0.0"  # latest
+    got = await ask(nc, s.STORAGE_GET_SCHEMA, {"url": f"{url}|1.0.0"})
+    assert got["schema"]["version"] == "1.0.0" and got["record"]["id"] == rec1["id"]
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"id": rec1["id"]}))["schema"]["url"] == url
     missing = await ask(nc, s.STORAGE_GET_SCHEMA, {"url": "http://nope"})
-    assert missing["status"] == 404 and "no schema" in missing["error"]
+    assert missing["status"] == 404 and "no schema" in missing["message"]
     assert (await ask(nc, s.STORAGE_GET_SCHEMA, b"{not json"))["status"] == 400
 
     listed = await ask(nc, s.STORAGE_LIST, {"url": url})
@@ -88,9 +97,9 @@ async def test_upsert_get_list_delete(storage: Storage, nc: Client) -> None:
     page = await ask(nc, s.STORAGE_LIST, {"limit": 1, "offset": 1})
     assert page["total"] == 3 and len(page["items"]) == 1
 
-    assert await ask(nc, s.STORAGE_DELETE, {"id": rec2["id"]}) == {"deleted": True}
-    assert await ask(nc, s.STORAGE_DELETE, {"id": rec2["id"]}) == {"deleted": False}
-    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url}))["version"] == "1.0.0"  # latest again
+    assert await ask(nc, s.STORAGE_DELETE, {"id": rec2["id"]}) == {"id": rec2["id"], "deleted": True}
+    assert (await ask(nc, s.STORAGE_DELETE, {"id": rec2["id"]}))["deleted"] is False
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url}))["schema"]["version"] == "1.0.0"  # latest again
 
 
 async def test_durable_put_and_restart_rebuilds_index(
@@ -106,10 +115,10 @@ async def test_durable_put_and_restart_rebuilds_index(
     await js.publish(s.STORAGE_PUT_SCHEMA, body.encode(), headers={"Nats-Msg-Id": url})
     for _ in range(100):
         got = await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url})
-        if "error" not in got:
+        if "record" in got:
             break
         await asyncio.sleep(0.1)
-    assert got["url"] == url
+    assert got["schema"]["url"] == url and got["record"]["origin"] == "upload"
     # The S3 copy of the index survives Redis loss: a fresh storage on the same buckets finds it.
     await storage.index.redis.flushdb()  # type: ignore[union-attr]
     storage.index.records.clear()
@@ -125,6 +134,7 @@ async def test_resources_from_package_tarball(storage: Storage, nc: Client) -> N
         nc, s.STORAGE_INDEX_PACKAGE, IndexPackage(package="hl7.fhir.us.core#3.1.1", object=ref).model_dump()
     )
     assert reply["resources"] > 100
+    assert reply["package"]["sha256"] == hashlib.sha256(data).hexdigest()
     vs = await ask(nc, s.STORAGE_GET_RESOURCE, {"url": "http://hl7.org/fhir/us/core/ValueSet/birthsex"})
     assert vs["resourceType"] == "ValueSet" and vs["url"].endswith("birthsex")
     cs = await ask(
@@ -171,9 +181,9 @@ async def test_keeps_serving_when_s3_is_down(
         rec = await ask(nc, s.STORAGE_UPSERT, {"schema": schema(url, "1", "S"), "package": "down#1"})
         own.stop()
         down = await ask(nc, s.STORAGE_UPSERT, {"schema": schema(url + "x", "1", "X"), "package": "down#1"})
-        assert down["status"] == 503 and "unavailable" in down["error"]
+        assert down["status"] == 503 and "unavailable" in down["message"]
         # cached schemas, the index and listings still answer
-        assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url}))["url"] == url
+        assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": url}))["schema"]["url"] == url
         assert (await ask(nc, s.STORAGE_LIST, {"package": "down#1"}))["total"] == 1
         await st.index.drop_schema(rec["id"])  # not cached any more -> clear error, not a hang
         gone = await ask(nc, s.STORAGE_GET_SCHEMA, {"id": rec["id"]})
@@ -181,3 +191,57 @@ async def test_keeps_serving_when_s3_is_down(
     finally:
         await st.app.stop()
         own.stop()
+
+
+async def repository_state(nc: Client) -> tuple[RepositoryState, int]:
+    return await read_state(await repository_kv(nc.jetstream()))
+
+
+async def test_packages_and_uploads_change_the_repository_state(storage: Storage, nc: Client) -> None:
+    data = (PACKAGES / "hl7.fhir.us.core#3.1.1.tgz").read_bytes()
+    bucket = storage.store.settings.bucket_packages
+    ref = storage.store.put_bytes(bucket, "state-test/us-core.tgz", data)
+    before, kv_revision = await repository_state(nc)
+    digest = hashlib.sha256(data).hexdigest()
+    req = IndexPackage(package="hl7.fhir.us.core#3.1.1", object=ref, sha256=digest, source="test")
+    indexed = await ask(nc, s.STORAGE_INDEX_PACKAGE, req.model_dump())
+    state, after = await repository_state(nc)
+    assert after > kv_revision and state.revision == before.revision + 1 == indexed["revision"]
+    stored = state.package("hl7.fhir.us.core#3.1.1")
+    assert stored is not None and stored.sha256 == digest and stored.source == "test"
+    assert stored.fhir_versions == ["4.0.1"] and stored.dependencies == {"hl7.fhir.r4.core": "4.0.1"}
+    # Indexed again (ig-ingest retried): the same tarball changes nothing.
+    await ask(nc, s.STORAGE_INDEX_PACKAGE, req.model_dump())
+    assert (await repository_state(nc))[0].revision == state.revision
+    wrong = await ask(nc, s.STORAGE_INDEX_PACKAGE, {**req.model_dump(), "sha256": "0" * 64})
+    assert wrong["status"] == 400 and "sha256" in wrong["message"]
+
+    # Uploads bump `uploads`; package content (origin "package") does not.
+    url = f"http://example.org/StructureDefinition/st-{uuid.uuid4().hex[:6]}"
+    await ask(nc, s.STORAGE_UPSERT, {"schema": schema(url, "1", "S"), "origin": "package", "package": "x#1"})
+    assert (await repository_state(nc))[0].uploads == state.uploads
+    upload = await ask(nc, s.STORAGE_UPSERT, {"schema": schema(url + "-u", "1", "U")})
+    uploaded = (await repository_state(nc))[0]
+    assert uploaded.uploads == state.uploads + 1 and uploaded.revision == state.revision + 1
+    await ask(nc, s.STORAGE_DELETE, {"id": upload["id"]})
+    assert (await repository_state(nc))[0].uploads == state.uploads + 2
+
+    removed = await ask(nc, s.STORAGE_REMOVE_PACKAGE, {"package": "hl7.fhir.us.core#3.1.1"})
+    assert removed["removed"] is True
+    assert (await repository_state(nc))[0].package("hl7.fhir.us.core#3.1.1") is None
+    again = await ask(nc, s.STORAGE_REMOVE_PACKAGE, {"package": "hl7.fhir.us.core#3.1.1"})
+    assert again["removed"] is False and again["schemas"] == 0
+
+
+async def test_a_bad_durable_put_is_dead_lettered_not_lost(storage: Storage, nc: Client) -> None:
+    js = nc.jetstream()
+    body = b'{"schema": {"name": "no url"}}'
+    await js.publish(s.STORAGE_PUT_SCHEMA, body, headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    sub = await js.pull_subscribe(f"{s.DEAD_LETTER}.{s.STORAGE_PUT_SCHEMA}", stream=s.STREAM_DEAD_LETTERS)
+    try:
+        (msg,) = await sub.fetch(1, timeout=20)
+    finally:
+        await sub.unsubscribe()
+    letter = DeadLetter.model_validate_json(msg.data)
+    assert letter.service == "storage" and "url" in letter.error
+    assert base64.b64decode(letter.payload) == body

@@ -35,6 +35,9 @@ from fhirschema_bus.contracts import (
     JobKind,
     JobState,
     JobStatus,
+    ObjectRef,
+    SchemaDocument,
+    SchemaRecord,
     ValidateChunk,
     ValidateRequest,
     ValidateResult,
@@ -42,6 +45,7 @@ from fhirschema_bus.contracts import (
 )
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.servers import RunningServer, free_port
+from fhirschema_bus.storage import encode_fault, encode_result
 from fhirschema_bus.settings import NatsSettings, RedisSettings
 from fhirschema_bus.topology import DURABLES, consumer_config
 from fhirschema_bus.worker import Worker, WorkerSettings
@@ -314,7 +318,13 @@ async def test_remote_schemas_from_storage_through_redis(
         url = orjson.loads(msg.data)["url"]
         asked.append(url)
         value = ctx.schema(url) if msg.subject == s.STORAGE_GET_SCHEMA else ctx.resource(url)
-        await msg.respond(orjson.dumps(value if value is not None else {"error": "not found", "status": 404}))
+        if value is None:
+            await msg.respond(encode_fault(404, "not found"))
+        elif msg.subject == s.STORAGE_GET_SCHEMA:
+            record = SchemaRecord(id="x", url=url, object=ObjectRef(bucket="b", key="k"))
+            await msg.respond(encode_result(SchemaDocument(record=record, schema_=value)))
+        else:
+            await msg.respond(b'{"result":' + orjson.dumps(value) + b"}")
 
     subs = [await nc.subscribe(subj, cb=storage) for subj in (s.STORAGE_GET_SCHEMA, s.STORAGE_GET_RESOURCE)]
     prefix = f"test-{uuid.uuid4().hex[:8]}:"  # a cold cache of our own in the shared Redis

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from fhirschema_bus.contracts import DeadLetter, JobKind, JobStatus, ObjectRef, Outcome, SchemaRecord
+from fhirschema_bus.contracts import (
+    DeadLetter,
+    JobKind,
+    JobStatus,
+    ObjectRef,
+    Outcome,
+    SchemaList,
+    SchemaRecord,
+)
 
 
 class JobStore(Protocol):
@@ -37,7 +45,7 @@ class DeadLetters(Protocol):
 class SchemaRepository(Protocol):
     async def list(
         self, *, url: str | None, type: str | None, package: str | None, limit: int, offset: int
-    ) -> list[SchemaRecord]: ...
+    ) -> SchemaList: ...
     async def get(self, schema_id: str) -> dict[str, Any] | None: ...
     async def upsert(
         self, schema: dict[str, Any], *, schema_id: str | None, package: str | None

@@ -1,14 +1,14 @@
-"""The NATS adapter for ingest: schemas go to storage's durable subject, package indexing is a
-request/reply to storage (answers only when the index is written)."""
+"""The NATS adapter for ingest: schemas go to storage's durable subject, package registration is
+a request/reply to storage (answers once the package is in the repository state)."""
 
 from __future__ import annotations
 
-import orjson
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import HEADER_MSG_ID, IndexPackage, PutSchema
+from fhirschema_bus.storage import StorageClient, StorageFailed, nats_request
 
 
 class StorageUnavailable(RuntimeError):
@@ -17,9 +17,8 @@ class StorageUnavailable(RuntimeError):
 
 class NatsSink:
     def __init__(self, nc: Client, js: JetStreamContext, timeout: float = 120.0) -> None:
-        self.nc = nc
         self.js = js
-        self.timeout = timeout
+        self.storage = StorageClient(nats_request(nc), timeout)
 
     async def put_schema(self, put: PutSchema, msg_id: str) -> None:
         body = put.model_dump_json(by_alias=True).encode()
@@ -27,12 +26,6 @@ class NatsSink:
 
     async def index_package(self, req: IndexPackage) -> int:
         try:
-            msg = await self.nc.request(
-                s.STORAGE_INDEX_PACKAGE, req.model_dump_json().encode(), timeout=self.timeout
-            )
-        except Exception as e:  # no responders / timeout: the storage service is not there
-            raise StorageUnavailable(f"storage did not index {req.package}: {type(e).__name__}: {e}") from e
-        reply = orjson.loads(msg.data)
-        if "error" in reply:
-            raise StorageUnavailable(f"storage could not index {req.package}: {reply['error']}")
-        return int(reply["resources"])
+            return (await self.storage.index_package(req)).resources
+        except StorageFailed as e:
+            raise StorageUnavailable(f"storage could not register {req.package}: {e.message}") from e

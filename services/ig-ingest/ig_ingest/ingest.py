@@ -10,6 +10,7 @@ job -> write a done-marker so a restart does not ingest the same package again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -99,7 +100,10 @@ class Ingester:
             raise IngestError(f"{spec} from {origin}: {e}") from e
         spec = f"{pkg.name}#{pkg.version}"
         ref: ObjectRef = await self.store.aput_bytes(self.bucket, package_key(spec), data, "application/gzip")
-        resources = await self.sink.index_package(IndexPackage(package=spec, object=ref))
+        digest = hashlib.sha256(data).hexdigest()
+        resources = await self.sink.index_package(
+            IndexPackage(package=spec, object=ref, sha256=digest, source=origin)
+        )
         sds = [e for e in pkg.entries if e.resourceType == "StructureDefinition"]
         await self.progress.start(job_id, total=len(sds))
         log.info(
@@ -114,7 +118,7 @@ class Ingester:
         for i, entry in enumerate(sds):
             try:
                 schema = await asyncio.to_thread(_convert, pkg, entry)
-                put = PutSchema(schema_=schema, package=spec)
+                put = PutSchema(schema_=schema, package=spec, origin="package")
                 if len(orjson.dumps(schema)) > MAX_MESSAGE:
                     raise IngestError(f"schema of {entry.url} exceeds the 1 MB message limit")
                 await self.sink.put_schema(put, msg_id=f"{job_id}|{entry.url}|{entry.version or ''}")

@@ -1,17 +1,26 @@
-"""The service layer: one function per NATS interface, request dict in, reply out.
+"""The service layer: one function per request/reply subject, request bytes in, reply bytes out.
 
-Replies are JSON; failures are `{"error": "...", "status": <http-like code>}` (400 bad request,
-404 not found, 503 S3 unavailable), never a silent timeout.
+Every reply is a StorageReply envelope (fhirschema_bus.storage): the reply model, or a fault
+(400 bad request, 404 not found, 409 conflict, 503 S3 unavailable) — never a silent timeout.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from fhirschema_bus.contracts import IndexPackage, PutSchema, SchemaQuery
+from fhirschema_bus.contracts import (
+    IndexPackage,
+    PutSchema,
+    RemovePackage,
+    SchemaDeleted,
+    SchemaList,
+    SchemaQuery,
+)
+from fhirschema_bus.storage import encode_fault, encode_result
 from storage_service.repository import BadRequest, SchemaRepository, StorageError
 
 log = logging.getLogger("storage.handlers")
@@ -27,58 +36,56 @@ def parse(model: type[M], body: Any) -> M:
         raise BadRequest(f"invalid {model.__name__}: {e.errors(include_url=False)[:3]}") from e
 
 
-async def _guard(coro: Any) -> Any:
+async def _reply(run: Callable[[], Awaitable[BaseModel]]) -> bytes:
     try:
-        return await coro
+        return encode_result(await run())
     except StorageError as e:
         if e.status >= 500:
             log.warning("storage error: %s", e)
-        return e.reply()
+        return encode_fault(e.status, str(e))
 
 
 class StorageHandlers:
     def __init__(self, repo: SchemaRepository) -> None:
         self.repo = repo
 
-    async def get_schema(self, body: Any) -> bytes | dict[str, Any]:
-        async def run() -> bytes:
-            return await self.repo.get_schema(parse(SchemaQuery, body))
+    async def get_schema(self, body: Any) -> bytes:
+        return await _reply(lambda: self.repo.get_schema(parse(SchemaQuery, body)))
 
-        return await _guard(run())
-
-    async def get_resource(self, body: Any) -> dict[str, Any]:
-        async def run() -> dict[str, Any]:
+    async def get_resource(self, body: Any) -> bytes:
+        async def run() -> BaseModel:
             url = parse(SchemaQuery, body).url
             if not url:
                 raise BadRequest("give 'url'")
-            return await self.repo.get_resource(url)
+            return _Resource.model_validate(await self.repo.get_resource(url))
 
-        return await _guard(run())
+        return await _reply(run)
 
-    async def list(self, body: Any) -> dict[str, Any]:
-        async def run() -> dict[str, Any]:
+    async def list(self, body: Any) -> bytes:
+        async def run() -> SchemaList:
             items, total = await self.repo.list(parse(SchemaQuery, body))
-            return {"items": [i.model_dump(mode="json") for i in items], "total": total}
+            return SchemaList(items=items, total=total)
 
-        return await _guard(run())
+        return await _reply(run)
 
-    async def delete(self, body: Any) -> dict[str, Any]:
-        async def run() -> dict[str, Any]:
+    async def delete(self, body: Any) -> bytes:
+        async def run() -> SchemaDeleted:
             q = parse(SchemaQuery, body)
             if not q.id:
                 raise BadRequest("give 'id'")
-            return {"deleted": await self.repo.delete(q.id)}
+            return SchemaDeleted(id=q.id, deleted=await self.repo.delete(q.id))
 
-        return await _guard(run())
+        return await _reply(run)
 
-    async def upsert(self, body: Any) -> dict[str, Any]:
-        async def run() -> dict[str, Any]:
-            return (await self.repo.upsert(parse(PutSchema, body))).model_dump(mode="json")
+    async def upsert(self, body: Any) -> bytes:
+        return await _reply(lambda: self.repo.upsert(parse(PutSchema, body)))
 
-        return await _guard(run())
+    async def index_package(self, body: Any) -> bytes:
+        return await _reply(lambda: self.repo.index_package(parse(IndexPackage, body)))
 
-    async def index_package(self, body: Any) -> dict[str, Any]:
-        async def run() -> dict[str, Any]:
-            return {"resources": await self.repo.index_package(parse(IndexPackage, body))}
+    async def remove_package(self, body: Any) -> bytes:
+        return await _reply(lambda: self.repo.remove_package(parse(RemovePackage, body)))
 
-        return await _guard(run())
+
+class _Resource(BaseModel, extra="allow"):
+    """A raw canonical resource as a reply model (it is the validator's until it reads tarballs)."""

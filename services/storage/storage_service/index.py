@@ -179,6 +179,16 @@ class SchemaIndex:
             mapping = {k: orjson.dumps(v) for k, v in entries.items()}
             await self._r(lambda r: r.hset(RESOURCES, mapping=mapping))
 
+    async def drop_resources(self, package: str) -> None:
+        urls = [url for url, ref in self.resources.items() if ref.get("package") == package]
+        for raw_url, raw in (await self._r(lambda r: r.hgetall(RESOURCES)) or {}).items():
+            if orjson.loads(raw).get("package") == package:
+                urls.append(_s(raw_url))
+        for url in set(urls):
+            self.resources.pop(url, None)
+        if urls:
+            await self._r(lambda r: r.hdel(RESOURCES, *set(urls)))
+
     async def resource(self, url: str) -> dict[str, Any] | None:
         raw = await self._r(lambda r: r.hget(RESOURCES, url))
         return orjson.loads(raw) if raw else self.resources.get(url)

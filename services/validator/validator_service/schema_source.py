@@ -19,18 +19,24 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from prometheus_client import Counter
+from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from fhirschema.ids import canonical_url
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import SchemaQuery
+from fhirschema_bus.contracts import SchemaDocument, SchemaQuery
+from fhirschema_bus.storage import StorageFailed, decode
 
 CACHE_HITS = Counter("fhirschema_schema_cache_hits_total", "Schema cache hits", ["kind", "layer"])
 CACHE_MISSES = Counter("fhirschema_schema_cache_misses_total", "Schema cache misses", ["kind"])
 
 NOT_FOUND = b"null"  # cached negative answer: an unknown profile is asked for on every item
+
+
+class _Raw(BaseModel, extra="allow"):
+    pass
 
 
 class SourceUnavailable(RuntimeError):
@@ -57,14 +63,14 @@ class StorageClient:
             reply = await self._nc.request(subject, body.encode(), timeout=self._timeout)
         except (NatsTimeout, NoRespondersError) as e:
             raise SourceUnavailable(f"storage did not answer {subject} for {ref}: {e!r}") from e
-        data = orjson.loads(reply.data) if reply.data else None
-        if not isinstance(data, dict):
-            return None
-        if "error" in data and set(data) <= {"error", "status"}:  # storage's error reply
-            if int(data.get("status") or 0) >= 500:  # S3 behind storage is down: retry later
-                raise SourceUnavailable(f"storage: {data['error']}")
+        try:
+            if kind == "schema":
+                return decode(reply.data, SchemaDocument).schema_
+            return decode(reply.data, _Raw).model_dump()
+        except StorageFailed as e:
+            if e.status >= 500:  # S3 behind storage is down: retry later
+                raise SourceUnavailable(f"storage: {e.message}") from e
             return None  # 404 (unknown url) or 400
-        return data
 
 
 class RedisCached:

@@ -1,66 +1,53 @@
-"""SchemaRepository over the storage service's core NATS request/reply subjects.
-
-Replies are JSON; an error reply is `{"error": "...", "status": 404}`.
-"""
+"""SchemaRepository over the storage service (fhirschema_bus.storage.StorageClient): storage's
+faults become gateway errors with the same status (a 5xx of storage is a 502 here)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-import orjson
-
-from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import PutSchema, SchemaQuery, SchemaRecord
+from fhirschema_bus.contracts import PutSchema, SchemaList, SchemaQuery, SchemaRecord
+from fhirschema_bus.storage import StorageClient, StorageFailed
 from gateway.bus import Bus
 from gateway.errors import GatewayError
 
 TIMEOUT = 10.0
+T = TypeVar("T")
 
 
 class StorageError(GatewayError):
     status = 502
 
 
+async def _call(aw: Awaitable[T]) -> T:
+    try:
+        return await aw
+    except StorageFailed as e:
+        raise StorageError(f"storage: {e.message}", status=e.status if e.status < 500 else 502) from e
+
+
 class NatsSchemaRepository:
     def __init__(self, bus: Bus, timeout: float = TIMEOUT):
-        self.bus = bus
-        self.timeout = timeout
-
-    async def _call(self, subject: str, payload: bytes) -> Any:
-        data = orjson.loads(await self.bus.request(subject, payload, self.timeout))
-        if isinstance(data, dict) and "error" in data and ("status" in data or len(data) == 1):
-            status = int(data.get("status") or 502)
-            if status == 404:
-                return None
-            raise StorageError(f"storage: {data['error']}", status=status if status < 500 else 502)
-        return data
+        self.client = StorageClient(bus.request, timeout)
 
     async def list(
         self, *, url: str | None, type: str | None, package: str | None, limit: int, offset: int
-    ) -> list[SchemaRecord]:
+    ) -> SchemaList:
         query = SchemaQuery(url=url, type=type, package=package, limit=limit, offset=offset)
-        data = await self._call(s.STORAGE_LIST, query.model_dump_json(exclude_none=True).encode())
-        if isinstance(data, dict):  # {"items": [...]} or {"schemas": [...]}
-            data = data.get("items", data.get("schemas", data.get("records", [])))
-        return [SchemaRecord.model_validate(r) for r in data or []]
+        return await _call(self.client.list(query))
 
     async def get(self, schema_id: str) -> dict[str, Any] | None:
-        query = SchemaQuery(id=schema_id)
-        data = await self._call(s.STORAGE_GET_SCHEMA, query.model_dump_json(exclude_none=True).encode())
-        return data if isinstance(data, dict) else None
+        try:
+            return (await _call(self.client.get_schema(SchemaQuery(id=schema_id)))).schema_
+        except StorageError as e:
+            if e.status == 404:
+                return None
+            raise
 
     async def upsert(
         self, schema: dict[str, Any], *, schema_id: str | None, package: str | None
     ) -> SchemaRecord:
-        put = PutSchema(schema_=schema, package=package, id=schema_id)
-        data = await self._call(
-            s.STORAGE_UPSERT, put.model_dump_json(by_alias=True, exclude_none=True).encode()
-        )
-        if data is None:
-            raise StorageError("storage did not store the schema")
-        return SchemaRecord.model_validate(data.get("record", data))
+        return await _call(self.client.upsert(PutSchema(schema_=schema, package=package, id=schema_id)))
 
     async def delete(self, schema_id: str) -> bool:
-        query = SchemaQuery(id=schema_id)
-        data = await self._call(s.STORAGE_DELETE, query.model_dump_json(exclude_none=True).encode())
-        return bool(data) and bool(data.get("deleted", True) if isinstance(data, dict) else data)
+        return (await _call(self.client.delete(schema_id))).deleted

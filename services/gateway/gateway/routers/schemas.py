@@ -19,13 +19,17 @@ router = APIRouter(prefix="/schemas", tags=["schemas"])
 @router.get("", response_model=list[SchemaRecord])
 async def list_schemas(
     c: ContainerDep,
+    response: Response,
     url: str | None = None,
     type: str | None = None,
     package: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[SchemaRecord]:
-    return await c.schemas.list(url=url, type=type, package=package, limit=limit, offset=offset)
+    """One page of records; `X-Total-Count` says how many match in all."""
+    found = await c.schemas.list(url=url, type=type, package=package, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(found.total)
+    return found.items
 
 
 async def _body(request: Request, c: ContainerDep) -> dict[str, Any]:
