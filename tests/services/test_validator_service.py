@@ -45,8 +45,8 @@ from fhirschema_bus.contracts import (
 )
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.servers import RunningServer, free_port
-from fhirschema_bus.storage import encode_fault, encode_result
 from fhirschema_bus.settings import NatsSettings, RedisSettings
+from fhirschema_bus.storage import encode_fault, encode_result
 from fhirschema_bus.topology import DURABLES, consumer_config
 from fhirschema_bus.worker import Worker, WorkerSettings
 from tests.conftest import PACKAGES, ROOT
