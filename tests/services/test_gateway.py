@@ -325,13 +325,21 @@ async def test_schemas_crud(client: httpx.AsyncClient) -> None:
     r = await client.post("/schemas", json=schema)
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
-    assert r.headers["location"] == f"/schemas/{sid}"
-    listed = (await client.get("/schemas", params={"url": schema["url"]})).json()
-    assert [x["id"] for x in listed] == [sid]
+    assert r.headers["location"] == f"/schemas/{sid}" and sid.startswith("demo-")
+    listed = await client.get("/schemas", params={"url": schema["url"]})
+    assert [x["id"] for x in listed.json()] == [sid] and listed.headers["x-total-count"] == "1"
+    again = await client.post("/schemas", json=schema)  # the same url|version: explicit, not a duplicate
+    assert again.status_code == 409 and f"PUT /schemas/{sid}" in again.json()["issue"][0]["diagnostics"]
+    assert again.json()["issue"][0]["code"] == "conflict"
+    r = await client.post("/schemas", params={"replace": "true"}, json=schema)
+    assert r.status_code == 201 and r.json()["id"] == sid
     assert (await client.get(f"/schemas/{sid}")).json()["elements"] == {"gender": {"min": 1}}
     r = await client.put(f"/schemas/{sid}", json={**schema, "elements": {"gender": {"min": 0}}})
     assert r.status_code == 200 and r.json()["id"] == sid
     assert (await client.get(f"/schemas/{sid}")).json()["elements"] == {"gender": {"min": 0}}
+    moved = await client.put(f"/schemas/{sid}", json={**schema, "version": "2"})
+    assert moved.status_code == 409  # a replacement keeps url, version and package
+    assert (await client.put("/schemas/nope-0000000000000000", json=schema)).status_code == 404
     assert (await client.delete(f"/schemas/{sid}")).status_code == 204
     assert (await client.get(f"/schemas/{sid}")).status_code == 404
     assert (await client.delete(f"/schemas/{sid}")).status_code == 404

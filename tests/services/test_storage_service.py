@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from storage_service import keys
 from storage_service.app import Storage, bootstrap
 from storage_service.index import SchemaIndex
 
@@ -74,8 +75,11 @@ async def test_upsert_get_list_delete(storage: Storage, nc: Client) -> None:
     url = f"http://example.org/StructureDefinition/p-{uuid.uuid4().hex[:6]}"
     put1 = PutSchema(schema_=schema(url, "1.0.0", "P"), package="ex.pkg#1.0.0").model_dump(by_alias=True)
     rec1 = await ask(nc, s.STORAGE_UPSERT, put1)
-    assert rec1["id"] == "ex.pkg#1.0.0/P" and rec1["object"]["key"] == "ex.pkg/1.0.0/P.json"
-    assert (await ask(nc, s.STORAGE_UPSERT, put1))["id"] == rec1["id"]  # idempotent: same id and key
+    assert rec1["id"] == keys.schema_id(url, "1.0.0", "ex.pkg#1.0.0")
+    assert rec1["object"]["key"] == f"ex.pkg/1.0.0/{rec1['id']}.json"
+    assert (await ask(nc, s.STORAGE_UPSERT, put1))["status"] == 409  # exists: replacing is explicit
+    again = await ask(nc, s.STORAGE_UPSERT, {**put1, "replace": True})
+    assert (again["id"], again["object"]) == (rec1["id"], rec1["object"])  # same id and key
     rec2 = await ask(
         nc, s.STORAGE_UPSERT, {"schema": schema(url, "2.0.0", "P", "Observation"), "package": "ex.pkg#2.0.0"}
     )

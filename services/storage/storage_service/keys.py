@@ -1,4 +1,12 @@
-"""Where things live in S3: one place for the key layout."""
+"""Schema identity and where things live in S3: one place for the key layout.
+
+A schema's identity is its canonical `url|version` plus the package it came from (none for an
+upload). Its id is derived from that identity alone: `<last url segment>-<16 hex digits of
+sha256(package, url, version)>`, e.g. `Patient-1c9b0f43a2d8e617`. Deterministic (the same schema
+always gets the same id), distinct for distinct identities (storage refuses, 409, the
+astronomically unlikely id that two identities share), and made of URL-unreserved characters
+only (`A-Z a-z 0-9 . _ -`), so an id goes into a URL path as it is.
+"""
 
 from __future__ import annotations
 
@@ -20,21 +28,19 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 
-def schema_id(schema: dict, package: str | None, explicit: str | None = None) -> str:
-    """Stable: the same schema (url|version + package) always gets the same id."""
-    if explicit:
-        return explicit
-    name = slug(str(schema.get("name") or schema.get("id") or schema.get("url", "").rsplit("/", 1)[-1]))
-    if package:
-        return f"{package}/{name}"
-    canon = f"{schema.get('url')}|{schema.get('version') or ''}"
-    return f"{name}-{_digest(canon)[:10]}"
+def schema_id(url: str, version: str | None, package: str | None) -> str:
+    tail = slug(url.rstrip("/").rsplit("/", 1)[-1])[:64]
+    identity = f"{package or ''}\n{url}|{version or ''}"
+    return f"{tail}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
 
 def schema_key(record_id: str, package: str | None) -> str:
-    if package and record_id.startswith(f"{package}/"):
-        return f"{PackageId.parse(package).prefix}{slug(record_id[len(package) + 1 :])}.json"
-    return f"{UPLOADS}{slug(record_id)}-{_digest(record_id)[:8]}.json"
+    try:
+        return (
+            f"{PackageId.parse(package).prefix}{record_id}.json" if package else f"{UPLOADS}{record_id}.json"
+        )
+    except ValueError:  # provenance that is not a package id (an upload's free text)
+        return f"{UPLOADS}{slug(package or '')}/{record_id}.json"
 
 
 def record_key(record_id: str) -> str:

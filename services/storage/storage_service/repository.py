@@ -32,7 +32,12 @@ from fhirschema_bus.contracts import (
     StoredPackage,
     now,
 )
-from fhirschema_bus.object_store import ObjectNotFound, ObjectStore, ObjectStoreError, ObjectStoreUnavailable
+from fhirschema_bus.object_store import (
+    AsyncObjectStore,
+    ObjectNotFound,
+    ObjectStoreError,
+    ObjectStoreUnavailable,
+)
 from fhirschema_bus.settings import S3Settings
 from storage_service import keys
 from storage_service.index import SchemaIndex
@@ -53,6 +58,10 @@ class BadRequest(StorageError):
     status = 400
 
 
+class Conflict(StorageError):
+    status = 409
+
+
 class Unavailable(StorageError):
     status = 503
 
@@ -60,7 +69,7 @@ class Unavailable(StorageError):
 class SchemaRepository:
     def __init__(
         self,
-        store: ObjectStore,
+        store: AsyncObjectStore,
         index: SchemaIndex,
         state: StateStore,
         s3: S3Settings,
@@ -99,26 +108,51 @@ class SchemaRepository:
     # --- schemas ----------------------------------------------------------------------------
 
     async def upsert(self, put: PutSchema) -> SchemaRecord:
+        """Store a schema under the id its identity (url|version + package) gives. A new identity
+        is added; an existing one is replaced only when asked (`replace`, or `id` naming it: PUT)."""
         schema = put.schema_
-        url = schema.get("url")
+        url, version = schema.get("url"), _str(schema.get("version"))
         if not isinstance(url, str) or not url:
             raise BadRequest("schema has no 'url'")
-        rid = keys.schema_id(schema, put.package, put.id)
+        package = put.package or _str(schema.get("package_id"))
+        if put.id is not None:  # PUT /schemas/{id}: replace exactly that record
+            target = await self.index.get(put.id)
+            if target is None:
+                raise NotFound(f"no schema with id {put.id}: POST /schemas adds a new one")
+            package = put.package or target.package
+            if keys.schema_id(url, version, package) != put.id:
+                raise Conflict(
+                    f"schema {put.id} is {_identity(target.url, target.version, target.package)}, the "
+                    f"body is {_identity(url, version, package)}: a replacement keeps url, version and "
+                    "package (POST /schemas adds a schema with another identity)"
+                )
+        rid = keys.schema_id(url, version, package)
         existing = await self.index.get(rid)
-        key = existing.object.key if existing else keys.schema_key(rid, put.package)
+        if existing is not None and (existing.url, existing.version, existing.package) != (
+            url,
+            version,
+            package,
+        ):
+            raise Conflict(
+                f"id {rid} of {_identity(url, version, package)} is taken by "
+                f"{_identity(existing.url, existing.version, existing.package)}"
+            )
+        if existing is not None and put.id is None and not put.replace:
+            raise Conflict(
+                f"{_identity(url, version, package)} exists as schema {rid}: PUT /schemas/{rid} "
+                "replaces it (or POST /schemas?replace=true)"
+            )
+        key = existing.object.key if existing else keys.schema_key(rid, package)
         raw = orjson.dumps(schema)
         rec = SchemaRecord(
-            id=rid, url=url, version=_str(schema.get("version")), type=_str(schema.get("type")),
-            kind=_str(schema.get("kind")), derivation=_str(schema.get("derivation")),
-            package=put.package or _str(schema.get("package_id")), origin=put.origin,
+            id=rid, url=url, version=version, type=_str(schema.get("type")), kind=_str(schema.get("kind")),
+            derivation=_str(schema.get("derivation")), package=package, origin=put.origin,
             object=ObjectRef(bucket=self.bucket, key=key), updated=now(),
         )  # fmt: skip
         await self._s3(self.store.aput_bytes(self.bucket, key, raw, "application/json"))
         await self._s3(
             self.store.aput_bytes(self.bucket, keys.record_key(rid), rec.model_dump_json().encode())
         )
-        if existing and (existing.url, existing.version) != (rec.url, rec.version):
-            await self.index.remove(existing)
         await self.index.put(rec)
         await self.index.cache_schema(rid, raw)
         if "upload" in (rec.origin, existing.origin if existing else None):
@@ -289,6 +323,10 @@ class SchemaRepository:
 
 def _str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
+
+
+def _identity(url: str, version: str | None, package: str | None) -> str:
+    return f"{url}|{version or ''}" + (f" of {package}" if package else " (uploaded)")
 
 
 def _fhir_versions(pkg: Package) -> list[str]:

@@ -45,9 +45,10 @@ class NatsSchemaRepository:
             raise
 
     async def upsert(
-        self, schema: dict[str, Any], *, schema_id: str | None, package: str | None
+        self, schema: dict[str, Any], *, schema_id: str | None, package: str | None, replace: bool = False
     ) -> SchemaRecord:
-        return await _call(self.client.upsert(PutSchema(schema_=schema, package=package, id=schema_id)))
+        put = PutSchema(schema_=schema, package=package, id=schema_id, replace=replace)
+        return await _call(self.client.upsert(put))
 
     async def delete(self, schema_id: str) -> bool:
         return (await _call(self.client.delete(schema_id))).deleted

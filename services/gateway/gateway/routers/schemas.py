@@ -1,4 +1,9 @@
-"""GET/POST /schemas, GET/PUT/DELETE /schemas/{id}: the schema repository (storage service)."""
+"""GET/POST /schemas, GET/PUT/DELETE /schemas/{id}: the schema repository (storage service).
+
+A schema's identity is its `url|version` and package; its id is derived from that and made of
+URL-unreserved characters only (`Patient-1c9b0f43a2d8e617`), so it needs no encoding in a path.
+POST of an identity that exists is 409 unless `replace=true`; PUT /schemas/{id} replaces that
+record (the body keeps its url, version and package)."""
 
 from __future__ import annotations
 
@@ -46,12 +51,19 @@ def _record(record: SchemaRecord, status: int) -> Response:
     )
 
 
-@router.post("", status_code=201, responses={201: {"model": SchemaRecord}, **ERRORS})
+@router.post(
+    "", status_code=201, responses={201: {"model": SchemaRecord}, 409: {"description": "exists"}, **ERRORS}
+)
 async def upload_schema(
-    request: Request, c: ContainerDep, conversion: ConversionDep, package: str | None = None
+    request: Request,
+    c: ContainerDep,
+    conversion: ConversionDep,
+    package: str | None = None,
+    replace: bool = False,
 ) -> Response:
-    """A StructureDefinition (converted on upload) or a FHIRSchema (stored as is)."""
-    record = await conversion.upload(await _body(request, c), package=package)
+    """A StructureDefinition (converted on upload) or a FHIRSchema (stored as is). A url|version
+    (and package) that is already stored is a 409 naming its id, unless `replace=true`."""
+    record = await conversion.upload(await _body(request, c), package=package, replace=replace)
     return _record(record, 201)
 
 
@@ -60,7 +72,15 @@ async def get_schema(schema_id: str, conversion: ConversionDep) -> Response:
     return Response(orjson.dumps(await conversion.get(schema_id)), media_type="application/json")
 
 
-@router.put("/{schema_id:path}", responses={200: {"model": SchemaRecord}, **ERRORS})
+@router.put(
+    "/{schema_id:path}",
+    responses={
+        200: {"model": SchemaRecord},
+        404: {"description": "no such id"},
+        409: {"description": "identity differs"},
+        **ERRORS,
+    },
+)
 async def replace_schema(
     schema_id: str, request: Request, c: ContainerDep, conversion: ConversionDep, package: str | None = None
 ) -> Response:

@@ -75,7 +75,12 @@ class ConversionService:
     # --- the schema repository --------------------------------------------------------------
 
     async def upload(
-        self, body: dict[str, Any], *, schema_id: str | None = None, package: str | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        schema_id: str | None = None,
+        package: str | None = None,
+        replace: bool = False,
     ) -> SchemaRecord:
         if is_structure_definition(body):
             schema = (await self.convert(body))["schema"]
@@ -85,7 +90,7 @@ class ConversionService:
             raise BadRequest(
                 "expected a StructureDefinition or a FHIRSchema (an object with url and elements)"
             )
-        return await self.schemas.upsert(schema, schema_id=schema_id, package=package)
+        return await self.schemas.upsert(schema, schema_id=schema_id, package=package, replace=replace)
 
     async def get(self, schema_id: str) -> dict[str, Any]:
         found = await self.schemas.get(schema_id)
