@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import tarfile
 import time
 from collections.abc import AsyncIterator
@@ -79,7 +80,22 @@ async def test_health_openapi_docs(client: httpx.AsyncClient) -> None:
         "/dead-letters/{seq}/replay",
     ):
         assert p in paths
-    assert "swagger" in (await client.get("/docs")).text.lower()
+    assert (await client.get("/openapi")).json() == (await client.get("/openapi.json")).json()
+
+
+async def test_docs_work_offline(client: httpx.AsyncClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = (await client.get(page)).text
+        assert "swagger" in html.lower() or "redoc" in html.lower()
+        # Every script and stylesheet comes from the gateway itself, none from a CDN.
+        assets = re.findall(r'(?:src|href)=["\']([^"\']+\.(?:js|css))', html) + re.findall(
+            r'url: *["\']([^"\']+)', html
+        )
+        assert assets, html
+        for url in assets:
+            assert url.startswith("/"), (page, url)
+            r = await client.get(url)
+            assert r.status_code == 200 and len(r.content) > 100, (url, r.status_code)
 
 
 async def test_ready_and_info(client: httpx.AsyncClient) -> None:
@@ -285,6 +301,48 @@ async def test_websocket_outcomes_and_events(stack: Stack) -> None:
         assert events[-1]["event"]["state"] == "succeeded" and events[-1]["event"]["done"] == 2
         await ws.send(orjson.dumps({"subscribe": "nope"}).decode())
         assert orjson.loads(await ws.recv())["status"] == 404
+
+
+async def _until_final(ws: Any, job_id: str) -> list[dict[str, Any]]:
+    """Messages about `job_id` until one says the job is final (snapshot or event)."""
+    got: list[dict[str, Any]] = []
+    while True:
+        msg = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
+        assert msg.get("job") == job_id, msg
+        got.append(msg)
+        if (msg.get("status") or msg.get("event") or {}).get("state") == "succeeded":
+            return got
+
+
+async def test_websocket_subscribe_after_the_job_finished(stack: Stack) -> None:
+    job = await stack.jobs.create(JobKind.VALIDATE, 2)
+    await stack.jobs.record(job.id, 0, "valid")
+    await stack.jobs.record(job.id, 1, "invalid")
+    async with websockets.connect(f"{stack.ws_url}/validate/stream") as ws:
+        await ws.send(orjson.dumps({"subscribe": job.id}).decode())
+        first = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
+        assert first["status"]["state"] == "succeeded" and first["status"]["done"] == 2
+
+
+async def test_websocket_subscribe_has_no_gap(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The job finishes right after the gateway read its state: that state says "queued", so the
+    # finishing events must come through the subscription (made before the read).
+    job = await stack.jobs.create(JobKind.VALIDATE, 1)
+    store = await stack.app.state.container.jobs()
+    read = store.get
+
+    async def read_then_finish(job_id: str) -> Any:
+        snapshot = await read(job_id)
+        if job_id == job.id:
+            await stack.jobs.record(job.id, 0, "valid")
+        return snapshot
+
+    monkeypatch.setattr(store, "get", read_then_finish)
+    async with websockets.connect(f"{stack.ws_url}/validate/stream") as ws:
+        await ws.send(orjson.dumps({"subscribe": job.id}).decode())
+        got = await _until_final(ws, job.id)
+    assert got[0]["status"]["state"] == "queued", got
+    assert got[-1]["event"] == {**got[-1]["event"], "state": "succeeded", "done": 1, "valid": 1}
 
 
 # --- conversion and schemas -------------------------------------------------------------------

@@ -106,6 +106,7 @@ class Stack:
     js: JetStreamContext
     jobs: JobStore
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    app: Any = None  # the in-process gateway (FastAPI), for tests that reach into its container
 
     def client(self, **kw: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=60.0, **kw)
@@ -131,14 +132,15 @@ async def gateway_stack(
         converter = None
     else:  # until the converter service exists: the real engine behind the shared durable
         converter = asyncio.create_task(fake_converter(js, nc, jobs))
-    server = uvicorn.Server(uvicorn.Config(create_app(st), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(st)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     try:
         while not server.started:
             if serving.done():
                 serving.result()
             await asyncio.sleep(0.05)
-        stack = Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", st, nc, js, jobs, procs)
+        stack = Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", st, nc, js, jobs, procs, app)
         async with stack.client() as client:  # first validation: the validator loads R4 core
             r = await client.post("/validate?timeout=120", json={"resourceType": "Patient"})
             assert r.status_code == 200, (r.status_code, r.text, (logs / "validator.log").read_text()[-3000:])

@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from nats.js.api import DeliverPolicy
 
 from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import JobStatus
 from gateway.bodies import profiles_of
 from gateway.bootstrap import Container
 from gateway.errors import GatewayError
@@ -50,10 +51,7 @@ class Session:
         if isinstance(data, dict) and set(data) == {"subscribe"}:
             await self.subscribe(str(data["subscribe"]))
         elif isinstance(data, dict) and set(data) == {"unsubscribe"}:
-            sub = self.subs.pop(str(data["unsubscribe"]), None)
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+            await self.unsubscribe(str(data["unsubscribe"]))
         elif isinstance(data, dict):
             index, self.next_index = self.next_index, self.next_index + 1
             self.spawn(self.validate(index, data, text.encode()))
@@ -69,23 +67,48 @@ class Session:
         await self.send({"index": index, "job": res.job_id, "valid": res.valid, "outcome": res.outcome})
 
     async def subscribe(self, job_id: str) -> None:
+        """The job's current state, then every later event, with no gap: the subscription exists
+        before the snapshot is read, and events that arrive meanwhile wait behind the snapshot
+        (those it already covers are dropped)."""
+        await self.unsubscribe(job_id)  # subscribing again: a fresh snapshot, one stream of events
+        early: list[dict[str, Any]] | None = []  # events held until the snapshot is sent
+        snapshot: JobStatus | None = None
+
+        async def forward(msg: Any) -> None:
+            event = orjson.loads(msg.data)
+            if early is not None:
+                early.append(event)
+            elif snapshot is None or _newer(event, snapshot):
+                await self.send({"job": job_id, "event": event})
+
         try:
             jobs = await self.c.jobs()
-            job = await jobs.get(job_id)
-            if job is None:
-                await self.send({"job": job_id, "error": f"no job {job_id!r}", "status": 404})
-                return
-            await self.send({"job": job_id, "status": orjson.loads(job.model_dump_json())})
-
-            async def forward(msg: Any) -> None:
-                await self.send({"job": job_id, "event": orjson.loads(msg.data)})
-
             subject = s.job_result_subject(s.JOB_EVENTS, job_id)
-            self.subs[job_id] = await self.c.bus.js.subscribe(
+            sub = await self.c.bus.js.subscribe(
                 subject, cb=forward, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
             )
+            snapshot = await jobs.get(job_id)
         except GatewayError as e:
             await self.send({"job": job_id, "error": e.message, "status": e.status})
+            return
+        if snapshot is None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            await self.send({"job": job_id, "error": f"no job {job_id!r}", "status": 404})
+            return
+        self.subs[job_id] = sub
+        await self.send({"job": job_id, "status": orjson.loads(snapshot.model_dump_json())})
+        while early:  # events that arrive while these are sent are appended and sent in order
+            event = early.pop(0)
+            if _newer(event, snapshot):
+                await self.send({"job": job_id, "event": event})
+        early = None  # no await since the list was seen empty: from now on, callbacks send
+
+    async def unsubscribe(self, job_id: str) -> None:
+        sub = self.subs.pop(job_id, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def close(self) -> None:
         for task in list(self.tasks):
@@ -109,3 +132,11 @@ async def validate_stream(ws: WebSocket) -> None:
     finally:
         c.metrics.ws_clients.dec()
         await session.close()
+
+
+def _newer(event: dict[str, Any], snapshot: JobStatus) -> bool:
+    """Does a job event say more than the snapshot (more items done, or another state)?"""
+    done = event.get("done")
+    if not isinstance(done, int) or done > snapshot.done:
+        return True
+    return done == snapshot.done and event.get("state") != snapshot.state
