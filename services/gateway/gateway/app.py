@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from gateway import __version__
 from gateway.bootstrap import Container, Settings, bootstrap
@@ -30,12 +32,19 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         finally:
             await container.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with their assets served by the gateway itself: they work offline.
+    app = FastAPIOffline(
         title="FHIRSchema gateway",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+
+    @app.get("/openapi", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        """The OpenAPI document (also at /openapi.json)."""
+        return JSONResponse(app.openapi())
+
     app.state.container = container
     install_error_handlers(app)
     for r in (validate, stream, convert, schemas, jobs, dead_letters, ops):
