@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fhirschema.validator.issues import Issue
+
 INLINE_LIMIT = 512 * 1024  # bytes of JSON; bigger payloads go by S3 reference
 CHUNK_BYTES = 768 * 1024  # a ValidateChunk message stays under this (NATS' limit: 1 MB)
 HEADER_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication (effect-once on publish)
@@ -57,6 +59,31 @@ class ValidateOptions(BaseModel):
     strict: bool = False
 
 
+class InputIssue(BaseModel):
+    """A finding about the JSON text of a resource (`fhirschema.jsoninput`: a repeated key), made
+    where the text was parsed (the gateway), so the message carries the parsed value. The
+    validator puts these before the engine's issues, as the CLI does for the same bytes."""
+
+    code: str
+    severity: str
+    path: list[str | int] = Field(default_factory=list)
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    @classmethod
+    def of(cls, issue: Issue) -> InputIssue:
+        return cls(
+            code=issue.code, severity=issue.severity, path=issue.path, message=issue.message,
+            line=issue.line, column=issue.column,
+        )  # fmt: skip
+
+    def issue(self) -> Issue:
+        return Issue(
+            self.code, self.severity, list(self.path), self.message, line=self.line, column=self.column
+        )
+
+
 class ValidateRequest(BaseModel):
     """One resource to validate. `index` is its position in the job (0 for single requests)."""
 
@@ -68,6 +95,7 @@ class ValidateRequest(BaseModel):
     options: ValidateOptions = Field(default_factory=ValidateOptions)
     source: str | None = None  # where the item came from (file:line) — echoed in the result
     reply_to: str | None = None  # core NATS subject awaiting the result (synchronous POST /validate)
+    input_issues: list[InputIssue] = Field(default_factory=list)  # of `resource`'s JSON text
 
     @model_validator(mode="after")
     def _one_payload(self) -> ValidateRequest:
@@ -84,6 +112,7 @@ class ChunkItem(BaseModel):
     index: int
     resource: dict[str, Any]
     source: str | None = None
+    input_issues: list[InputIssue] = Field(default_factory=list)  # of `resource`'s JSON text
 
 
 class ValidateChunk(BaseModel):

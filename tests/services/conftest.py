@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -57,6 +58,28 @@ async def nc(nats_server: RunningServer) -> AsyncIterator[Client]:
     await ensure_topology(client.jetstream())
     yield client
     await client.drain()
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    nats_server: RunningServer,
+    s3_server: RunningServer,
+    redis_server: RunningServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Any]:
+    """The gateway in-process (uvicorn on a free port) with validator, storage and converter
+    services on the module's servers (`tests.services.test_gateway_support.Stack`)."""
+    from tests.services.test_gateway_support import gateway_stack
+
+    async with gateway_stack(nats_server, s3_server, redis_server, tmp_path_factory.mktemp("gw")) as st:
+        yield st
+
+
+@pytest.fixture
+async def client(stack: Any) -> AsyncIterator[Any]:
+    """An httpx client of the module's gateway stack."""
+    async with stack.client() as c:
+        yield c
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -8,7 +8,11 @@ from typing import Any
 import orjson
 from fastapi import Request
 
-from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from fhirschema import jsoninput
+from fhirschema.jsoninput import JsonInputError, ParsedInput
+from fhirschema.validator.issues import Issue, ValidationResult
+from gateway.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from gateway.spans import member_spans
 
 JSON_TYPES = frozenset({"application/json", "application/fhir+json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/fhir+ndjson"})
@@ -48,45 +52,90 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes) -> ParsedInput:
+    """The body as the CLI reads the same bytes (`fhirschema.jsoninput`): 400 when it is not
+    JSON or nested too deeply; repeated keys are issues of the result (the first value is kept)."""
     if not body.strip():
         raise BadRequest("empty request body; expected JSON")
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"malformed JSON: {e}") from None
+        return jsoninput.parse(body)
+    except JsonInputError as e:
+        raise InvalidInput(e) from None
 
 
-def parse_resource(body: bytes) -> dict[str, Any]:
-    data = parse_json(body)
-    if not isinstance(data, dict):
-        raise BadRequest(f"expected a JSON object (a FHIR resource), got {type(data).__name__}")
-    return data
+def parse_resource(body: bytes) -> ParsedInput:
+    parsed = parse_json(body)
+    if not isinstance(parsed.value, dict):
+        raise BadRequest(f"expected a JSON object (a FHIR resource), got {type(parsed.value).__name__}")
+    return parsed
+
+
+def parse_document(body: bytes) -> dict[str, Any]:
+    """A JSON object that is not validated (a StructureDefinition, a FHIRSchema): a repeated key
+    is refused, since nothing would report which of its values was used."""
+    parsed = parse_resource(body)
+    if parsed.issues:
+        raise BadRequest("; ".join(i.message for i in parsed.issues))
+    return parsed.value
 
 
 @dataclass(frozen=True)
 class Item:
+    """One resource of a batch; `failed` instead of a resource when its text cannot be taken
+    (the result the CLI gives for such input: invalid, one fatal issue)."""
+
     index: int
     source: str
     resource: Any
+    issues: tuple[Issue, ...] = ()  # findings of its JSON text (repeated keys)
+    failed: ValidationResult | None = None
 
 
 def parse_items(body: bytes, mt: str) -> list[Item]:
-    """A Bundle (each entry.resource), a JSON array, or NDJSON (one resource per line)."""
+    """A Bundle (each entry.resource), a JSON array, or NDJSON (one resource per line).
+
+    An NDJSON line is read as the CLI reads it: one that is not JSON (or too deep) is an item
+    with its error, the others go on. A Bundle or array that is not JSON is refused whole (400);
+    one that only nests too deeply somewhere is split, and each too-deep item is an error."""
     if mt in NDJSON_TYPES:
         items: list[Item] = []
         for lineno, line in enumerate(body.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                res = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                raise BadRequest(f"malformed JSON on line {lineno}: {e}") from None
-            items.append(Item(len(items), f"line {lineno}", res))
+                parsed = jsoninput.parse(line)
+            except JsonInputError as e:
+                items.append(Item(len(items), f"line {lineno}", None, failed=e.result()))
+                continue
+            items.append(Item(len(items), f"line {lineno}", parsed.value, tuple(parsed.issues)))
         return items
-    data = parse_json(body)
+    if not body.strip():
+        raise BadRequest("empty request body; expected JSON")
+    try:
+        parsed = jsoninput.parse(body)
+    except JsonInputError as e:
+        if e.code != jsoninput.TOO_DEEP:
+            raise InvalidInput(e) from None
+        return _split_too_deep(body, e)
+    members = _members(parsed.value)
+    issues: dict[int, list[Issue]] = {}
+    bundle = not isinstance(parsed.value, list)
+    for issue in parsed.issues:  # [i, ...] or ["entry", i, "resource", ...]: the member's own
+        path = issue.path
+        index = path[1] if bundle and path[:1] == ["entry"] and path[2:3] == ["resource"] else None
+        index = index if bundle else path[0] if path else None
+        if not isinstance(index, int) or index >= len(members):
+            raise BadRequest(f"the batch itself: {issue.message}")  # e.g. a repeated "entry"
+        issues.setdefault(index, []).append(
+            Issue(issue.code, issue.severity, path[3 if bundle else 1 :], issue.message,
+                  line=issue.line, column=issue.column)
+        )  # fmt: skip
+    return [Item(i, str(i), res, tuple(issues.get(i, ()))) for i, res in enumerate(members)]
+
+
+def _members(data: Any) -> list[Any]:
     if isinstance(data, list):
-        return [Item(i, str(i), res) for i, res in enumerate(data)]
+        return data
     if isinstance(data, dict) and data.get("resourceType") == "Bundle":
         entries = data.get("entry") or []
         if not isinstance(entries, list):
@@ -95,9 +144,45 @@ def parse_items(body: bytes, mt: str) -> list[Item]:
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or "resource" not in entry:
                 raise BadRequest(f"Bundle.entry[{i}] has no resource")
-            out.append(Item(i, str(i), entry["resource"]))
+            out.append(entry["resource"])
         return out
     raise BadRequest("expected a Bundle, a JSON array of resources, or NDJSON (application/x-ndjson)")
+
+
+def _split_too_deep(body: bytes, error: JsonInputError) -> list[Item]:
+    """A Bundle or array that nests deeper than the bound somewhere: each member is read on its
+    own, as the CLI reads one resource, so only the members that are too deep fail (positions
+    stay those in the body)."""
+    try:
+        members = len(_members(orjson.loads(body)))  # the shape checks (orjson: <= 1023 levels)
+    except orjson.JSONDecodeError:
+        members = -1
+    spans = member_spans(body)
+    if members not in (-1, len(spans)):
+        raise InvalidInput(error)
+    items = []
+    for i, (start, end) in enumerate(spans):
+        lines = body.count(b"\n", 0, start)
+        columns = len(body[body.rfind(b"\n", 0, start) + 1 : start].decode(errors="replace"))
+        try:
+            parsed = jsoninput.parse(body[start:end])
+        except JsonInputError as e:
+            at = _shift(e.line, e.column, lines, columns)
+            items.append(Item(i, str(i), None, failed=JsonInputError(e.message, *at, e.code).result()))
+            continue
+        issues = []
+        for x in parsed.issues:
+            line, column = _shift(x.line or 1, x.column or 1, lines, columns)
+            message = x.message.replace(f"line {x.line}, column {x.column}", f"line {line}, column {column}")
+            issues.append(Issue(x.code, x.severity, x.path, message, line=line, column=column))
+        items.append(Item(i, str(i), parsed.value, tuple(issues)))
+    return items
+
+
+def _shift(line: int, column: int, lines: int, columns: int) -> tuple[int, int]:
+    """A position in a member's text as a position in the body (the member starts after `lines`
+    newlines, `columns` characters into its line)."""
+    return line + lines, column + columns if line == 1 else column
 
 
 def profiles_of(resource: dict[str, Any], query: list[str]) -> list[str]:

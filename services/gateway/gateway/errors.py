@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from fhirschema.jsoninput import JsonInputError
+
 FHIR_JSON = "application/fhir+json"
 
 _ISSUE_CODES = {
@@ -31,16 +33,36 @@ class GatewayError(Exception):
 
     status = 500
 
-    def __init__(self, message: str, *, status: int | None = None, extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        extra: dict[str, Any] | None = None,
+        outcome: dict[str, Any] | None = None,  # the body, when it is more than one message
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
         self.extra = extra or {}
+        self.outcome = outcome
+        self.headers = dict(headers or {})
 
 
 class BadRequest(GatewayError):
     status = 400
+
+
+class InvalidInput(BadRequest):
+    """The body is not JSON, or nested too deeply to validate: 400 with the OperationOutcome the
+    CLI gives for the same bytes (`fhirschema.jsoninput`: fatal issue with line and column)."""
+
+    def __init__(self, error: JsonInputError, where: str = ""):
+        prefix = f"{where}: " if where else ""
+        super().__init__(prefix + error.issue().message, outcome=error.result().to_outcome())
+        self.error = error
 
 
 class NotFound(GatewayError):
@@ -77,9 +99,13 @@ def operation_outcome(message: str, status: int, severity: str = "error") -> dic
 
 
 def error_response(
-    message: str, status: int, extra: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None
+    message: str,
+    status: int,
+    extra: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    outcome: dict[str, Any] | None = None,
 ) -> Response:
-    body = operation_outcome(message, status)
+    body = dict(outcome) if outcome is not None else operation_outcome(message, status)
     if extra:
         body.update(extra)
     return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers)
@@ -88,8 +114,10 @@ def error_response(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:
-        headers = {"Location": exc.extra["location"]} if "location" in exc.extra else None
-        return error_response(exc.message, exc.status, exc.extra, headers)
+        headers = dict(exc.headers)
+        if "location" in exc.extra:
+            headers["Location"] = exc.extra["location"]
+        return error_response(exc.message, exc.status, exc.extra, headers, exc.outcome)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:

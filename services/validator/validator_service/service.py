@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from fhirschema import jsoninput
+from fhirschema.jsoninput import JsonInputError, ParsedInput
 from fhirschema.validator import Validator
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
@@ -156,6 +158,8 @@ class ValidationService:
             result: dict[str, Any] = {"job_id": chunk.job_id, "index": item.index}
             try:
                 res = validator.validate(item.resource, chunk.profiles)
+                if item.input_issues:  # the JSON text's own findings first, as in the CLI
+                    res = ParsedInput(item.resource, [i.issue() for i in item.input_issues]).result(res)
             except self.transient:
                 raise
             except Exception as e:  # an engine failure on this input: retrying gives the same
@@ -205,12 +209,18 @@ class ValidationService:
         await self.jobs.record(req.job_id, req.index, outcome_of(result))
 
     async def validate(self, req: ValidateRequest) -> ValidateResult:
-        try:
-            resource = req.resource if req.resource is not None else await self._fetch(req)
-        except ObjectNotFound as e:
-            return self._failed(req, f"payload not found: {e}")
-        except ValueError as e:
-            return self._failed(req, f"payload is not JSON: {e}")
+        issues = [i.issue() for i in req.input_issues]  # found by the publisher, which parsed the text
+        if req.resource is not None:
+            parsed = ParsedInput(req.resource, issues)
+        else:  # the referenced bytes, parsed here as the CLI parses them
+            try:
+                parsed = jsoninput.parse(await self._fetch(req))
+            except ObjectNotFound as e:
+                return self._failed(req, f"payload not found: {e}")
+            except JsonInputError as e:
+                return self._failed(req, f"payload cannot be validated: {e}", e.result().to_outcome())
+            parsed = ParsedInput(parsed.value, issues + parsed.issues)
+        resource = parsed.value
         validator = self.validators.get(req.profiles, req.options)
         loop = asyncio.get_running_loop()
         try:
@@ -219,6 +229,7 @@ class ValidationService:
             raise
         except Exception as e:  # an engine failure on this input: retrying gives the same
             return self._failed(req, f"validator error: {type(e).__name__}: {e}")
+        res = parsed.result(res)
         rtype = resource.get("resourceType") if isinstance(resource, dict) else None
         return ValidateResult(
             job_id=req.job_id, index=req.index, valid=res.valid, outcome=res.to_outcome(),
@@ -226,15 +237,17 @@ class ValidationService:
             validator=self.instance,
         )  # fmt: skip
 
-    async def _fetch(self, req: ValidateRequest) -> Any:
+    async def _fetch(self, req: ValidateRequest) -> bytes:
         assert req.resource_ref is not None
         if self.payloads is None:
             raise ObjectNotFound(req.resource_ref.bucket, req.resource_ref.key)
-        return orjson.loads(await self.payloads.aget(req.resource_ref))
+        return await self.payloads.aget(req.resource_ref)
 
-    def _failed(self, req: ValidateRequest, error: str) -> ValidateResult:
+    def _failed(
+        self, req: ValidateRequest, error: str, outcome: dict[str, Any] | None = None
+    ) -> ValidateResult:
         return ValidateResult(
-            job_id=req.job_id, index=req.index, valid=False, outcome=error_outcome(error),
+            job_id=req.job_id, index=req.index, valid=False, outcome=outcome or error_outcome(error),
             source=req.source, error=error, validator=self.instance,
         )  # fmt: skip
 

@@ -12,13 +12,13 @@ from fhirschema_bus.contracts import JobKind, JobStatus
 from gateway.bodies import (
     JSON_TYPES,
     NDJSON_TYPES,
+    parse_document,
     parse_items,
-    parse_resource,
     read_body,
     require_media_type,
 )
 from gateway.deps import ContainerDep, ConversionDep, JobsDep, ValidationDep
-from gateway.errors import PayloadTooLarge
+from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.routers.validate import ERRORS, accepted, find_job
 from gateway.service.conversion import FORMATS
 
@@ -36,7 +36,7 @@ async def convert_structuredefinition(
 ) -> Response:
     """One StructureDefinition -> its FHIRSchema (by the converter service)."""
     require_media_type(request, JSON_TYPES)
-    sd = parse_resource(await read_body(request, c.settings.gateway.max_body_bytes))
+    sd = parse_document(await read_body(request, c.settings.gateway.max_body_bytes))
     result = await conversion.convert(sd, store=store, package=package, timeout=timeout)
     headers = {}
     if store:  # the converter hands the schema to the storage service over the work stream
@@ -56,6 +56,10 @@ async def convert_batch(
     """A Bundle, array or NDJSON of StructureDefinitions -> a conversion job."""
     mt = require_media_type(request, JSON_TYPES | NDJSON_TYPES)
     items = parse_items(await read_body(request, c.settings.gateway.max_body_bytes), mt)
+    for item in items:  # nothing would report what became of such an item: refused
+        findings = (item.failed.issues if item.failed is not None else []) + list(item.issues)
+        if findings:
+            raise BadRequest(f"item {item.source}: " + "; ".join(i.message for i in findings))
     if len(items) > c.settings.gateway.max_batch_items:
         raise PayloadTooLarge(
             f"the batch holds {len(items)} items; the limit is {c.settings.gateway.max_batch_items}"

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from fhirschema_bus.contracts import SchemaRecord
-from gateway.bodies import JSON_TYPES, parse_resource, read_body, require_media_type
+from gateway.bodies import JSON_TYPES, parse_document, read_body, require_media_type
 from gateway.deps import ContainerDep, ConversionDep
 from gateway.routers.validate import ERRORS
 
@@ -39,7 +39,7 @@ async def list_schemas(
 
 async def _body(request: Request, c: ContainerDep) -> dict[str, Any]:
     require_media_type(request, JSON_TYPES)
-    return parse_resource(await read_body(request, c.settings.gateway.max_body_bytes))
+    return parse_document(await read_body(request, c.settings.gateway.max_body_bytes))
 
 
 def _record(record: SchemaRecord, status: int) -> Response:

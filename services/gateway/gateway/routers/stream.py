@@ -16,11 +16,13 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from nats.js.api import DeliverPolicy
 
+from fhirschema import jsoninput
+from fhirschema.jsoninput import JsonInputError, ParsedInput
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobStatus
 from gateway.bodies import profiles_of
 from gateway.bootstrap import Container
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidInput
 
 router = APIRouter(tags=["validate"])
 
@@ -44,23 +46,30 @@ class Session:
 
     async def handle(self, text: str) -> None:
         try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError as e:
-            await self.send({"error": f"malformed JSON: {e}"})
+            parsed = jsoninput.parse(text)
+        except JsonInputError as e:
+            # Not numbered: a frame that is not JSON is not known to be a resource.
+            await self.send(
+                {"error": InvalidInput(e).message, "status": 400, "outcome": e.result().to_outcome()}
+            )
             return
+        data = parsed.value
         if isinstance(data, dict) and set(data) == {"subscribe"}:
             await self.subscribe(str(data["subscribe"]))
         elif isinstance(data, dict) and set(data) == {"unsubscribe"}:
             await self.unsubscribe(str(data["unsubscribe"]))
         elif isinstance(data, dict):
             index, self.next_index = self.next_index, self.next_index + 1
-            self.spawn(self.validate(index, data, text.encode()))
+            self.spawn(self.validate(index, parsed, text.encode()))
         else:
             await self.send({"error": 'expected a JSON object: a resource or {"subscribe": job}'})
 
-    async def validate(self, index: int, resource: dict[str, Any], raw: bytes) -> None:
+    async def validate(self, index: int, parsed: ParsedInput, raw: bytes) -> None:
+        resource = parsed.value
         try:
-            res = await self.c.validation.validate_one(resource, raw, profiles_of(resource, self.profiles))
+            res = await self.c.validation.validate_one(
+                resource, raw, profiles_of(resource, self.profiles), issues=parsed.issues
+            )
         except GatewayError as e:
             await self.send({"index": index, "error": e.message, "status": e.status, **e.extra})
             return

@@ -27,7 +27,7 @@ router = APIRouter(prefix="/validate", tags=["validate"])
 
 OUTCOME = {"content": {FHIR_JSON: {}}, "description": "OperationOutcome"}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "malformed JSON"},
+    400: {"description": "not JSON, or nested more than 200 levels deep (the OperationOutcome says where)"},
     413: {"description": "body too large"},
     415: {"description": "unsupported content type"},
     503: {"description": "NATS unavailable"},
@@ -85,10 +85,12 @@ async def validate(request: Request) -> Response:
     c: Container = request.app.state.container
     require_media_type(request, JSON_TYPES)
     raw = await read_body(request, c.settings.gateway.max_body_bytes)
-    resource = parse_resource(raw)
+    parsed = parse_resource(raw)
     query = request.query_params
-    profiles = profiles_of(resource, query.getlist("profile"))
-    result = await c.validation.validate_one(resource, raw, profiles, _timeout(query.get("timeout")))
+    profiles = profiles_of(parsed.value, query.getlist("profile"))
+    result = await c.validation.validate_one(
+        parsed.value, raw, profiles, _timeout(query.get("timeout")), parsed.issues
+    )
     verdict = "failed" if result.failed else ("valid" if result.valid else "invalid")
     return Response(
         orjson.dumps(result.outcome),

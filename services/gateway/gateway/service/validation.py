@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from nats.js.api import DeliverPolicy
 
+from fhirschema.validator.issues import Issue
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
     CHUNK_BYTES,
     HEADER_MSG_ID,
     INLINE_LIMIT,
+    InputIssue,
     JobKind,
     JobState,
     JobStatus,
@@ -45,6 +47,10 @@ def _message(job_id: str, index: int, kind: str, payload: Any, profiles: list[st
     return orjson.dumps(msg)
 
 
+def _input_issues(issues: Iterable[Issue]) -> list[dict[str, Any]]:
+    return [InputIssue.of(i).model_dump(exclude_none=True) for i in issues]
+
+
 def _line(result: dict[str, Any]) -> bytes:
     return orjson.dumps(
         {
@@ -67,11 +73,21 @@ class ValidationService:
     # --- one resource, synchronously --------------------------------------------------------
 
     async def validate_one(
-        self, resource: dict[str, Any], raw: bytes, profiles: list[str], timeout: float | None = None
+        self,
+        resource: dict[str, Any],
+        raw: bytes,
+        profiles: list[str],
+        timeout: float | None = None,
+        issues: Sequence[Issue] = (),
     ) -> SyncOutcome:
+        """`issues`: findings of `raw` itself (repeated keys), which the validator reports first;
+        a resource that goes by S3 reference travels as `raw`, and the validator finds them."""
         job_id = new_job_id()
         kind, payload = await self.d.payload(job_id, 0, resource, raw)
-        message = _message(job_id, 0, kind, payload, profiles, reply_to=self.d.reply_to(job_id))
+        extra: dict[str, Any] = {"reply_to": self.d.reply_to(job_id)}
+        if issues and kind == "inline":
+            extra["input_issues"] = _input_issues(issues)
+        message = _message(job_id, 0, kind, payload, profiles, **extra)
         self.metrics.sync_in_flight.inc()
         try:
             data = await self.d.call(s.VALIDATE_ONE, job_id, message, timeout or self.sync_timeout)
@@ -117,7 +133,7 @@ class ValidationService:
         self, items: list[Item], profiles: list[str], kind: JobKind, detail: dict
     ) -> JobStatus:
         for item in items:
-            if not isinstance(item.resource, dict):
+            if item.failed is None and not isinstance(item.resource, dict):
                 raise BadRequest(f"item {item.source} is not a JSON object (a FHIR resource)")
         if not items:
             raise BadRequest("the batch holds no resources")
@@ -125,7 +141,11 @@ class ValidationService:
         jobs = await self.d.jobs()
         job = await jobs.create(kind, len(items), job_id=job_id, detail=detail)
         subject = s.VALIDATE_BATCH_ITEM if kind is JobKind.VALIDATE else s.CONVERT_BATCH_ITEM
+        failed = [item for item in items if item.failed is not None]
+        items = [item for item in items if item.failed is None]
         try:
+            if failed:  # their text cannot be validated: their results are known now
+                await self._record_failed(job_id, failed)
             if kind is JobKind.VALIDATE and self.chunk_items > 1:
                 # Chunks are published as they are cut, so validators start on the first one
                 # while the rest is still being packed; oversized items follow one by one.
@@ -136,7 +156,10 @@ class ValidationService:
             for item in items:
                 pkind, payload = await self.d.payload(job_id, item.index, item.resource)
                 if kind is JobKind.VALIDATE:
-                    body = _message(job_id, item.index, pkind, payload, profiles, source=item.source)
+                    extra: dict[str, Any] = {"source": item.source}
+                    if item.issues:
+                        extra["input_issues"] = _input_issues(item.issues)
+                    body = _message(job_id, item.index, pkind, payload, profiles, **extra)
                 else:
                     key = "structure_definition" if pkind == "inline" else "structure_definition_ref"
                     body = orjson.dumps({"job_id": job_id, "index": item.index, key: payload, **detail})
@@ -149,6 +172,23 @@ class ValidationService:
         self.metrics.batch_items.inc(len(items))
         return job
 
+    async def _record_failed(self, job_id: str, items: list[Item]) -> None:
+        """Items whose text cannot be validated (not JSON, nested too deeply): their results,
+        the CLI's for the same bytes, stored and counted as failed before the job is announced."""
+        subject = s.job_result_subject(s.VALIDATE_RESULT, job_id)
+        messages = []
+        for item in items:
+            assert item.failed is not None
+            result = ValidateResult(
+                job_id=job_id, index=item.index, valid=False, outcome=item.failed.to_outcome(),
+                source=item.source, error=item.failed.issues[0].message,
+            )  # fmt: skip
+            data = result.model_dump_json(exclude_none=True).encode()
+            messages.append((subject, data, f"{job_id}.{item.index}"))
+        await self.d.bus.publish_many(messages)
+        jobs = await self.d.jobs()
+        await jobs.record_many(job_id, [(item.index, "failed") for item in items])
+
     def _chunks(
         self, job_id: str, items: list[Item], profiles: list[str], oversized: list[Item]
     ) -> Iterator[tuple[str, bytes, str]]:
@@ -159,7 +199,10 @@ class ValidationService:
         parts: list[bytes] = []
         size, first = 0, 0
         for item in items:
-            part = orjson.dumps({"index": item.index, "source": item.source, "resource": item.resource})
+            fields = {"index": item.index, "source": item.source, "resource": item.resource}
+            if item.issues:
+                fields["input_issues"] = _input_issues(item.issues)
+            part = orjson.dumps(fields)
             if len(part) > INLINE_LIMIT:
                 oversized.append(item)
                 continue
