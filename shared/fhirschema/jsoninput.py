@@ -98,6 +98,13 @@ def validate(
     validator: _Validates, data: bytes | str, profiles: Sequence[str] = (), *, max_depth: int = MAX_DEPTH
 ) -> ValidationResult:
     """Parse and validate: the one outcome the CLI and the services give for the same bytes."""
+    if max_depth == MAX_DEPTH and type(data) is bytes and not data.startswith(_BOM):
+        try:  # the common case, without the steps it does not need (the CLI calls this per line)
+            value = jiter.from_json(data, catch_duplicate_keys=True, allow_inf_nan=False, cache_mode="keys")
+        except ValueError:
+            pass  # parse() below says what is wrong, or finds the repeated keys
+        else:
+            return validator.validate(value, profiles)
     try:
         parsed = parse(data, max_depth=max_depth)
     except JsonInputError as exc:
@@ -113,7 +120,8 @@ def parse(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> ParsedInput:
     if raw.startswith(_BOM):
         raw = raw[len(_BOM) :]
     try:
-        value = jiter.from_json(raw, catch_duplicate_keys=True, allow_inf_nan=False)
+        # cache_mode "keys": key objects shared across documents (plans match them by identity)
+        value = jiter.from_json(raw, catch_duplicate_keys=True, allow_inf_nan=False, cache_mode="keys")
     except ValueError as exc:
         if not str(exc).startswith("Detected duplicate key"):
             raise _error(raw, str(exc)) from None

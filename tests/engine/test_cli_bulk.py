@@ -22,9 +22,11 @@ def task() -> bulk.Task:
 
 def _items(tmp_path: Path) -> list[bulk.Item]:
     files = sorted((EXAMPLES / "r4-spec").glob("Observation-*.json"))[:40]
-    items = [bulk.Item(f"line:{n}", orjson.dumps(orjson.loads(p.read_bytes()))) for n, p in enumerate(files)]
-    items += [bulk.Item("broken", b'{"resourceType": "Patient",'), bulk.Item(str(tmp_path / "missing.json"))]
-    return items + [bulk.Item(str(p)) for p in files[:7]]
+    items: list[bulk.Item] = [
+        (f"line:{n}", orjson.dumps(orjson.loads(p.read_bytes()))) for n, p in enumerate(files)
+    ]
+    items += [("broken", b'{"resourceType": "Patient",'), (str(tmp_path / "missing.json"), None)]
+    return items + [(str(p), None) for p in files[:7]]
 
 
 def _collect(task: bulk.Task, items: list[bulk.Item], jobs: int) -> list[bulk.Done]:
@@ -59,7 +61,7 @@ def test_workers_give_the_same_lines_in_the_same_order(
 
 def test_a_line_is_what_orjson_makes_of_the_result(task: bulk.Task) -> None:
     for data in (b'{"resourceType": "Patient"}', b'{"resourceType": "Patient", "gender": 1}', b"[", b'"x"'):
-        [done] = _collect(task, [bulk.Item("s", data)], 1)
+        [done] = _collect(task, [("s", data)], 1)
         result = jsoninput.validate(task.validator, data)
         assert (
             done.output

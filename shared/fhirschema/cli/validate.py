@@ -154,9 +154,9 @@ def _inputs(paths: list[str], counts: dict[str, int]) -> Iterator[bulk.Item]:
             with handle:
                 for number, line in enumerate(handle, 1):
                     if line.strip():  # without its newline: a fault's position is on this line
-                        yield bulk.Item(f"{path}:{number}", line.rstrip(b"\r\n"))
+                        yield f"{path}:{number}", line.rstrip(b"\r\n")
         else:
-            yield bulk.Item(path)
+            yield path, None
 
 
 def _stdin(data: bytes) -> Iterator[bulk.Item]:
@@ -172,9 +172,9 @@ def _stdin(data: bytes) -> Iterator[bulk.Item]:
                 pass
             else:
                 for number, line in lines:
-                    yield bulk.Item(f"-:{number}", line)
+                    yield f"-:{number}", line
                 return
-    yield bulk.Item("-", data)
+    yield "-", data
 
 
 class _NoProgress:
