@@ -35,6 +35,7 @@ COMPILED = [
     "fhirschema/validator/references.py",
     "fhirschema/validator/slices.py",
     "fhirschema/validator/temporal.py",
+    "fhirschema/validator/values.py",
     "fhirschema/validator/walk.py",
 ]
 # Not compiled, but mypyc builds their signatures into the compiled modules: part of the manifest.

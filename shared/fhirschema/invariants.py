@@ -191,18 +191,18 @@ class Invariants:
             return do_eval(ctx, ctx["dataRoot"], ast["children"][0])
 
     def selects(self, expression: str, node: object, *, resource: dict, root: dict | None = None) -> bool:
-        """Is `node` (by identity) among what `expression` selects from `resource`? An extension's
+        """Is `node` among what `expression` selects from `resource`? An extension's
         FHIRPath context (R4 §2.28.4); an expression that cannot be evaluated selects nothing."""
         compiled = self.compile(expression)
         if compiled.ast is None:
             return False
-        focus = ResourceNode.create_node(resource, resource.get("resourceType"))
-        try:
-            result = self._run(compiled.ast, focus, resource, root)
+        try:  # the resource itself as the focus: a typed node would not match `Patient.x` paths
+            result = self._run(compiled.ast, resource, resource, root)
         except Exception:  # includes RecursionError: selects nothing
             return False
         items = result if isinstance(result, list) else [result]
-        return any(get_data(item) is node for item in items)
+        # fhirpathpy may hand back copies: an equal node is the same element (or one just like it)
+        return any(get_data(item) is node or get_data(item) == node for item in items)
 
 
 _TRUE = InvariantResult(True)

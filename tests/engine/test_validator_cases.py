@@ -22,6 +22,11 @@ AMENDED: dict[str, tuple[dict[str, Any], str]] = {
         {"valid": False, "issues": [{"code": "fs1103", "path": ["name", 0, "_given", 0, "extension", 0]}]},
         "humanname-own-prefix's context is HumanName.family; the reference rejects it on given",
     ),
+    "choice: required choice satisfied by _valueString (extension only)": (
+        {"valid": False, "issues": [{"code": "fs1101", "path": ["_valueString", "extension", 0]}]},
+        "the case loads no definition of data-absent-reason: an undefined extension outside the example"
+        " domains is an error for the reference",
+    ),
     "real-resources: unknown resourceType → silent pass (matches aidbox default; strict mode is future work)": (
         _UNKNOWN_TYPE,
         "issue 9: an unknown resourceType is an error in every mode",

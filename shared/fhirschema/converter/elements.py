@@ -7,6 +7,17 @@ from typing import Any
 BINDING_NAME_EXT = "http://hl7.org/fhir/StructureDefinition/elementdefinition-bindingName"
 DEFAULT_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/elementdefinition-defaulttype"
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+# ElementDefinition extensions that constrain values (R5 elements carried into R4 profiles).
+MIN_LENGTH_EXT = "http://hl7.org/fhir/StructureDefinition/minLength"
+_R5_ELEMENT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ElementDefinition."
+MUST_HAVE_VALUE_EXTS = (
+    _R5_ELEMENT + "mustHaveValue",
+    "http://hl7.org/fhir/StructureDefinition/elementdefinition-mustHaveValue",
+)
+VALUE_ALTERNATIVES_EXTS = (
+    _R5_ELEMENT + "valueAlternatives",
+    "http://hl7.org/fhir/StructureDefinition/elementdefinition-valueAlternatives",
+)
 
 # Documentation-only keys, and keys the tree walk consumes itself.
 DROPPED = frozenset(
@@ -99,8 +110,21 @@ def transform(el: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
                     out["defaultType"] = ext["valueCanonical"]
     elif "pattern" in out:
         out["type"] = out["pattern"]["type"]
+    _value_rules(el, out)
     _cardinality(el, out)
     return out
+
+
+def _value_rules(el: dict[str, Any], out: dict[str, Any]) -> None:
+    """minLength, mustHaveValue, valueAlternatives: extensions on the ElementDefinition."""
+    for ext in el.get("extension") or ():
+        url = ext.get("url") if isinstance(ext, dict) else None
+        if url == MIN_LENGTH_EXT and isinstance(ext.get("valueInteger"), int):
+            out["minLength"] = ext["valueInteger"]
+        elif url in MUST_HAVE_VALUE_EXTS and ext.get("valueBoolean") is True:
+            out["mustHaveValue"] = True
+        elif url in VALUE_ALTERNATIVES_EXTS and isinstance(ext.get("valueCanonical"), str):
+            out.setdefault("valueAlternatives", []).append(ext["valueCanonical"])
 
 
 def _cardinality(el: dict[str, Any], out: dict[str, Any]) -> None:

@@ -189,6 +189,14 @@ class _Parser:
                     raise ValueError("ofType")
                 key = name + type_name[:1].upper() + type_name[1:]
                 current = (lambda c, k: lambda n, env: _children_exact(c(n, env), k))(current, key)
+            elif current is base and not literal_base and name[:1].isupper():
+                # `Patient.active`: a leading type name filters the focus (FHIRPath §4.1); a
+                # datatype's node carries no type of its own, and its constraints name its type
+                current = (
+                    lambda t: (
+                        lambda n, env: [n] if type(n) is dict and n.get("resourceType") in (t, None) else []
+                    )
+                )(name)
             elif current is base and not literal_base:  # a step from the focus: its schema is known
                 current = (lambda nm: lambda n, env: _children([n], nm, env.get("groups")))(name)
             else:

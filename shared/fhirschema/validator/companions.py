@@ -37,7 +37,10 @@ def walk_companion(run: Run, data: dict[str, Any], key: str, value: Any, plan: P
                 continue
             if isinstance(value, list):
                 run.path.append(i)
-            if isinstance(item, dict) and item:
+            if isinstance(item, dict) and len(item) == 1 and "id" in item and main is None:
+                # ele-1: no value and no extension; an id alone is not content
+                run.issue("fs202", f"{base} has neither a value nor extensions (only an id)")
+            elif isinstance(item, dict) and item:
                 run.companions.append(ep.type)
                 run.node(item, element_plan)
                 run.companions.pop()

@@ -62,10 +62,27 @@ def contexts_text(sd: dict[str, Any]) -> str:
     return ", ".join(str(c.get("expression")) for c in sd.get("context") or () if isinstance(c, dict))
 
 
+# Extensions that may be used without a definition, as the HL7 validator allows them: example
+# domains (RFC 2606's, and the reference's acme.com and nema.org) and HL7's own tooling extensions.
+_EXAMPLE_HOSTS = ("example.org", "example.com", "example.net", "acme.com", "nema.org")
+_UNDEFINED_PREFIX = "http://hl7.org/fhir/tools/StructureDefinition/"
+
+
+def _may_be_undefined(url: str) -> bool:
+    if url.startswith(_UNDEFINED_PREFIX):
+        return True
+    host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+    return host == "example" or any(host == h or host.endswith("." + h) for h in _EXAMPLE_HOSTS)
+
+
 def unknown_extension(url: str, modifier: bool) -> Finding:
-    """An extension whose definition is not loaded: a modifier cannot be ignored, others can."""
-    return finding("fs1102" if modifier else "fs1101", f"unknown extension {url}",
-                   severity="error" if modifier else "warning")  # fmt: skip
+    """An extension whose definition is not loaded: it cannot be checked, so it is not allowed
+    (the reference's rule), except in example domains, where it is a warning."""
+    code = "fs1102" if modifier else "fs1101"
+    if _may_be_undefined(url):
+        return finding(code, f"unknown extension {url}", severity="warning")
+    return finding(code, f"unknown extension {url}: its definition is not loaded, so it is not allowed "
+                   "here (load the package that defines it)")  # fmt: skip
 
 
 def misplaced_extension(url: str, sd: dict[str, Any], path: str) -> Finding:

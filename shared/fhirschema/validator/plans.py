@@ -11,6 +11,7 @@ from typing import Any, Final, Protocol
 from fhirschema.fastpath import compile_subset, guard
 from fhirschema.validator.primitives import PRIMITIVES, SYSTEM_TYPES, Primitive, checker
 from fhirschema.validator.slices import Slicing
+from fhirschema.validator.values import Limits
 
 # ElementPlan.hot: see walk.Run.node. Final: compiled, these are C constants, not global lookups.
 HOT_NESTED: Final = 1
@@ -62,6 +63,7 @@ class ElementPlan:
         "is_reference",
         "is_resource",
         "key",
+        "limits",
         "max",
         "min",
         "nested",
@@ -97,7 +99,14 @@ class ElementPlan:
         self.profiles: list[str] = []
         self.url: str | None = None
         self.slicing: Slicing | None = None
+        self.limits: Limits | None = None  # minValue/maxValue, lengths, value presence
         for el, origin in defs:
+            if self.limits is None:
+                limits = Limits()
+                if limits.add(el, origin):
+                    self.limits = limits
+            else:
+                self.limits.add(el, origin)
             if self.type is None and el.get("type"):
                 t = el["type"]
                 self.type = SYSTEM_TYPES.get(t, t)
@@ -136,7 +145,9 @@ class ElementPlan:
         self.is_resource = self.type in RESOURCE_SLOTS
         self.is_primitive = self.type in PRIMITIVES or (self.type is not None and self.type[:1].islower())
         self.prim: Primitive | None = checker(self.type) if self.is_primitive and self.type else None
-        self.value_checks = bool(self.fixed or self.patterns or self.binding is not None)
+        self.value_checks = bool(
+            self.fixed or self.patterns or self.binding is not None or self.limits is not None
+        )
         # A binding the validator judges: a strength with a severity, on a type that carries codes.
         self.bound = (
             self.binding is not None

@@ -21,6 +21,7 @@ from fhirschema.validator.matching import equals, matches
 from fhirschema.validator.plans import HOT_CODED, HOT_NESTED, HOT_PLAIN, ElementPlan, Plan
 from fhirschema.validator.references import reference_findings
 from fhirschema.validator.slices import assign_slices
+from fhirschema.validator.values import absent_value_findings, limit_findings
 
 if TYPE_CHECKING:
     from fhirschema.validator.engine import Validator
@@ -38,8 +39,9 @@ class Run:
         self.resources: list[dict[str, Any]] = []  # enclosing resources, outermost first
         self.starts: list[int] = []  # len(self.path) where each enclosing resource begins
         # The element whose extensions are walked: its type, the element itself, the url of the
-        # extension it is (or None), for the extensions' context rules.
+        # innermost extension it is in (or None), for the extensions' context rules.
         self.ext_parents: list[tuple[str | None, Any, str | None]] = []
+        self.ext_urls: list[str | None] = []  # urls of the extensions being walked, outermost first
         self.companions: list[str | None] = []  # primitive types whose `_x` companion is walked
         self.bundle_targets: dict[str, set[str | None]] = {}
 
@@ -183,6 +185,11 @@ class Run:
             if key[:1] == "_":
                 walk_companion(self, data, key, value, plan)
                 companion = plan.element(key[1:])
+                limits = companion.limits if companion is not None else None
+                if limits is not None and limits.presence_rules() and key[1:] not in data:
+                    path.append(key[1:])
+                    self.report(absent_value_findings(key[1:], value, limits))
+                    path.pop()
                 if companion is not None and companion.choice_of is not None and key[1:] not in data:
                     if present_groups is None:
                         present_groups = {}
@@ -217,8 +224,8 @@ class Run:
                 parent = plan.type_name
                 if parent == "Element" and self.companions:
                     parent = self.companions[-1]  # `_birthDate`: extensions of a primitive's value
-                host_url = data.get("url") if parent == "Extension" else None
-                self.ext_parents.append((parent, data, host_url if isinstance(host_url, str) else None))
+                host_url = self.ext_urls[-1] if self.ext_urls else None
+                self.ext_parents.append((parent, data, host_url))
                 self.value(value, ep)
                 self.ext_parents.pop()
             else:
@@ -316,7 +323,8 @@ class Run:
             if not isinstance(item, dict):
                 self.issue("fs204" if ep.type is None else "fs202", f"expected an object ({ep.type})")
                 return
-            if not item:
+            if not item or (len(item) == 1 and "id" in item):
+                # ele-1: an element needs a value or children, and its id is neither
                 self.issue("fs202", "empty objects are not allowed: an element needs a value or children")
                 return
             if ep.is_extension:
@@ -326,7 +334,14 @@ class Run:
             child = ep.child(extra)
             if ep.type_missing:
                 self.issue("fs701", f"type {ep.type} is not loaded", severity=self.v.unknown_severity)
-            self.node(item, child)
+            if ep.is_extension:
+                url = item.get("url")
+                absolute = isinstance(url, str) and ("://" in url or url.startswith("urn:"))
+                self.ext_urls.append(url if absolute else (self.ext_urls[-1] if self.ext_urls else None))
+                self.node(item, child)
+                self.ext_urls.pop()
+            else:
+                self.node(item, child)
             if ep.is_reference:
                 root = self.resources[0] if self.resources else None
                 self.report(reference_findings(item, ep, self.is_type, root, self.bundle_targets,
@@ -342,6 +357,8 @@ class Run:
         for pattern, origin in ep.patterns:
             if not matches(pattern, item):
                 self.issue("fs205", f"value must match the pattern {_short(pattern)}", profile=origin)
+        if ep.limits is not None:
+            self.report(limit_findings(item, ep.limits))
         if ep.bound and self.v.terminology is not None:
             self.report(binding_findings(item, ep, self.v.check_code))
 
