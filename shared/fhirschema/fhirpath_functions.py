@@ -57,7 +57,7 @@ def _resolve(ctx: dict, inputs: list) -> list:
                 if target is not None:
                     break
         else:
-            target = _bundle_entry(variables.get("rootResource"), ref)
+            target = _bundle_entry(variables.get("bundle") or variables.get("rootResource"), ref)
         if target is not None:
             found.append(ResourceNode.create_node(target))
     return found

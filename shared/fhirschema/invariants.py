@@ -147,7 +147,10 @@ class Invariants:
         resource: dict,
         root: dict | None = None,
         path: str | None = None,
+        bundle: dict | None = None,
     ) -> InvariantResult:
+        """`root` is %rootResource; `bundle` the Bundle the resource is an entry of, where
+        resolve() finds other entries."""
         fast = compile_subset(expression)
         if fast is not None:  # the common subset, natively (see fastpath.py); None → full engine
             verdict = fast(node, {"root": root if root is not None else resource, "resource": resource})
@@ -164,7 +167,7 @@ class Invariants:
             path = "Element"
         focus = ResourceNode.create_node(node, self._model_path(path)) if path else node
         try:
-            result = self._run(compiled.ast, focus, resource, root)
+            result = self._run(compiled.ast, focus, resource, root, bundle)
         except RecursionError:
             return InvariantResult(None, "expression too deeply nested to evaluate")
         except Exception as exc:  # fhirpathpy raises bare Exceptions for type errors etc.
@@ -172,7 +175,9 @@ class Invariants:
             return InvariantResult(None, f"evaluation failed: {str(exc)[:200]}")
         return _as_result(result)
 
-    def _run(self, ast: dict, focus: object, resource: dict, root: dict | None) -> Any:
+    def _run(
+        self, ast: dict, focus: object, resource: dict, root: dict | None, bundle: dict | None = None
+    ) -> Any:
         ctx = {
             "dataRoot": [focus],
             "$this": [focus],  # fhirpathpy only sets it inside functions; `$this.x` needs it
@@ -181,6 +186,7 @@ class Invariants:
                 "context": focus,
                 "resource": resource,
                 "rootResource": root if root is not None else resource,
+                "bundle": bundle,
             },
             "model": self.model,
             "userInvocationTable": self.functions,

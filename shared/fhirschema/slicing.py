@@ -21,12 +21,28 @@ def _segments(path: str) -> list[str] | None:
     if path in ("$this", ""):
         return []
     parts = []
-    for part in path.split("."):
+    for part in _split_path(path):
         if part == "$this":
             continue
         if part == "resolve()":
             return None  # needs the referenced resource: cannot be a static pattern
         parts.append(part)
+    return parts
+
+
+def _split_path(path: str) -> list[str]:
+    """`extension('http://a.b/c').value` → [`extension('http://a.b/c')`, `value`]: dots inside
+    a function's arguments do not separate steps."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(path):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "." and depth == 0:
+            parts.append(path[start:i])
+            start = i + 1
+    parts.append(path[start:])
     return parts
 
 
@@ -95,6 +111,9 @@ def build_match(discriminators: list[dict[str, Any]] | None, schema: dict[str, A
     for disc in discriminators or ():
         kind = disc.get("type") or "value"
         raw_path = disc.get("path") or "$this"
+        if raw_path.endswith("resolve()") and kind in ("type", "profile"):
+            _put_resolved(match, schema, kind, raw_path)
+            continue
         type_filter = _OF_TYPE.match(raw_path)
         if type_filter:
             raw_path = type_filter.group(1)
@@ -117,14 +136,32 @@ def build_match(discriminators: list[dict[str, Any]] | None, schema: dict[str, A
                 _put(match, schema, parts, {"$exists": False})
             continue
         node = _schema_at(schema, parts) if parts else schema
+        if node is None and kind == "type" and parts:
+            # Type discriminator on a choice (`content` of `payload`): the slice names its
+            # variants (`contentString`), so the item must carry one of those.
+            parent = _schema_at(schema, parts[:-1]) if parts[:-1] else schema
+            prefix = parts[-1]
+            types = [
+                key[len(prefix) :]
+                for key in (parent or {}).get("elements") or {}
+                if key.startswith(prefix) and key[len(prefix) : len(prefix) + 1].isupper()
+            ]
+            if types:
+                _put(match, schema, parts, {"$type": types})
+            continue
         if node is None:
             # Value discriminator on a choice path: `value` is `valueQuantity` etc. in the schema
             if parts and kind in ("value", "pattern"):
                 parent = _schema_at(schema, parts[:-1]) or {}
+                last = parts[-1]
                 variants = [
                     (k, v)
                     for k, v in (parent.get("elements") or {}).items()
-                    if v.get("choiceOf") == parts[-1] and ("fixed" in v or "pattern" in v)
+                    if (
+                        v.get("choiceOf") == last
+                        or (k.startswith(last) and k[len(last) : len(last) + 1].isupper())
+                    )
+                    and ("fixed" in v or "pattern" in v)
                 ]
                 if len(variants) == 1:
                     _put(match, schema, [*parts[:-1], variants[0][0]], _condition(kind, variants[0][1], None))
@@ -136,6 +173,26 @@ def build_match(discriminators: list[dict[str, Any]] | None, schema: dict[str, A
             continue
         _put(match, schema, parts, value)
     return match
+
+
+def _put_resolved(match: dict[str, Any], schema: dict[str, Any], kind: str, raw_path: str) -> None:
+    """`item.resolve()` / `content.ofType(Reference).resolve()`: the slice is told apart by the
+    referenced resource, its type or profile (`{"$resolve": {"type"|"profile": [...]}}`)."""
+    path = raw_path[: -len("resolve()")].rstrip(".")
+    type_filter = _OF_TYPE.match(path)
+    if type_filter:
+        path = type_filter.group(1)
+    parts = _segments(path)
+    if not parts:
+        return
+    if type_filter:
+        parts[-1] += type_filter.group(2)[:1].upper() + type_filter.group(2)[1:]
+    node = _schema_at(schema, parts)
+    refers = (node or {}).get("refers") or []
+    if not refers:
+        return
+    want = [url.rsplit("/", 1)[-1] for url in refers] if kind == "type" else list(refers)
+    _put(match, schema, parts, {"$resolve": {kind: want}})
 
 
 def _fixed_ancestor(schema: dict[str, Any], parts: list[str]) -> tuple[list[str], Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhirschema.validator.findings import Finding, finding
+from fhirschema.validator.references import REFERENCE
 
 Targets = dict[str, set[str | None]]  # `Type/id` -> the fullUrls of the entries that hold it
 
@@ -37,8 +38,9 @@ def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets]:
         for (name, _), hits in by_identity.items():
             if len({full for _, full in hits}) > 1:
                 for i, _full in hits:
+                    # A warning: FHIR lets two servers hold the same Type/id (the reference agrees).
                     out.append(finding("fs1201", f"{name} appears in {len(hits)} entries with different fullUrls",
-                                       extra=("entry", i, "resource", "id")))  # fmt: skip
+                                       severity="warning", extra=("entry", i, "resource", "id")))  # fmt: skip
     kind = data.get("type")
     first = entries[0].get("resource") if entries and isinstance(entries[0], dict) else None
     expected = (
@@ -47,7 +49,120 @@ def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets]:
     if expected and (not isinstance(first, dict) or first.get("resourceType") != expected):
         out.append(finding("fs1202", f"a {kind} Bundle must start with a {expected}",
                            extra=("entry", 0, "resource")))  # fmt: skip
+    out += full_url_findings(entries)
+    if kind == "document":
+        out += document_findings(entries)
     targets: Targets = {}
     for (name, _), hits in by_identity.items():  # every version of a Type/id: one target set
         targets.setdefault(name, set()).update(f for _, f in hits)
     return out, targets
+
+
+def _restful(full: Any) -> tuple[str, str, str] | None:
+    """`http://base/Patient/1` → (base, Patient, 1); None for urns and other URLs."""
+    if not isinstance(full, str):
+        return None
+    m = REFERENCE.match(full)
+    if m is None or not m.group("base"):
+        return None
+    return m.group("base"), m.group("type"), m.group("id")
+
+
+def full_url_findings(entries: list[Any]) -> list[Finding]:
+    """A RESTful fullUrl (`base/Type/id`) names its resource: type and id must agree (R4 §2.36.4)."""
+    out: list[Finding] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        parts = _restful(entry.get("fullUrl"))
+        res = entry["resource"]
+        if parts is None or not isinstance(res.get("resourceType"), str):
+            continue
+        _, rtype, rid = parts
+        if "id" not in res:
+            out.append(finding("fs1203", f"fullUrl {entry['fullUrl']} looks like a RESTful URL, but the "
+                               "resource has no id", extra=("entry", i)))  # fmt: skip
+        elif rtype != res["resourceType"] or rid != res.get("id"):
+            out.append(finding("fs1203", f"fullUrl {entry['fullUrl']} looks like a RESTful URL, so it must end "
+                               f"with the resource's type and id ({res['resourceType']}/{res.get('id')})",
+                               extra=("entry", i)))  # fmt: skip
+    return out
+
+
+def resolve_in_bundle(entries: list[Any], ref: str, from_full_url: Any) -> int | None:
+    """The entry a reference names, by R4 §2.36.4.1: absolute references and urns by fullUrl;
+    a relative `Type/id` against the base of the referring entry's RESTful fullUrl, from a
+    urn-named entry as `urn:uuid:id`, from an entry without fullUrl by type and id."""
+    ref = ref.split("/_history/", 1)[0]
+    wanted: str | None = ref
+    by_id: tuple[str, str] | None = None
+    if not ref.startswith("urn:") and "://" not in ref:
+        m = REFERENCE.match(ref)
+        if m is None:
+            return None
+        base = _restful(from_full_url)
+        # From a urn-named entry, `Type/x` names the entry `urn:uuid:x` (as the reference resolves it).
+        wanted = f"{base[0]}/{ref}" if base is not None else f"urn:uuid:{m.group('id')}"
+        if from_full_url is None:
+            by_id = (m.group("type"), m.group("id"))
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        full = entry.get("fullUrl")
+        if wanted is not None and isinstance(full, str) and full.split("/_history/", 1)[0] == wanted:
+            return i
+        res = entry.get("resource")
+        if by_id is not None and isinstance(res, dict) and (res.get("resourceType"), res.get("id")) == by_id:
+            return i
+    return None
+
+
+def _references(
+    node: Any, path: tuple[str | int, ...], depth: int, out: list[tuple[str, tuple[str | int, ...]]]
+) -> None:
+    """Every `reference` string below `node` with its path (bounded: the walk reports deeper data)."""
+    if depth > 60:
+        return
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref and not ref.startswith("#"):
+            out.append((ref, path))
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                _references(value, (*path, key), depth + 1, out)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            if isinstance(value, (dict, list)):
+                _references(value, (*path, i), depth + 1, out)
+
+
+def document_findings(entries: list[Any]) -> list[Finding]:
+    """A document's references resolve inside it, and every entry is reachable from the
+    Composition by following references forward or backward (R4 §3.3.1)."""
+    out: list[Finding] = []
+    links: dict[int, set[int]] = {i: set() for i in range(len(entries))}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        found: list[tuple[str, tuple[str | int, ...]]] = []
+        _references(entry["resource"], (), 0, found)
+        for ref, path in found:
+            target = resolve_in_bundle(entries, ref, entry.get("fullUrl"))
+            if target is not None:
+                links[i].add(target)
+                links[target].add(i)
+            elif ref.startswith("urn:") or "://" not in ref:
+                out.append(finding("fs1204", f"{ref} cannot be found in the document Bundle",
+                                   extra=("entry", i, "resource", *path, "reference")))  # fmt: skip
+    reached = {0}
+    todo = [0]
+    while todo:
+        for j in links[todo.pop()]:
+            if j not in reached:
+                reached.add(j)
+                todo.append(j)
+    for i, entry in enumerate(entries):
+        if i not in reached and isinstance(entry, dict):
+            out.append(finding("fs1205", f"entry {entry.get('fullUrl') or i} is not reachable from the Composition "
+                               "by following references", extra=("entry", i)))  # fmt: skip
+    return out

@@ -10,14 +10,13 @@ if TYPE_CHECKING:
     from fhirschema.validator.plans import Plan
 
 
-def check_constraints(data: Any, plan: Plan, invariants: Any, resources: list[dict[str, Any]],
+def check_constraints(data: Any, plan: Plan, invariants: Any, resources: list[dict[str, Any]], root: Any,
                       path: list[str | int], start: int) -> list[Finding]:  # fmt: skip
     """The plan's FHIRPath constraints on `data`: the native subset first, fhirpathpy (`invariants`)
-    for the rest. `resources` enclose `data` (outermost first); `path[start:]` leads from the
-    innermost one to `data`."""
+    for the rest. `resources` enclose `data` (outermost first), `root` is %rootResource;
+    `path[start:]` leads from the innermost one to `data`."""
     out: list[Finding] = []
     resource = resources[-1] if resources else data
-    root = resources[0] if resources else data
     env = {"root": root, "resource": resource, "groups": plan.groups}
     type_name: str | None = None
     for key, c, origin, fast, shortcut in plan.checks():
@@ -28,8 +27,9 @@ def check_constraints(data: Any, plan: Plan, invariants: Any, resources: list[di
         if verdict is None:  # outside the native subset: the full FHIRPath engine
             if type_name is None:
                 type_name = _type_name(plan, resource, bool(resources), path[start:])
+            bundle = resources[0] if resources and resources[0].get("resourceType") == "Bundle" else None
             verdict = invariants.evaluate(
-                c["expression"], data, resource=resource, root=root, path=type_name
+                c["expression"], data, resource=resource, root=root, path=type_name, bundle=bundle
             ).ok
         if verdict is False:
             severity = "warning" if c.get("severity") == "warning" else "error"

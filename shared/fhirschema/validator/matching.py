@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-# Called for operators that need more than the data: ("$profile", data, [urls]) and
-# ("$valueset", data, url). Returns whether `data` satisfies it.
+# Called for operators that need more than the data: ("$profile", data, [urls]),
+# ("$valueset", data, url) and ("$resolve", reference, {"type"|"profile": [...]}). Returns whether
+# `data` satisfies it.
 ProfileCheck = Callable[[str, Any, Any], bool]
 # Compiled (scripts/build_engine.py), recursion is C recursion, which no RecursionError stops:
 # deeper data raises one here, which Validator.validate reports as fs1302 like the source does.
@@ -76,6 +77,10 @@ def _keyed_operator(
         and present
         and profile_check is not None
         and not profile_check("$profile", data[key], want["$profile"])
+    ):
+        return False
+    if "$resolve" in want and (
+        not present or profile_check is None or not profile_check("$resolve", data[key], want["$resolve"])
     ):
         return False
     rest = {k: v for k, v in want.items() if k[0] != "$"}

@@ -110,8 +110,6 @@ class ElementPlan:
             if self.type is None and el.get("type"):
                 t = el["type"]
                 self.type = SYSTEM_TYPES.get(t, t)
-            if el.get("array"):
-                self.array = True
             if el.get("min"):
                 self.min = max(self.min, el["min"])
             if el.get("max") is not None:
@@ -139,7 +137,11 @@ class ElementPlan:
             if el.get("slicing"):
                 if self.slicing is None:
                     self.slicing = Slicing()
-                self.slicing.add(el["slicing"])
+                self.slicing.add(el["slicing"], origin)
+        # Whether it repeats is the base's: a profile's `max: *` cannot make a single-valued element
+        # repeat. Definitions that declare the type (the base always does) decide.
+        typed = [el for el, _ in defs if el.get("type")]
+        self.array = any(el.get("array") for el in (typed or [el for el, _ in defs]))
         if self.slicing is not None:
             self.slicing.finish(key)
         self.is_resource = self.type in RESOURCE_SLOTS
@@ -199,8 +201,8 @@ class ElementPlan:
                         t = target.get("type")
                         if t and self.type is None:
                             schemas += self.compiler.chain(t)
-            for profile in self.profiles:
-                schemas += self.compiler.chain(profile)
+            if len(self.profiles) == 1:  # several are alternatives: the walk picks one (Run.pick_profile)
+                schemas += self.compiler.chain(self.profiles[0])
             plan = self._children[key] = self.compiler.plan(schemas)
         if not extra:
             self._child0 = plan

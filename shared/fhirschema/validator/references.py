@@ -83,3 +83,30 @@ def reference_findings(
     if memo and len(ep.verdicts) < MEMO_SIZE:
         ep.verdicts[ref] = found
     return found
+
+
+def contained_resource(owner: dict[str, Any], local_id: str) -> dict[str, Any] | None:
+    contained = owner.get("contained")
+    for c in contained if isinstance(contained, list) else ():
+        if isinstance(c, dict) and c.get("id") == local_id:
+            return c
+    return None
+
+
+def bundle_entry(bundle: dict[str, Any], ref: str) -> dict[str, Any] | None:
+    """The entry resource `ref` names: by fullUrl, or `Type/id` against entries' type and id."""
+    entries = bundle.get("entry")
+    m = REFERENCE.match(ref)
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        res: dict[str, Any] = entry["resource"]
+        if entry.get("fullUrl") == ref:
+            return res
+        if m is not None and res.get("resourceType") == m.group("type") and res.get("id") == m.group("id"):
+            return res
+    return None
+
+
+def no_profile_matches(profiles: list[str]) -> Finding:
+    return finding("fs702", f"conforms to none of the profiles it may have: {', '.join(profiles)}")

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any
 from fhirschema.slicing import build_match
 from fhirschema.validator.findings import Finding, finding
 from fhirschema.validator.matching import matches
+from fhirschema.validator.references import REFERENCE
 
 if TYPE_CHECKING:
     from fhirschema.validator.plans import ElementPlan
 
 
 class Slice:
-    __slots__ = ("match", "max", "min", "name", "schemas")
+    __slots__ = ("match", "max", "min", "name", "origins", "schemas")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -23,6 +24,7 @@ class Slice:
         self.min = 0
         self.max: int | None = None
         self.schemas: list[dict[str, Any]] = []
+        self.origins: set[str | None] = set()  # the profiles that declare it
 
 
 class Slicing:
@@ -35,7 +37,7 @@ class Slicing:
         self.ordered = False
         self.discriminators: list[dict[str, Any]] = []
 
-    def add(self, block: dict[str, Any]) -> None:
+    def add(self, block: dict[str, Any], origin: str | None = None) -> None:
         rules = block.get("rules")
         if rules == "closed":
             self.closed = True
@@ -48,6 +50,7 @@ class Slicing:
             sl = self.slices.get(name)
             if sl is None:
                 sl = self.slices[name] = Slice(name)
+            sl.origins.add(origin)
             match = entry.get("match")
             if match not in (None, {}) and sl.match in (None, {}):
                 sl.match = match
@@ -78,10 +81,11 @@ class Slicing:
 
 
 Conforms = Callable[[dict[str, Any], str], bool]  # does a resource validate clean against a profile?
+Resolve = Callable[[str], dict[str, Any] | None]  # a reference's target among what the walk holds
 
 
 def assign_slices(
-    items: list[Any], ep: ElementPlan, conforms: Conforms, terminology: Any
+    items: list[Any], ep: ElementPlan, conforms: Conforms, terminology: Any, resolve: Resolve
 ) -> tuple[list[tuple[dict[str, Any], ...]], list[Finding]]:
     """Classify items into slices: the extra schemas of each item's slice, and the findings on
     slice cardinality, order and closed slicing."""
@@ -98,32 +102,42 @@ def assign_slices(
     def check(op: str, data: Any, want: Any) -> bool:
         if op == "$valueset":
             return _in_value_set(terminology, data, want)
+        if op == "$resolve":
+            return _target_check(data, want, resolve, memo, conforms)
         return _profile_check(data, want, memo, conforms)
 
     for i, item in enumerate(items):
-        hit = None
+        # Every slice the item matches: slices of different profiles (a derived profile naming
+        # the base's slice anew) may both hold it, each profile counting its own.
+        hits: list[Slice] = []
         for sl in named:
-            if sl.match not in (None, {}) and matches(sl.match, item, check):
-                if hit is None:
-                    hit = sl
-                elif not sl.name.startswith(hit.name + "/") and not (
-                    terminology is None and ("$valueset" in sl.match or "$valueset" in hit.match)
-                ):  # without terminology, value-set sliced items cannot be told apart: no verdict
-                    out.append(finding("fs901", f"item matches both slice {hit.name!r} and {sl.name!r}",
-                                       extra=(i,)))  # fmt: skip
-                    break
-        if hit is None and ep.key in ("extension", "modifierExtension") and isinstance(item, dict):
-            hit = next((s for s in named if s.match in (None, {}) and _ext_url(s) == item.get("url")), None)
-        if hit is None and default is not None:
-            hit = default
-        assigned.append(hit)
-        if hit is not None:
-            counts[hit.name] += 1
+            if sl.match in (None, {}) or not matches(sl.match, item, check):
+                continue
+            clash = next((h for h in hits if h.origins & sl.origins), None)
+            if clash is None:
+                hits.append(sl)
+            elif sl.name.startswith(clash.name + "/"):
+                hits[hits.index(clash)] = sl  # a reslice of the slice matched: the more specific one
+            elif not (terminology is None and ("$valueset" in sl.match or "$valueset" in clash.match)):
+                # without terminology, value-set sliced items cannot be told apart: no verdict
+                out.append(finding("fs901", f"item matches both slice {clash.name!r} and {sl.name!r}",
+                                   extra=(i,)))  # fmt: skip
+                break
+        if not hits and ep.key in ("extension", "modifierExtension") and isinstance(item, dict):
+            hits = [s for s in named if s.match in (None, {}) and _ext_url(s) == item.get("url")][:1]
+        if not hits and default is not None:
+            hits = [default]
+        assigned.append(hits[0] if hits else None)
+        counted: set[str] = set()
+        schemas: list[dict[str, Any]] = []
+        for hit in hits:
+            counted.add(hit.name)
             if "/" in hit.name and hit.name.split("/", 1)[0] in counts:
-                counts[hit.name.split("/", 1)[0]] += 1
-            extras.append(tuple(hit.schemas))
-        else:
-            extras.append(())
+                counted.add(hit.name.split("/", 1)[0])
+            schemas += hit.schemas
+        for name in counted:
+            counts[name] += 1
+        extras.append(tuple(schemas))
     order = {name: i for i, name in enumerate(slicing.slices)}
     last = -1
     seen_unmatched = False
@@ -164,6 +178,21 @@ def _in_value_set(terminology: Any, data: Any, value_set: str) -> bool:
         for system, code in codes
         if isinstance(code, str)
     )
+
+
+def _target_check(data: Any, want: dict[str, Any], resolve: Resolve, memo: dict[tuple[int, str], bool],
+                  conforms: Conforms) -> bool:  # fmt: skip
+    """A Reference whose target has one of `want["type"]`s, or conforms to one of `want["profile"]`s."""
+    ref = data.get("reference") if isinstance(data, dict) else None
+    if not isinstance(ref, str):
+        return False
+    target = resolve(ref)
+    if "type" in want:
+        if target is not None:
+            return target.get("resourceType") in want["type"]
+        m = REFERENCE.match(ref)  # not at hand: the literal reference names the type
+        return m is not None and m.group("type") in want["type"]
+    return target is not None and _profile_check(target, want.get("profile") or [], memo, conforms)
 
 
 def _profile_check(

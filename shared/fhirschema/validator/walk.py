@@ -19,7 +19,12 @@ from fhirschema.validator.findings import Finding
 from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
 from fhirschema.validator.plans import HOT_CODED, HOT_NESTED, HOT_PLAIN, ElementPlan, Plan
-from fhirschema.validator.references import reference_findings
+from fhirschema.validator.references import (
+    bundle_entry,
+    contained_resource,
+    no_profile_matches,
+    reference_findings,
+)
 from fhirschema.validator.slices import assign_slices
 from fhirschema.validator.values import absent_value_findings, limit_findings
 
@@ -37,6 +42,9 @@ class Run:
         self.depth = 0
         self.too_deep = False
         self.resources: list[dict[str, Any]] = []  # enclosing resources, outermost first
+        # %rootResource of each: its container when contained, else itself (a Bundle entry's
+        # resource is its own root)
+        self.roots: list[dict[str, Any]] = []
         self.starts: list[int] = []  # len(self.path) where each enclosing resource begins
         # The element whose extensions are walked: its type, the element itself, the url of the
         # innermost extension it is in (or None), for the extensions' context rules.
@@ -44,6 +52,7 @@ class Run:
         self.ext_urls: list[str | None] = []  # urls of the extensions being walked, outermost first
         self.companions: list[str | None] = []  # primitive types whose `_x` companion is walked
         self.bundle_targets: dict[str, set[str | None]] = {}
+        self.bundle: dict[str, Any] | None = None  # the innermost Bundle walked
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -80,15 +89,19 @@ class Run:
             self.report(findings)
             if plan is None:
                 return
+        contained = len(self.path) >= 2 and self.path[-2] == "contained" and bool(self.roots)
+        self.roots.append(self.roots[-1] if contained else data)
         self.resources.append(data)
         self.starts.append(len(self.path))
         try:
             if rtype == "Bundle":
                 findings, self.bundle_targets = check_bundle(data)
+                self.bundle = data
                 self.report(findings)
             self.node(data, plan)
         finally:
             self.resources.pop()
+            self.roots.pop()
             self.starts.pop()
 
     def conforms(self, data: dict[str, Any], url: str) -> bool:
@@ -244,7 +257,10 @@ class Run:
                     self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
         if self.v.invariants is not None and plan.has_constraints and not self.too_deep:
             start = self.starts[-1] if self.starts else 0
-            self.report(check_constraints(data, plan, self.v.invariants, self.resources, self.path, start))
+            root = self.roots[-1] if self.roots else data
+            self.report(
+                check_constraints(data, plan, self.v.invariants, self.resources, root, self.path, start)
+            )
         self.depth -= 1
 
     def missing(self, data: dict[str, Any], plan: Plan, present_groups: dict[str, list[str]] | None) -> None:
@@ -294,7 +310,7 @@ class Run:
                 self.issue("fs302", f"at most {ep.max} item(s) allowed, found {len(items)}")
             extras = None
             if ep.slicing is not None:
-                extras, findings = assign_slices(items, ep, self.conforms, self.v.terminology)
+                extras, findings = assign_slices(items, ep, self.conforms, self.v.terminology, self.resolve)
                 self.report(findings)
             path = self.path
             for i, item in enumerate(items):
@@ -315,7 +331,14 @@ class Run:
             if code is not None:
                 self.bad_primitive(code, ep, item)
         elif ep.is_resource:
-            self.resource(item, ep.profiles)
+            if len(ep.profiles) > 1 and isinstance(item, dict):
+                # type.profile lists alternatives: the resource must conform to one of them
+                chosen = next((p for p in ep.profiles if self.conforms(item, p)), None)
+                if chosen is None:
+                    self.report((no_profile_matches(ep.profiles),))
+                self.resource(item, (chosen or ep.profiles[0],))
+            else:
+                self.resource(item, ep.profiles)
             return
         elif ep.type is None and not isinstance(item, dict):
             pass  # an untyped overlay element: nothing to check the value itself against
@@ -331,6 +354,8 @@ class Run:
                 extra = self.extension_schemas(item, ep, extra)
                 if not extra and not self.v.compiler.chain("Extension"):
                     return  # no Extension definition loaded: nothing to check the item against
+            if len(ep.profiles) > 1 and not ep.is_extension:
+                extra = extra + self.pick_profile(item, ep, extra)
             child = ep.child(extra)
             if ep.type_missing:
                 self.issue("fs701", f"type {ep.type} is not loaded", severity=self.v.unknown_severity)
@@ -343,7 +368,7 @@ class Run:
             else:
                 self.node(item, child)
             if ep.is_reference:
-                root = self.resources[0] if self.resources else None
+                root = self.roots[-1] if self.roots else None
                 self.report(reference_findings(item, ep, self.is_type, root, self.bundle_targets,
                                                self.v.references))  # fmt: skip
         if ep.value_checks:
@@ -385,7 +410,7 @@ class Run:
         resource = self.resources[-1] if self.resources else host
         if not ok and fhirpath and invariants is not None:
             # FHIRPath contexts: the element must be among what the expression selects.
-            root = self.resources[0] if self.resources else host
+            root = self.roots[-1] if self.roots else host
             ok = any(invariants.selects(e, host, resource=resource, root=root) for e in fhirpath)
         elif not ok and fhirpath:
             ok = True  # cannot evaluate FHIRPath here: not judged
@@ -396,6 +421,33 @@ class Run:
             for expression in context_invariants(definition):
                 if invariants.evaluate(expression, host, resource=resource).ok is False:
                     self.report((failed_invariant(url, expression),))
+
+    def pick_profile(self, item: dict[str, Any], ep: ElementPlan,
+                     extra: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:  # fmt: skip
+        """type.profile lists alternatives: the schemas of the first one `item` conforms to (or of
+        the first, reported as matching none)."""
+        chains = [tuple(s for s, _ in self.v.compiler.chain(p)) for p in ep.profiles]
+        for chain in chains:
+            trial = Run(self.v, [])
+            trial.depth = self.depth  # within the same depth bound
+            trial.resources = list(self.resources)
+            trial.roots = list(self.roots)
+            trial.starts = [0] * len(self.resources)
+            trial.node(item, ep.child(extra + chain))
+            if not any(i.severity in ("error", "fatal") for i in trial.issues):
+                return chain
+        self.report((no_profile_matches(ep.profiles),))
+        return chains[0]
+
+    def resolve(self, ref: str) -> dict[str, Any] | None:
+        """A reference's target among the resources at hand: contained ones, the Bundle's entries."""
+        if ref.startswith("#"):
+            for owner in reversed(self.resources):
+                found = contained_resource(owner, ref[1:])
+                if found is not None:
+                    return found
+            return None
+        return bundle_entry(self.bundle, ref) if self.bundle is not None else None
 
     def is_type(self, name: str) -> bool:
         return bool(self.v.compiler.chain(name))
