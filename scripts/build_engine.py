@@ -30,6 +30,7 @@ COMPILED = [
     "fhirschema/validator/findings.py",
     "fhirschema/validator/issues.py",
     "fhirschema/validator/matching.py",
+    "fhirschema/validator/narrative.py",
     "fhirschema/validator/plans.py",
     "fhirschema/validator/primitives.py",
     "fhirschema/validator/references.py",

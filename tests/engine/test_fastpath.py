@@ -22,7 +22,7 @@ class Recorder(Invariants):
         self.compared = 0
         self.disagreements: list[tuple[str, str, object, object]] = []
 
-    def evaluate(self, expression, node, *, resource, root=None, path=None):  # type: ignore[override]
+    def evaluate(self, expression, node, *, resource, root=None, path=None, bundle=None):  # type: ignore[override]
         fast = compile_subset(expression)
         verdict = (
             fast(node, {"root": root if root is not None else resource, "resource": resource})
@@ -30,11 +30,11 @@ class Recorder(Invariants):
             else None
         )
         if verdict is not None:
-            slow = self.slow(expression, node, resource=resource, root=root, path=path)
+            slow = self.slow(expression, node, resource=resource, root=root, path=path, bundle=bundle)
             self.compared += 1
             if slow.ok is not None and slow.ok != verdict:
                 self.disagreements.append((expression, str(path), verdict, slow.ok))
-        return super().evaluate(expression, node, resource=resource, root=root, path=path)
+        return super().evaluate(expression, node, resource=resource, root=root, path=path, bundle=bundle)
 
     def slow(self, expression, node, **kw):
         import fhirschema.invariants as inv

@@ -75,7 +75,9 @@ async def test_every_r4_core_schema_has_its_own_id(storage: InProcess) -> None:
     assert len(sds) == 658
     assert len({sd["name"] for sd in sds}) < 658  # names collide (the old ids came from them)
     for sd in sds:
-        await storage.repo.upsert(PutSchema(schema_=convert(sd, package=pkg), package=pkg.id, origin="package"))
+        await storage.repo.upsert(
+            PutSchema(schema_=convert(sd, package=pkg), package=pkg.id, origin="package")
+        )
     listed = await storage.client.list(SchemaQuery(package=pkg.id, limit=1000))
     assert listed.total == 658 and len({r.id for r in listed.items}) == 658
     for record in listed.items:

@@ -14,6 +14,10 @@ MUST_HAVE_VALUE_EXTS = (
     _R5_ELEMENT + "mustHaveValue",
     "http://hl7.org/fhir/StructureDefinition/elementdefinition-mustHaveValue",
 )
+NARRATIVE_CONTROL_EXTS = {
+    "http://hl7.org/fhir/StructureDefinition/narrative-source-control": "narrativeSource",
+    "http://hl7.org/fhir/StructureDefinition/narrative-language-control": "narrativeLanguage",
+}
 VALUE_ALTERNATIVES_EXTS = (
     _R5_ELEMENT + "valueAlternatives",
     "http://hl7.org/fhir/StructureDefinition/elementdefinition-valueAlternatives",
@@ -125,6 +129,8 @@ def _value_rules(el: dict[str, Any], out: dict[str, Any]) -> None:
             out["mustHaveValue"] = True
         elif url in VALUE_ALTERNATIVES_EXTS and isinstance(ext.get("valueCanonical"), str):
             out.setdefault("valueAlternatives", []).append(ext["valueCanonical"])
+        elif url in NARRATIVE_CONTROL_EXTS and isinstance(ext.get("valueCode"), str):
+            out[NARRATIVE_CONTROL_EXTS[url]] = ext["valueCode"]
 
 
 def _cardinality(el: dict[str, Any], out: dict[str, Any]) -> None:

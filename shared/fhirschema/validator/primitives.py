@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from fhirschema.validator import temporal
+from fhirschema.validator.narrative import problem as narrative_problem
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -115,7 +116,7 @@ def _base64(v: str) -> bool:
 
 
 def _xhtml(v: str) -> bool:
-    return v.lstrip().startswith("<div") and v.rstrip().endswith("</div>")
+    return narrative_problem(v) is None
 
 
 def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:

@@ -10,7 +10,10 @@ from fhirschema.validator.findings import Finding, finding
 
 
 class Limits:
-    __slots__ = ("max_length", "maxima", "min_length", "minima", "must_have_value", "value_alternatives")
+    __slots__ = (
+        "max_length", "maxima", "min_length", "minima", "must_have_value", "narrative_language", "narrative_source",
+        "value_alternatives",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.min_length = 0
@@ -19,6 +22,8 @@ class Limits:
         self.maxima: list[tuple[Any, str | None]] = []
         self.must_have_value: str | None = None  # the profile that asks (None: not asked)
         self.value_alternatives: list[str] = []  # extension urls that may stand for a value
+        self.narrative_source: str | None = None  # narrative-source-control: its code
+        self.narrative_language: str | None = None  # narrative-language-control: _yes, _no, _resource
 
     def add(self, el: dict[str, Any], origin: str | None) -> bool:
         """Take `el`'s limits; False when it has none."""
@@ -41,6 +46,13 @@ class Limits:
         if el.get("mustHaveValue") is True:
             self.must_have_value = origin or ""
             found = True
+        for key in ("narrativeSource", "narrativeLanguage"):
+            if isinstance(el.get(key), str):
+                if key == "narrativeSource":
+                    self.narrative_source = el[key]
+                else:
+                    self.narrative_language = el[key]
+                found = True
         alternatives = el.get("valueAlternatives")
         if isinstance(alternatives, list):
             self.value_alternatives += [a for a in alternatives if isinstance(a, str)]
