@@ -255,7 +255,7 @@ def end_to_end(
         procs, metrics = {}, {}
         for i in range(replicas):
             metrics[f"validator{i + 1}"] = free_port()
-            venv = {**env, "FHIRSCHEMA_WORKER_METRICS_PORT": str(metrics[f"validator{i + 1}"])}
+            venv = {**env, "FHIRSCHEMA_WORKER_HTTP_PORT": str(metrics[f"validator{i + 1}"])}
             procs[f"validator{i + 1}"] = start("validator_service", venv, workdir / f"validator{i + 1}.log")
         procs["gateway"] = start("gateway", env, workdir / "gateway.log")
         try:

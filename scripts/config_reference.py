@@ -19,11 +19,11 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 MODELS = [
     ("fhirschema_bus.settings", "NatsSettings", "NATS / JetStream (every service)"),
     ("fhirschema_bus.settings", "S3Settings", "S3-compatible store (storage, ig-ingest, validator and gateway for large payloads)"),
-    ("fhirschema_bus.settings", "RedisSettings", "Redis (storage index, validator schema cache)"),
-    ("fhirschema_bus.settings", "PackageSettings", "FHIR packages (ig-ingest)"),
+    ("fhirschema_bus.settings", "RedisSettings", "Redis (the storage index: rebuilt from S3 when lost)"),
+    ("fhirschema_bus.settings", "PackageSettings", "FHIR packages (ig-ingest loads them; validators and the gateway are not ready without them)"),
     ("fhirschema_bus.settings", "IngestSettings", "the IG pipeline: registry client, discovery, schedule, retention (ig-ingest)"),
     ("fhirschema_bus.settings", "GatewaySettings", "gateway (HTTP)"),
-    ("fhirschema_bus.worker", "WorkerSettings", "every worker (validator, converter, ig-ingest)"),
+    ("fhirschema_bus.worker", "WorkerSettings", "every worker (validator, converter, ig-ingest, storage)"),
     ("validator_service.bootstrap", "ValidatorSettings", "validator"),
 ]  # fmt: skip
 

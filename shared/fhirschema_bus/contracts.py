@@ -92,6 +92,9 @@ class ValidateRequest(BaseModel):
     resource: dict[str, Any] | None = None
     resource_ref: ObjectRef | None = None
     profiles: list[str] = Field(default_factory=list)
+    # The package context, as `fhirschema validate --package` (those packages and their
+    # dependencies); empty: every registered package of the validator's FHIR version.
+    packages: list[str] = Field(default_factory=list)
     options: ValidateOptions = Field(default_factory=ValidateOptions)
     source: str | None = None  # where the item came from (file:line) — echoed in the result
     reply_to: str | None = None  # core NATS subject awaiting the result (synchronous POST /validate)
@@ -125,6 +128,7 @@ class ValidateChunk(BaseModel):
     job_id: str
     items: list[ChunkItem]
     profiles: list[str] = Field(default_factory=list)
+    packages: list[str] = Field(default_factory=list)  # as ValidateRequest.packages
     options: ValidateOptions = Field(default_factory=ValidateOptions)
 
 

@@ -38,7 +38,6 @@ class RedisSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_REDIS_")
 
     url: str = "redis://127.0.0.1:6379/0"
-    schema_ttl_seconds: int = 3600
 
 
 class PackageSettings(BaseSettings):

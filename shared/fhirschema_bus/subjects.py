@@ -37,9 +37,8 @@ JOB_EVENTS = f"{PREFIX}.events.job"  # + ".<job_id>"
 STREAM_DEAD_LETTERS = "FHIRSCHEMA_DLQ"
 DEAD_LETTER = f"{PREFIX}.dlq"  # + ".<original subject>"
 
-# --- core NATS request/reply (not persisted): storage lookups by the validator ---
+# --- core NATS request/reply (not persisted): the storage service ---
 STORAGE_GET_SCHEMA = f"{PREFIX}.storage.get"
-STORAGE_GET_RESOURCE = f"{PREFIX}.storage.resource"
 STORAGE_LIST = f"{PREFIX}.storage.list"
 STORAGE_DELETE = f"{PREFIX}.storage.delete"
 STORAGE_UPSERT = f"{PREFIX}.storage.upsert"  # synchronous put (gateway uploads), replies a SchemaRecord

@@ -2,7 +2,8 @@
 
 `Worker` owns what every worker process needs: the NatsBroker (connected from NatsSettings), the
 JetStream topology ensured before any subscriber binds its durable consumer, a heartbeat in
-`KV_SERVICES`, Prometheus metrics, and one acknowledgement policy for all JetStream messages
+`KV_SERVICES`, an HTTP endpoint (`/health`, `/ready`, `/metrics` on `FHIRSCHEMA_WORKER_HTTP_PORT`,
+probes.py), its readiness, and one acknowledgement policy for all JetStream messages
 (`ReliableConsume`):
 
 - handler returned → ack;
@@ -12,6 +13,11 @@ JetStream topology ensured before any subscriber binds its durable consumer, a h
 
 Subscribers are declared with `ack_policy=AckPolicy.MANUAL` so that FastStream leaves acks to us.
 Nothing connects at import time; `FastStream.run()` handles SIGTERM/SIGINT (graceful shutdown).
+
+Readiness gates work: subscribers registered with `gated()` pull no message while the worker is
+not ready (`set_readiness`). At start-up the broker starts them only once the worker is ready
+(start-up waits, the heartbeat and /ready saying what is missing); a worker that stops being
+ready stops them, and starts them again when it is.
 """
 
 from __future__ import annotations
@@ -32,13 +38,14 @@ from faststream.message import StreamMessage
 from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import Heartbeat
 from fhirschema_bus.dead_letters import send_to_dead_letters
+from fhirschema_bus.probes import ProbeServer, Readiness
 from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import ensure_topology
 
@@ -60,7 +67,9 @@ LATENCY = Histogram(
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_WORKER_")
 
-    metrics_port: int = 0  # 0: no /metrics endpoint (tests, several workers in one process)
+    # /health, /ready, /metrics (probes.py); 0: no endpoint (tests, several workers in one process)
+    http_port: int = 0
+    http_host: str = "0.0.0.0"
     heartbeat_seconds: float = 10.0
     instance: str = ""  # default: <hostname>-<pid>
     fetch_batch: int = 32  # messages per pull request, handled concurrently
@@ -113,7 +122,13 @@ class Worker:
             on_shutdown=[self._on_shutdown],
         )
         self._heartbeat: asyncio.Task[None] | None = None
-        self._metrics_server: Any = None
+        self._probes: ProbeServer | None = None
+        self.readiness = Readiness(False, "starting")
+        self._gated: list[Any] = []  # subscribers that pull work only while ready
+        self._gate_open = asyncio.Event()
+        self._gate_lock = asyncio.Lock()
+        self._subscribers_started = False
+        self._readiness_set = False
         self._startup_hooks: list[Callable[[], Awaitable[None]]] = []
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
 
@@ -134,6 +149,30 @@ class Worker:
     def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
         self._shutdown_hooks.append(hook)
 
+    def gated(self, subscriber: Any) -> Any:
+        """Register a subscriber (as returned by `broker.subscriber(...)`) that takes work only
+        while the worker is ready."""
+        self._gated.append(subscriber)
+        return subscriber
+
+    async def set_readiness(self, readiness: Readiness) -> None:
+        """Ready or not: starts or stops the gated subscribers, and beats at once."""
+        self._readiness_set = True
+        async with self._gate_lock:
+            was, self.readiness = self.readiness.ready, readiness
+            if readiness.ready:
+                self._gate_open.set()
+            else:
+                self._gate_open.clear()
+            if readiness.ready != was and self._subscribers_started:
+                for sub in self._gated:
+                    await (sub.start() if readiness.ready else sub.stop())
+                log.info("%s %s", self.service, "ready: taking work" if readiness.ready else
+                         f"not ready, no more work taken: {readiness.reason}")  # fmt: skip
+        if self._heartbeat is not None:
+            with contextlib.suppress(Exception):
+                await self._beat_once()
+
     def _middleware(self, msg: Any, context: Any) -> ReliableConsume:
         return ReliableConsume(msg, context=context, worker=self)
 
@@ -146,16 +185,29 @@ class Worker:
         await ensure_topology(self.js, self.nats)
         for hook in self._startup_hooks:
             await hook()
+        if self.settings.http_port:
+            self._probes = ProbeServer(
+                self.settings.http_port, lambda: self.readiness, self.settings.http_host
+            )
+            self._probes.start()
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"{self.service}-heartbeat")
+        if self._gated and not self.readiness.ready:
+            log.info("%s waits until it is ready: %s", self.service, self.readiness.reason)
+            await self._gate_open.wait()  # the broker starts the gated subscribers after this hook
         # What start-up built (loaded packages, schemas, clients) lives as long as the process:
         # out of the collector's reach, full collections no longer walk it while messages are
         # decoded (Synthea batch, validator CPU per resource: 0.158 → 0.128 ms). Garbage first.
         gc.collect()
         gc.freeze()
-        if self.settings.metrics_port:
-            self._metrics_server, _ = start_http_server(self.settings.metrics_port)
 
     async def _started(self) -> None:
-        self._heartbeat = asyncio.create_task(self._beat(), name=f"{self.service}-heartbeat")
+        async with self._gate_lock:
+            self._subscribers_started = True
+            if not self.readiness.ready:
+                for sub in self._gated:  # readiness was lost while the broker started them
+                    await sub.stop()
+        if not self._readiness_set:  # the service does not say: started is ready
+            await self.set_readiness(Readiness(True))
         log.info("%s %s started (instance %s)", self.service, self.version, self.instance)
 
     async def _on_shutdown(self) -> None:
@@ -168,24 +220,27 @@ class Worker:
             await kv.delete(self.heartbeat_key)
         for hook in self._shutdown_hooks:
             await hook()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+        if self._probes is not None:
+            self._probes.stop()
 
     @property
     def heartbeat_key(self) -> str:
         return f"{self.service}.{self.instance}"
 
     async def _beat(self) -> None:
-        kv = await self.js.key_value(s.KV_SERVICES)
         while True:
-            beat = Heartbeat(
-                service=self.service, instance=self.instance, version=self.version, detail=self.details()
-            )
             try:
-                await kv.put(self.heartbeat_key, beat.model_dump_json().encode())
+                await self._beat_once()
             except Exception as e:  # NATS reconnecting: the next beat will do
                 log.warning("heartbeat failed: %s", e)
             await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    async def _beat_once(self) -> None:
+        """The heartbeat says whether this instance takes work, and if not, what it lacks."""
+        detail = {**self.details(), **self.readiness.as_dict()}
+        beat = Heartbeat(service=self.service, instance=self.instance, version=self.version, detail=detail)
+        kv = await self.js.key_value(s.KV_SERVICES)
+        await kv.put(self.heartbeat_key, beat.model_dump_json().encode())
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (FastStream installs the signal handlers)."""

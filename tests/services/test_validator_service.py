@@ -22,10 +22,7 @@ import orjson
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from prometheus_client import REGISTRY
-from redis.asyncio import Redis
 from validator_service import ValidatorSettings, bootstrap
-from validator_service.bootstrap import local_context
 from validator_service.service import result_chunks
 
 from fhirschema import engine_build
@@ -35,9 +32,6 @@ from fhirschema_bus.contracts import (
     JobKind,
     JobState,
     JobStatus,
-    ObjectRef,
-    SchemaDocument,
-    SchemaRecord,
     ValidateChunk,
     ValidateRequest,
     ValidateResult,
@@ -45,8 +39,7 @@ from fhirschema_bus.contracts import (
 )
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.servers import RunningServer, free_port
-from fhirschema_bus.settings import NatsSettings, RedisSettings
-from fhirschema_bus.storage import encode_fault, encode_result
+from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import DURABLES, consumer_config
 from fhirschema_bus.worker import Worker, WorkerSettings
 from tests.conftest import PACKAGES, ROOT
@@ -229,7 +222,7 @@ def spawn(nats_server: RunningServer) -> Iterator[Any]:
 
     def start(name: str, metrics_port: int = 0) -> subprocess.Popen[bytes]:
         env = {
-            "FHIRSCHEMA_WORKER_METRICS_PORT": str(metrics_port),
+            "FHIRSCHEMA_WORKER_HTTP_PORT": str(metrics_port),
             **os.environ,
             "FHIRSCHEMA_NATS_URL": nats_server.url,
             "FHIRSCHEMA_NATS_ACK_WAIT_SECONDS": "1",
@@ -305,69 +298,3 @@ async def test_killed_replica_loses_nothing(nc: Client, spawn: Any) -> None:
     assert second.wait(10) == 0
     assert final.state is JobState.SUCCEEDED and final.done == final.valid == total
     assert await stored_results(js, job.id) == total
-
-
-async def test_remote_schemas_from_storage_through_redis(
-    nc: Client, nats_server: RunningServer, redis_server: RunningServer
-) -> None:
-    """No local packages: schemas come from a (stand-in) storage service over NATS, via Redis."""
-    ctx = local_context((R4,))
-    asked: list[str] = []
-
-    async def storage(msg: Any) -> None:  # answers like storage_service does
-        url = orjson.loads(msg.data)["url"]
-        asked.append(url)
-        value = ctx.schema(url) if msg.subject == s.STORAGE_GET_SCHEMA else ctx.resource(url)
-        if value is None:
-            await msg.respond(encode_fault(404, "not found"))
-        elif msg.subject == s.STORAGE_GET_SCHEMA:
-            record = SchemaRecord(id="x", url=url, object=ObjectRef(bucket="b", key="k"))
-            await msg.respond(encode_result(SchemaDocument(record=record, schema_=value)))
-        else:
-            await msg.respond(b'{"result":' + orjson.dumps(value) + b"}")
-
-    subs = [await nc.subscribe(subj, cb=storage) for subj in (s.STORAGE_GET_SCHEMA, s.STORAGE_GET_RESOURCE)]
-    prefix = f"test-{uuid.uuid4().hex[:8]}:"  # a cold cache of our own in the shared Redis
-    cache = Redis.from_url(redis_server.url)
-
-    def remote() -> Worker:
-        return bootstrap(
-            settings=ValidatorSettings(packages="", cache_prefix=prefix),
-            nats=NatsSettings(url=nats_server.url, retry_delays_seconds=FAST_RETRY),
-            worker_settings=WorkerSettings(instance=f"remote-{uuid.uuid4().hex[:6]}"),
-            redis=RedisSettings(url=redis_server.url),
-        )
-
-    async def ask(i: int, ok: bool) -> ValidateResult:
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, max_msgs=1)
-        req = ValidateRequest(job_id=uuid.uuid4().hex, resource=patient(i, ok), reply_to=inbox)
-        await nc.jetstream().publish(s.VALIDATE_ONE, req.model_dump_json().encode())
-        return ValidateResult.model_validate_json((await sub.next_msg(timeout=20)).data)
-
-    def redis_hits() -> float:
-        return (
-            REGISTRY.get_sample_value(
-                "fhirschema_schema_cache_hits_total", {"kind": "schema", "layer": "redis"}
-            )
-            or 0
-        )
-
-    try:
-        async with running(remote()):
-            good, bad = await ask(0, True), await ask(1, False)
-        first_round = len(asked)
-        hits_before = redis_hits()
-        async with running(remote()):  # a fresh replica: empty in-process memo, warm Redis
-            again = await ask(2, False)
-        cached = await cache.exists(f"{prefix}schema:Patient")
-    finally:
-        for sub in subs:
-            await sub.unsubscribe()
-        await cache.aclose()
-    assert good.valid and not bad.valid and not again.valid
-    assert any("bogus" in i["diagnostics"] for i in bad.outcome["issue"])
-    assert first_round > 0 and any(u.endswith("/Patient") for u in asked)
-    assert len(asked) == first_round, "the second replica should be served from Redis"
-    assert redis_hits() > hits_before
-    assert cached

@@ -61,7 +61,7 @@ def bootstrap(
     s3 = s3 or S3Settings()  # type: ignore[call-arg]  # credentials come from the environment
     redis = redis or RedisSettings()
     store = store or ObjectStore(s3)
-    index = index or SchemaIndex.from_url(redis.url, redis.schema_ttl_seconds)
+    index = index or SchemaIndex.from_url(redis.url)
     worker = Worker(SERVICE, nats=nats, settings=worker_settings)
     repo = SchemaRepository(store, index, state or KvState(lambda: worker.js), s3)
     h = StorageHandlers(repo)
@@ -93,10 +93,6 @@ def register_subscribers(worker: Worker, st: Storage) -> None:
     @broker.subscriber(s.STORAGE_GET_SCHEMA, queue="storage", title="storage.get")
     async def get_schema(msg: NatsMessage) -> bytes:
         return await h.get_schema(msg.body)
-
-    @broker.subscriber(s.STORAGE_GET_RESOURCE, queue="storage", title="storage.resource")
-    async def get_resource(msg: NatsMessage) -> bytes:
-        return await h.get_resource(msg.body)
 
     @broker.subscriber(s.STORAGE_LIST, queue="storage", title="storage.list")
     async def list_schemas(msg: NatsMessage) -> bytes:

@@ -52,15 +52,6 @@ class StorageHandlers:
     async def get_schema(self, body: Any) -> bytes:
         return await _reply(lambda: self.repo.get_schema(parse(SchemaQuery, body)))
 
-    async def get_resource(self, body: Any) -> bytes:
-        async def run() -> BaseModel:
-            url = parse(SchemaQuery, body).url
-            if not url:
-                raise BadRequest("give 'url'")
-            return _Resource.model_validate(await self.repo.get_resource(url))
-
-        return await _reply(run)
-
     async def list(self, body: Any) -> bytes:
         async def run() -> SchemaList:
             items, total = await self.repo.list(parse(SchemaQuery, body))
@@ -85,7 +76,3 @@ class StorageHandlers:
 
     async def remove_package(self, body: Any) -> bytes:
         return await _reply(lambda: self.repo.remove_package(parse(RemovePackage, body)))
-
-
-class _Resource(BaseModel, extra="allow"):
-    """A raw canonical resource as a reply model (it is the validator's until it reads tarballs)."""

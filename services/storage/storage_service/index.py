@@ -1,5 +1,5 @@
-"""The schema index (id -> SchemaRecord, `url|version` and `url` -> id, canonical url -> package
-entry) and a schema cache, shared by replicas through Redis and mirrored in memory.
+"""The schema index (id -> SchemaRecord, `url|version` and `url` -> id), shared by replicas
+through Redis and mirrored in memory.
 
 Redis is the shared view (every replica reads it first); the in-memory mirror answers when Redis
 is unreachable, so lookups keep working. The durable copy is in S3 (see repository.py), from
@@ -12,7 +12,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -24,8 +23,7 @@ log = logging.getLogger("storage.index")
 T = TypeVar("T")
 
 P = "fhirschema:storage:"
-RECORDS, URLS, RESOURCES, LOADED = P + "records", P + "urls", P + "resources", P + "loaded"
-SCHEMA = P + "schema:"  # + id -> schema JSON (TTL)
+RECORDS, URLS, LOADED = P + "records", P + "urls", P + "loaded"
 
 
 class KV(Protocol):
@@ -44,20 +42,16 @@ class KV(Protocol):
 
 
 class SchemaIndex:
-    def __init__(self, redis: KV | None, ttl: int = 3600, attempts: int = 2) -> None:
+    def __init__(self, redis: KV | None, attempts: int = 2) -> None:
         self.redis = redis
-        self.ttl = ttl
         self.attempts = attempts
         self.records: dict[str, SchemaRecord] = {}
         self.urls: dict[str, str] = {}
-        self.resources: dict[str, dict[str, Any]] = {}
-        self.schemas: dict[str, bytes] = {}  # small in-process schema cache (fallback when Redis is down)
-        self.hits = self.misses = 0
 
     @classmethod
-    def from_url(cls, url: str, ttl: int) -> SchemaIndex:
+    def from_url(cls, url: str) -> SchemaIndex:
         client = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
-        return cls(client, ttl)
+        return cls(client)
 
     async def _r(self, op: Callable[[KV], Awaitable[T]]) -> T | None:
         """A Redis call with retries; None (and a warning) when Redis stays unreachable."""
@@ -94,8 +88,6 @@ class SchemaIndex:
         recs = await self._r(lambda r: r.hgetall(RECORDS)) or {}
         for raw in recs.values():
             self._remember(SchemaRecord.model_validate_json(raw))
-        for url, entry in (await self._r(lambda r: r.hgetall(RESOURCES)) or {}).items():
-            self.resources[_s(url)] = orjson.loads(entry)
 
     async def get(self, record_id: str) -> SchemaRecord | None:
         raw = await self._r(lambda r: r.hget(RECORDS, record_id))
@@ -135,7 +127,6 @@ class SchemaIndex:
     async def remove(self, rec: SchemaRecord) -> None:
         self.records.pop(rec.id, None)
         await self._r(lambda r: r.hdel(RECORDS, rec.id))
-        await self.drop_schema(rec.id)
         vkey = f"{rec.url}|{rec.version or ''}"
         if await self.resolve(vkey) == rec.id:
             self.urls.pop(vkey, None)
@@ -149,49 +140,6 @@ class SchemaIndex:
             else:
                 self.urls.pop(rec.url, None)
                 await self._r(lambda r: r.hdel(URLS, rec.url))
-
-    # --- schema cache -----------------------------------------------------------------------
-
-    async def cached_schema(self, record_id: str) -> bytes | None:
-        raw = await self._r(lambda r: r.get(SCHEMA + record_id))
-        raw = raw or self.schemas.get(record_id)
-        if raw:
-            self.hits += 1
-        else:
-            self.misses += 1
-        return raw
-
-    async def cache_schema(self, record_id: str, raw: bytes) -> None:
-        if len(self.schemas) > 2000:
-            self.schemas.pop(next(iter(self.schemas)))
-        self.schemas[record_id] = raw
-        await self._r(lambda r: r.set(SCHEMA + record_id, raw, ex=self.ttl))
-
-    async def drop_schema(self, record_id: str) -> None:
-        self.schemas.pop(record_id, None)
-        await self._r(lambda r: r.delete(SCHEMA + record_id))
-
-    # --- raw canonical resources (entries of stored package tarballs) -----------------------
-
-    async def put_resources(self, entries: dict[str, dict[str, Any]]) -> None:
-        self.resources.update(entries)
-        if entries:
-            mapping = {k: orjson.dumps(v) for k, v in entries.items()}
-            await self._r(lambda r: r.hset(RESOURCES, mapping=mapping))
-
-    async def drop_resources(self, package: str) -> None:
-        urls = [url for url, ref in self.resources.items() if ref.get("package") == package]
-        for raw_url, raw in (await self._r(lambda r: r.hgetall(RESOURCES)) or {}).items():
-            if orjson.loads(raw).get("package") == package:
-                urls.append(_s(raw_url))
-        for url in set(urls):
-            self.resources.pop(url, None)
-        if urls:
-            await self._r(lambda r: r.hdel(RESOURCES, *set(urls)))
-
-    async def resource(self, url: str) -> dict[str, Any] | None:
-        raw = await self._r(lambda r: r.hget(RESOURCES, url))
-        return orjson.loads(raw) if raw else self.resources.get(url)
 
 
 def _s(v: Any) -> str:

@@ -16,7 +16,6 @@ import re
 from fhirschema.ids import PackageId
 
 INDEX_RECORDS = "_index/records/"  # one object per SchemaRecord (no write races between replicas)
-INDEX_RESOURCES = "_index/resources/"  # one object per package: canonical url -> tarball entry
 UPLOADS = "_uploads/"
 
 
@@ -45,8 +44,3 @@ def schema_key(record_id: str, package: str | None) -> str:
 
 def record_key(record_id: str) -> str:
     return f"{INDEX_RECORDS}{_digest(record_id)}.json"
-
-
-def resources_key(package: str) -> str:
-    pid = PackageId.parse(package)
-    return f"{INDEX_RESOURCES}{pid.name}/{pid.version}.json"

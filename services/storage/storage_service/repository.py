@@ -1,9 +1,9 @@
-"""The schema repository: FHIRSchemas, their index and package resources, on S3 + the index,
-and the repository state (the registered packages and the uploads' revision, state.py).
+"""The schema repository: FHIRSchemas and their index, on S3 + the index, and the repository
+state (the registered packages and the uploads' revision, state.py).
 
-S3 layout (bucket_schemas): `<package>/<version>/<name>.json` (uploads under `_uploads/`), one
-index object per record under `_index/records/` and one per package under `_index/resources/`.
-Tarballs live in bucket_packages; raw canonical resources are read from them on demand.
+S3 layout (bucket_schemas): `<name>/<version>/<id>.json` (uploads under `_uploads/`), one index
+object per record under `_index/records/`. Tarballs live in bucket_packages (ig-ingest stores
+them); validators read them from there, storage only registers them.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import orjson
 
-from fhirschema.ids import Canonical, version_key
+from fhirschema.ids import Canonical
 from fhirschema.package import Package, PackageError, load_tgz
 from fhirschema_bus.contracts import (
     IndexPackage,
@@ -67,21 +66,11 @@ class Unavailable(StorageError):
 
 
 class SchemaRepository:
-    def __init__(
-        self,
-        store: AsyncObjectStore,
-        index: SchemaIndex,
-        state: StateStore,
-        s3: S3Settings,
-        packages_cached: int = 4,
-    ) -> None:
+    def __init__(self, store: AsyncObjectStore, index: SchemaIndex, state: StateStore, s3: S3Settings) -> None:
         self.store = store
         self.index = index
         self.state = state
         self.bucket = s3.bucket_schemas
-        self._packages: OrderedDict[str, tuple[Package, dict[str, Any], str, ObjectRef]] = OrderedDict()
-        self._packages_max = packages_cached
-        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Create the buckets; load the index from Redis, or rebuild it from S3."""
@@ -100,8 +89,6 @@ class SchemaRepository:
         )
         for raw in recs:
             await self.index.put(SchemaRecord.model_validate(raw))
-        for key in await self.store.alist(self.bucket, keys.INDEX_RESOURCES):
-            await self.index.put_resources((await load(key))["entries"])
         await self.index.mark_loaded()
         log.info("index rebuilt from S3: %d schemas", len(recs))
 
@@ -154,7 +141,6 @@ class SchemaRepository:
             self.store.aput_bytes(self.bucket, keys.record_key(rid), rec.model_dump_json().encode())
         )
         await self.index.put(rec)
-        await self.index.cache_schema(rid, raw)
         if "upload" in (rec.origin, existing.origin if existing else None):
             await self._uploads_changed()
         return rec
@@ -181,13 +167,10 @@ class SchemaRepository:
 
     async def get_schema(self, q: SchemaQuery) -> SchemaDocument:
         rec = await self.find(q)
-        raw = await self.index.cached_schema(rec.id)
-        if raw is None:
-            try:
-                raw = await self._s3(self.store.aget_bytes(rec.object.bucket, rec.object.key))
-            except NotFound:
-                raise NotFound(f"schema {rec.id} is indexed but its object is missing") from None
-            await self.index.cache_schema(rec.id, raw)
+        try:  # from S3 each time: a cache beside it would go stale between storage replicas
+            raw = await self._s3(self.store.aget_bytes(rec.object.bucket, rec.object.key))
+        except NotFound:
+            raise NotFound(f"schema {rec.id} is indexed but its object is missing") from None
         return SchemaDocument(record=rec, schema_=orjson.loads(raw))
 
     async def list(self, q: SchemaQuery) -> tuple[list[SchemaRecord], int]:
@@ -218,32 +201,23 @@ class SchemaRepository:
     # --- raw canonical resources ------------------------------------------------------------
 
     async def index_package(self, req: IndexPackage) -> PackageIndexed:
-        """Register a stored tarball: index its canonical resources and put it in the state."""
-        pkg, _, digest = await self._package(req.package, req.object)
+        """Register a stored tarball in the state (validators load it from there)."""
+        try:
+            data = await self._s3(self.store.aget_bytes(req.object.bucket, req.object.key))
+        except NotFound:
+            raise BadRequest(f"{req.package}: no tarball at {req.object.bucket}/{req.object.key}") from None
+        digest = hashlib.sha256(data).hexdigest()
         if req.sha256 and req.sha256 != digest:
             raise BadRequest(
                 f"{req.package}: the object {req.object.bucket}/{req.object.key} has sha256 {digest}, "
                 f"not {req.sha256}: store the tarball again"
             )
+        try:
+            pkg = await asyncio.to_thread(load_tgz, req.object.key, data)
+        except PackageError as e:
+            raise BadRequest(f"{req.package}: {e}") from e
         if pkg.id != req.package:
             raise BadRequest(f"{req.object.key} holds {pkg.id}, not {req.package}")
-        entries: dict[str, dict[str, Any]] = {}
-        latest: dict[str, str | None] = {}
-        for e in pkg.entries:
-            if not e.url:
-                continue
-            ref = {
-                "package": req.package,
-                "bucket": req.object.bucket,
-                "key": req.object.key,
-                "file": e.filename,
-            }
-            entries[f"{e.url}|{e.version or ''}"] = ref
-            if e.url not in latest or version_key(e.version) >= version_key(latest[e.url]):
-                entries[e.url], latest[e.url] = ref, e.version
-        doc = {"package": req.package, "object": req.object.model_dump(), "entries": entries}
-        await self._s3(self.store.aput_json(self.bucket, keys.resources_key(req.package), doc))
-        await self.index.put_resources(entries)
         stored = StoredPackage(
             package=req.package, object=req.object, sha256=digest, fhir_versions=_fhir_versions(pkg),
             dependencies=pkg.dependencies, source=req.source,
@@ -252,19 +226,18 @@ class SchemaRepository:
         def register(state: RepositoryState) -> bool:
             known = state.package(req.package)
             if known is not None and (known.sha256, known.object) == (stored.sha256, stored.object):
-                return False  # indexed again (a retry, a restart of ig-ingest): nothing changed
+                return False  # registered again (a retry, a restart of ig-ingest): nothing changed
             state.packages = [p for p in state.packages if p.package != req.package] + [stored]
             return True
 
         state = await self.state.change(register)
         registered = state.package(req.package) or stored
-        log.info(
-            "package %s registered (sha256 %s, state revision %d)", req.package, digest[:12], state.revision
-        )
-        return PackageIndexed(package=registered, resources=len(latest), revision=state.revision)
+        log.info("package %s registered (sha256 %s, state revision %d)", req.package, digest[:12], state.revision)
+        resources = len({e.url for e in pkg.entries if e.url})
+        return PackageIndexed(package=registered, resources=resources, revision=state.revision)
 
     async def remove_package(self, req: RemovePackage) -> PackageRemoved:
-        """Out of the state first (validators drop it), then its records and resource index."""
+        """Out of the state first (validators drop it), then its schema records."""
 
         def unregister(state: RepositoryState) -> bool:
             before = len(state.packages)
@@ -278,36 +251,8 @@ class SchemaRepository:
             await self._s3(self.store.adelete(self.bucket, keys.record_key(rec.id)))
             await self._s3(self.store.adelete(rec.object.bucket, rec.object.key))
             await self.index.remove(rec)
-        await self._s3(self.store.adelete(self.bucket, keys.resources_key(req.package)))
-        await self.index.drop_resources(req.package)
-        self._packages.pop(req.package, None)
         removed = before.package(req.package) is not None
-        return PackageRemoved(
-            package=req.package, removed=removed, schemas=len(recs), revision=state.revision
-        )
-
-    async def get_resource(self, url: str) -> dict[str, Any]:
-        ref = await self.index.resource(url)
-        if ref is None:
-            raise NotFound(f"no resource with url {url}")
-        pkg, by_file, _ = await self._package(ref["package"], ObjectRef(bucket=ref["bucket"], key=ref["key"]))
-        return await asyncio.to_thread(pkg.read, by_file[ref["file"]])
-
-    async def _package(self, name: str, obj: ObjectRef) -> tuple[Package, dict[str, Any], str]:
-        async with self._lock:
-            if name in self._packages and self._packages[name][3] == obj:
-                self._packages.move_to_end(name)
-                return self._packages[name][:3]
-            data = await self._s3(self.store.aget_bytes(obj.bucket, obj.key))
-            try:
-                pkg = await asyncio.to_thread(load_tgz, obj.key, data)
-            except PackageError as e:
-                raise BadRequest(f"{name}: {e}") from e
-            digest = hashlib.sha256(data).hexdigest()
-            self._packages[name] = (pkg, {e.filename: e for e in pkg.entries}, digest, obj)
-            while len(self._packages) > self._packages_max:
-                self._packages.popitem(last=False)
-            return self._packages[name][:3]
+        return PackageRemoved(package=req.package, removed=removed, schemas=len(recs), revision=state.revision)
 
     @staticmethod
     async def _s3(aw: Any) -> Any:

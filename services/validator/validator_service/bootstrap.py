@@ -2,13 +2,19 @@
 
 Replicas bind to the shared durables DURABLE_VALIDATOR_ONE / DURABLE_VALIDATOR_BATCH, so
 JetStream splits the work between them. Nothing connects before `Worker.app` starts.
+
+Where packages come from: the repository (default) — the replica follows the repository state
+(KV watch), downloads the registered tarballs of its FHIR version from S3 and the uploaded
+schemas from storage (materialise.py) — or local files (`FHIRSCHEMA_VALIDATOR_PACKAGES`, no
+storage needed: tests, offline use). Either way its subscribers pull nothing until it is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,37 +28,44 @@ from fhirschema.context import FhirContext
 from fhirschema.invariants import Invariants
 from fhirschema.terminology import Terminology
 from fhirschema.validator import Validator
+from fhirschema_bus import repository
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import ValidateChunk, ValidateOptions, ValidateRequest
+from fhirschema_bus.contracts import RepositoryState, ValidateChunk, ValidateOptions, ValidateRequest
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.object_store import ObjectStore
+from fhirschema_bus.probes import Readiness
 from fhirschema_bus.results import NatsResults
-from fhirschema_bus.settings import NatsSettings, RedisSettings, S3Settings
+from fhirschema_bus.settings import NatsSettings, PackageSettings, S3Settings
+from fhirschema_bus.storage import StorageClient, nats_request
 from fhirschema_bus.worker import Worker, WorkerSettings
 
-from .schema_source import RedisCached, RemoteSchemaSource, SourceUnavailable, StorageClient
-from .service import ValidationService, ValidatorPool
+from .contexts import Contexts
+from .materialise import RepositorySync, Uploads, local_materialised
+from .service import ValidationService
 
 log = logging.getLogger("fhirschema.validator")
 SERVICE = "validator"
+States = Callable[[], AsyncIterator[RepositoryState]]
 
 
 class ValidatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_VALIDATOR_")
 
-    packages: str = ""  # comma-separated package paths: local mode, no storage service needed
-    lru_size: int = 32  # compiled validators kept per process
-    storage_timeout_seconds: float = 5.0
-    cache_prefix: str = "fhirschema:"  # Redis keys: <prefix><schema|resource>:<url>
+    packages: str = ""  # comma-separated package files: local mode, not the repository
+    # The core package of the replica's FHIR version: no verdict before it is loaded. Packages
+    # registered for another FHIR version (package.json fhirVersions) are not this replica's.
+    fhir_core: str = "hl7.fhir.r4.core#4.0.1"
+    lru_size: int = 32  # compiled validators kept per package context
+    contexts: int = 8  # package contexts kept (requests naming packages); the default one stays
+    storage_timeout_seconds: float = 10.0  # fetching uploaded schemas
 
     def package_list(self) -> list[str]:
         return [p.strip() for p in self.packages.split(",") if p.strip()]
 
 
-@functools.lru_cache(maxsize=4)
-def local_context(packages: tuple[str, ...]) -> FhirContext:
-    # One per process: several in-process replicas (tests) share the parsed packages.
-    return FhirContext.from_specs(list(packages))
+def make_validator(fhir: FhirContext, terminology: Terminology, options: ValidateOptions) -> Validator:
+    invariants = Invariants() if options.invariants else None
+    return Validator(fhir, invariants=invariants, terminology=terminology, strict=options.strict)
 
 
 def bootstrap(
@@ -60,59 +73,61 @@ def bootstrap(
     settings: ValidatorSettings | None = None,
     nats: NatsSettings | None = None,
     worker_settings: WorkerSettings | None = None,
-    redis: RedisSettings | None = None,
+    packages: PackageSettings | None = None,
+    objects: ObjectStore | None = None,
+    uploads: Uploads | None = None,
+    states: States | None = None,
 ) -> Worker:
+    """`objects`: S3 (package tarballs, payloads by reference; default: from FHIRSCHEMA_S3_*);
+    `uploads`: storage (default: request/reply on this worker's connection); `states`: the
+    repository states to follow (default: the KV watch)."""
     settings = settings or ValidatorSettings()
     worker = Worker(SERVICE, nats=nats, settings=worker_settings)
     executor = ThreadPoolExecutor(worker.settings.threads, thread_name_prefix="validate")
+    contexts = Contexts(make_validator, settings.lru_size, settings.contexts)
     state = worker.state
+    s3 = objects or _object_store()
+
+    async def blocking(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def wire() -> None:
-        loop = asyncio.get_running_loop()
-        if packages := settings.package_list():
-            source: Any = await loop.run_in_executor(executor, local_context, tuple(packages))
-            transient: tuple[type[BaseException], ...] = ()
-        else:
-            from redis.asyncio import Redis
-
-            rs = redis or RedisSettings()
-            state["redis"] = client = Redis.from_url(rs.url)
-            fetcher = RedisCached(
-                StorageClient(worker.connection, settings.storage_timeout_seconds),
-                client,
-                rs.schema_ttl_seconds,
-                prefix=settings.cache_prefix,
-            )
-            source = RemoteSchemaSource(fetcher, loop, timeout=settings.storage_timeout_seconds * 2)
-            transient = (SourceUnavailable,)
-        terminology = Terminology(source.resource)
-
-        def make_validator(options: ValidateOptions) -> Validator:
-            invariants = Invariants() if options.invariants else None
-            return Validator(source, invariants=invariants, terminology=terminology, strict=options.strict)
-
         service = ValidationService(
-            ValidatorPool(make_validator, settings.lru_size),
+            contexts,
             NatsResults(worker.connection, worker.js),
             await JobStore.open(worker.js),
             executor,
-            payloads=_object_store(),
+            payloads=s3,
             instance=worker.instance,
-            transient=transient,
         )
-        state["service"] = service
+        state["service"], state["contexts"] = service, contexts
+        local = settings.package_list()
+        storage = uploads or StorageClient(nats_request(worker.connection), settings.storage_timeout_seconds)
+        required = [] if local else (packages or PackageSettings()).package_list()
+        sync = RepositorySync(contexts, s3, storage, blocking, core=settings.fhir_core, required=required)
+        state["sync"] = sync
         engine = "compiled" if engine_build.compiled() else "python"
         if engine == "python":
             log.warning("the validator engine runs as Python source (about 3x slower): build it with "
                         "`make engine`, or use the validator image, which compiles it")  # fmt: skip
         worker.details = lambda: {
-            "handled": service.handled, "skipped": service.skipped, "validators": len(service.validators),
-            "engine": engine,
+            "handled": service.handled, "skipped": service.skipped, "validators": len(contexts),
+            "engine": engine, "repository_revision": sync.revision,
+            "packages": sorted(contexts.materialised.packages),
         }  # fmt: skip
+        await worker.set_readiness(Readiness(False, "loading packages"))
+        if local:
+            contexts.replace(await blocking(local_materialised, local, settings.fhir_core))
+            await worker.set_readiness(await sync.readiness(RepositoryState()))
+        else:
+            follow = states or (lambda: repository.follow(worker.js))
+            state["follow"] = asyncio.create_task(sync.follow(follow(), worker.set_readiness))
 
     async def close() -> None:
-        if (client := state.get("redis")) is not None:
-            await client.aclose()
+        if (task := state.get("follow")) is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         executor.shutdown(wait=False, cancel_futures=True)
 
     worker.on_startup(wire)
@@ -130,15 +145,12 @@ def register_subscribers(worker: Worker, state: dict[str, Any]) -> None:
     batch_pull = PullSub(batch_size=worker.settings.chunk_fetch, timeout=1.0)
     workers = worker.settings.max_workers
 
-    @worker.broker.subscriber(
+    one = worker.gated(worker.broker.subscriber(
         s.VALIDATE_ONE, stream=stream, durable=s.DURABLE_VALIDATOR_ONE, pull_sub=pull,
         max_workers=workers, ack_policy=AckPolicy.MANUAL, title="validate-one",
         description="Validate one resource; the result goes to reply_to and the RESULTS stream.",
-    )  # fmt: skip
-    async def validate_one(req: ValidateRequest) -> None:
-        await state["service"].handle(req)
-
-    @worker.broker.subscriber(
+    ))  # fmt: skip
+    batch = worker.gated(worker.broker.subscriber(
         s.VALIDATE_BATCH_ITEM, stream=stream, durable=s.DURABLE_VALIDATOR_BATCH, pull_sub=batch_pull,
         max_workers=worker.settings.chunk_workers, ack_policy=AckPolicy.MANUAL, title="validate-batch-item",
         description=(
@@ -146,7 +158,13 @@ def register_subscribers(worker: Worker, state: dict[str, Any]) -> None:
             "each result is stored once (a chunk's results as ValidateResultChunk messages) and "
             "counted once."
         ),
-    )  # fmt: skip
+    ))  # fmt: skip
+
+    @one
+    async def validate_one(req: ValidateRequest) -> None:
+        await state["service"].handle(req)
+
+    @batch
     async def validate_batch_item(req: ValidateRequest | ValidateChunk) -> None:
         if isinstance(req, ValidateChunk):
             await state["service"].handle_chunk(req)
@@ -156,7 +174,8 @@ def register_subscribers(worker: Worker, state: dict[str, Any]) -> None:
 
 def _object_store() -> ObjectStore | None:
     try:
-        return ObjectStore(S3Settings())
+        return ObjectStore(S3Settings())  # type: ignore[call-arg]  # credentials from the environment
     except ValidationError:
-        log.warning("no S3 credentials (FHIRSCHEMA_S3_*): requests by resource_ref will fail")
+        log.warning("no S3 credentials (FHIRSCHEMA_S3_*): package tarballs and requests by "
+                    "resource_ref cannot be read")  # fmt: skip
         return None

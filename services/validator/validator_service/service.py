@@ -1,16 +1,16 @@
 """The validator's service layer: ValidateRequest in, ValidateResult out (published and counted).
 
-An invalid FHIR resource is a RESULT (valid=false), never an error. Errors that retrying can fix
-(storage, S3, Redis or NATS unreachable) propagate, so the worker NAKs the message with backoff.
+An invalid FHIR resource is a RESULT (valid=false), never an error. A package context the
+repository does not hold is a failed item saying so (never a verdict). Errors that retrying can
+fix (S3 or NATS unreachable) propagate, so the worker NAKs the message with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -18,7 +18,7 @@ import orjson
 
 from fhirschema import jsoninput
 from fhirschema.jsoninput import JsonInputError, ParsedInput
-from fhirschema.validator import Validator
+from fhirschema.validator import ValidationResult, Validator
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
     JobState,
@@ -31,6 +31,8 @@ from fhirschema_bus.contracts import (
     ValidateResult,
 )
 from fhirschema_bus.object_store import ObjectNotFound
+
+from .contexts import UnknownPackage
 
 MAX_RESULT_BYTES = 900_000  # NATS' default max_payload is 1 MB
 MAX_ISSUES = 1000
@@ -56,33 +58,14 @@ class JobRecorder(Protocol):
     async def record_many(self, job_id: str, items: list[tuple[int, Outcome]]) -> Any: ...
 
 
-ValidatorFactory = Callable[[ValidateOptions], Validator]
+class Validators(Protocol):
+    """Compiled Validators by package context (contexts.Contexts): raises UnknownPackage."""
 
-# --- compiled validators ----------------------------------------------------------------------
+    def validator(
+        self, packages: Sequence[str], profiles: Sequence[str], options: ValidateOptions
+    ) -> Validator: ...
 
-
-class ValidatorPool:
-    """Compiled Validators in an LRU keyed by (profiles, options): a Validator caches its plans,
-    so reusing it is what makes the second validation of a profile cheap."""
-
-    def __init__(self, factory: ValidatorFactory, size: int = 32) -> None:
-        self._factory, self._size = factory, size
-        self._lru: OrderedDict[tuple[Any, ...], Validator] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, profiles: list[str], options: ValidateOptions) -> Validator:
-        key = (tuple(sorted(profiles)), options.invariants, options.strict)
-        with self._lock:
-            if (v := self._lru.get(key)) is not None:
-                self._lru.move_to_end(key)
-                return v
-            v = self._lru[key] = self._factory(options)
-            while len(self._lru) > self._size:
-                self._lru.popitem(last=False)
-            return v
-
-    def __len__(self) -> int:
-        return len(self._lru)
+    def __len__(self) -> int: ...
 
 
 # --- the handler ------------------------------------------------------------------------------
@@ -91,18 +74,16 @@ class ValidatorPool:
 class ValidationService:
     def __init__(
         self,
-        validators: ValidatorPool,
+        validators: Validators,
         results: ResultSink,
         jobs: JobRecorder,
         executor: Executor,
         *,
         payloads: PayloadReader | None = None,
         instance: str | None = None,
-        transient: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.validators, self.results, self.jobs = validators, results, jobs
         self.executor, self.payloads, self.instance = executor, payloads, instance
-        self.transient = transient  # engine-side errors to retry (e.g. SourceUnavailable)
         self.handled = 0  # for heartbeats and tests
         self.skipped = 0  # items of cancelled jobs
         self._stopped: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # job → (stopped, asked at)
@@ -135,9 +116,8 @@ class ValidationService:
         if await self._job_stopped(chunk.job_id):
             self.skipped += len(chunk.items)
             return 0
-        validator = self.validators.get(chunk.profiles, chunk.options)
         loop = asyncio.get_running_loop()
-        lines = await loop.run_in_executor(self.executor, self._validate_chunk, validator, chunk)
+        lines = await loop.run_in_executor(self.executor, self._validate_chunk, chunk)
         subject = s.job_result_subject(s.VALIDATE_RESULT, chunk.job_id)
         indexes = [item.index for item in chunk.items]
         stored = result_chunks(chunk.job_id, indexes, [data for data, _ in lines])
@@ -151,21 +131,32 @@ class ValidationService:
         self.handled += len(lines)
         return len(lines)
 
-    def _validate_chunk(self, validator: Validator, chunk: ValidateChunk) -> list[tuple[bytes, Outcome]]:
-        # In the worker thread: the engine, and encoding the results (orjson, no model per item).
+    def _validate_chunk(self, chunk: ValidateChunk) -> list[tuple[bytes, Outcome]]:
+        # In the worker thread: the context, the engine, and encoding the results (orjson, no
+        # model per item).
         out: list[tuple[bytes, Outcome]] = []
+        try:
+            validator: Validator | None = self.validators.validator(
+                chunk.packages, chunk.profiles, chunk.options
+            )
+            unknown = ""
+        except UnknownPackage as e:
+            validator, unknown = None, str(e)
         for item in chunk.items:
             result: dict[str, Any] = {"job_id": chunk.job_id, "index": item.index}
             try:
+                if validator is None:
+                    raise UnknownPackage(unknown)
                 res = validator.validate(item.resource, chunk.profiles)
                 if item.input_issues:  # the JSON text's own findings first, as in the CLI
                     res = ParsedInput(item.resource, [i.issue() for i in item.input_issues]).result(res)
-            except self.transient:
-                raise
+            except UnknownPackage as e:
+                result |= {"valid": False, "outcome": error_outcome(str(e), "not-found"), "error": str(e)}
+                outcome: Outcome = "failed"
             except Exception as e:  # an engine failure on this input: retrying gives the same
                 error = f"validator error: {type(e).__name__}: {e}"
                 result |= {"valid": False, "outcome": error_outcome(error), "error": error}
-                outcome: Outcome = "failed"
+                outcome = "failed"
             else:
                 result |= {"valid": res.valid, "outcome": res.to_outcome()}
                 if isinstance(rtype := item.resource.get("resourceType"), str):
@@ -221,12 +212,11 @@ class ValidationService:
                 return self._failed(req, f"payload cannot be validated: {e}", e.result().to_outcome())
             parsed = ParsedInput(parsed.value, issues + parsed.issues)
         resource = parsed.value
-        validator = self.validators.get(req.profiles, req.options)
         loop = asyncio.get_running_loop()
         try:
-            res = await loop.run_in_executor(self.executor, validator.validate, resource, req.profiles)
-        except self.transient:
-            raise
+            res = await loop.run_in_executor(self.executor, self._validate_one, resource, req)
+        except UnknownPackage as e:
+            return self._failed(req, str(e), error_outcome(str(e), "not-found"))
         except Exception as e:  # an engine failure on this input: retrying gives the same
             return self._failed(req, f"validator error: {type(e).__name__}: {e}")
         res = parsed.result(res)
@@ -236,6 +226,10 @@ class ValidationService:
             source=req.source, resource_type=rtype if isinstance(rtype, str) else None,
             validator=self.instance,
         )  # fmt: skip
+
+    def _validate_one(self, resource: Any, req: ValidateRequest) -> ValidationResult:
+        validator = self.validators.validator(req.packages, req.profiles, req.options)
+        return validator.validate(resource, req.profiles)
 
     async def _fetch(self, req: ValidateRequest) -> bytes:
         assert req.resource_ref is not None
@@ -288,6 +282,6 @@ def outcome_of(result: ValidateResult) -> Outcome:
     return "valid" if result.valid else "invalid"
 
 
-def error_outcome(message: str) -> dict[str, Any]:
-    issue = {"severity": "fatal", "code": "exception", "diagnostics": message}
+def error_outcome(message: str, code: str = "exception") -> dict[str, Any]:
+    issue = {"severity": "fatal", "code": code, "diagnostics": message}
     return {"resourceType": "OperationOutcome", "issue": [issue]}
