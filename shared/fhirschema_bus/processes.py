@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,9 @@ from pathlib import Path
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+# Set by whoever stops everything (the dev stack on SIGTERM): servers still starting give up at
+# once and are not retried, so nothing is started after the stop began.
+ABORT = threading.Event()
 
 
 def start_service(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -154,6 +158,35 @@ def _stop_pid(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) ->
     raise RuntimeError(f"process {pid} survived SIGKILL")
 
 
+def processes_marked(name: str, value: str) -> list[int]:
+    """PIDs of the processes started with `name=value` in their environment (Linux /proc; an
+    empty list elsewhere). Children inherit it, so it finds a whole tree, orphans included."""
+    mark = f"{name}={value}".encode() + b"\0"
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = b"\0" + (entry / "environ").read_bytes() + b"\0"
+            if b"\0" + mark in environ and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return [pid for pid in found if _pid_alive(pid)]
+
+
+def kill_marked(name: str, value: str, grace: float = 1.0) -> list[int]:
+    """SIGTERM every process marked `name=value`, SIGKILL what is left after `grace` seconds;
+    returns the PIDs that were found."""
+    pids = processes_marked(name, value)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+            time.sleep(0.05)
+    return pids
+
+
 def _tail(path: Path, lines: int) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -202,7 +235,7 @@ def _launch(
         )  # fmt: skip
     srv = RunningServer(name, proc.pid, url, ports, data_dir, log_path, proc=proc)
     deadline = t0 + timeout
-    while True:
+    while not ABORT.is_set():
         if proc.poll() is not None:
             break
         with contextlib.suppress(Exception):
@@ -212,6 +245,9 @@ def _launch(
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
+    if ABORT.is_set():
+        srv.stop(timeout=0.5)
+        raise ServerStartError(f"{name}: start aborted (stopping)")
     why = f"exited with code {proc.returncode}" if proc.poll() is not None else f"not ready in {timeout}s"
     srv.stop(timeout=3.0)
     raise ServerStartError(
@@ -226,7 +262,7 @@ def _with_retries(start: Callable[[], RunningServer], fixed: bool) -> RunningSer
         try:
             return start()
         except ServerStartError:
-            if fixed or attempt == 2:
+            if fixed or attempt == 2 or ABORT.is_set():
                 raise
     raise AssertionError("unreachable")
 

@@ -1,5 +1,6 @@
 """`make up` end to end: the dev stack starts servers and services, serves the gateway, ingests a
-small package from a local directory, and SIGTERM stops everything within 5 s."""
+small package from a local directory; the first SIGTERM/SIGINT stops everything within 5 s, at
+any moment, and nothing it started outlives it, even when it is killed (issue 9 §5)."""
 
 from __future__ import annotations
 
@@ -10,51 +11,116 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fhirschema_bus.servers import _pid_alive, free_port
+from fhirschema_bus.processes import kill_marked, processes_marked
+from fhirschema_bus.servers import free_port
 from tests.conftest import PACKAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.servers]
+TAG = "FHIRSCHEMA_TEST_DEVSTACK"  # inherited by the supervisor and everything it starts
 
 
-def test_devstack_up_and_down(tmp_path: Path) -> None:
-    gw_port = free_port()
-    env = {
-        **os.environ,
-        "FHIRSCHEMA_DEVSTACK_DIR": str(tmp_path / "stack"),
-        "FHIRSCHEMA_DEVSTACK_NATS_PORT": "0",
-        "FHIRSCHEMA_DEVSTACK_S3_PORT": "0",
-        "FHIRSCHEMA_DEVSTACK_REDIS_PORT": "0",
-        "FHIRSCHEMA_GATEWAY_PORT": str(gw_port),
-        "FHIRSCHEMA_PACKAGE_SOURCES": str(PACKAGES),
-        "FHIRSCHEMA_PACKAGES": "hl7.fhir.us.core#3.1.1",
-    }
-    out = tmp_path / "devstack.out"
-    with open(out, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fhirschema_bus.devstack"], stdout=fh, stderr=subprocess.STDOUT, env=env
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "Ctrl-C stops" not in out.read_text():
-            assert proc.poll() is None, out.read_text()
-            time.sleep(0.2)
-        text = out.read_text()
-        assert f"http://127.0.0.1:{gw_port}" in text, text
-        with urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/health", timeout=5) as r:
-            assert r.status == 200
-        state = json.loads((tmp_path / "stack" / "state.json").read_text())
-        pids = [*state["servers"].values(), *state["services"].values()]
-        assert {"storage", "ig-ingest", "gateway"} <= set(state["services"])
-    finally:
+class Devstack:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tag = uuid.uuid4().hex
+        self.gw_port = free_port()
+        self.dir = tmp_path / "stack"
+        self.out = tmp_path / "devstack.out"
+        env = {
+            **os.environ,
+            TAG: self.tag,
+            "FHIRSCHEMA_DEVSTACK_DIR": str(self.dir),
+            "FHIRSCHEMA_DEVSTACK_NATS_PORT": "0",
+            "FHIRSCHEMA_DEVSTACK_S3_PORT": "0",
+            "FHIRSCHEMA_DEVSTACK_REDIS_PORT": "0",
+            "FHIRSCHEMA_GATEWAY_PORT": str(self.gw_port),
+            "FHIRSCHEMA_PACKAGE_SOURCES": str(PACKAGES),
+            "FHIRSCHEMA_PACKAGES": "hl7.fhir.us.core#3.1.1",
+        }
+        with open(self.out, "wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fhirschema_bus.devstack"],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def text(self) -> str:
+        return self.out.read_text()
+
+    def wait_for(self, what: str, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while what not in self.text():
+            assert self.proc.poll() is None, self.text()
+            assert time.monotonic() < deadline, f"no {what!r} in {timeout:.0f}s:\n{self.text()}"
+            time.sleep(0.1)
+
+    def left(self) -> list[int]:
+        return [p for p in processes_marked(TAG, self.tag) if p != self.proc.pid]
+
+    def wait_nothing_left(self, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while (left := self.left()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return left
+
+    def stop(self, *signals: signal.Signals) -> float:
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
-        elapsed = time.monotonic() - t0
-    text = out.read_text()
-    assert elapsed < 5.0, (elapsed, text[-2000:])
-    assert "stopped everything" in text
-    assert not [p for p in pids if _pid_alive(p)], text[-2000:]
+        for sig in signals:
+            self.proc.send_signal(sig)
+            time.sleep(0.05)
+        self.proc.wait(timeout=30)
+        return time.monotonic() - t0
+
+
+@pytest.fixture
+def devstack(tmp_path: Path) -> Iterator[Devstack]:
+    stack = Devstack(tmp_path)
+    try:
+        yield stack
+    finally:  # whatever a failed test left behind
+        if stack.proc.poll() is None:
+            stack.proc.kill()
+            stack.proc.wait()
+        kill_marked(TAG, stack.tag)
+
+
+def test_devstack_up_and_down(devstack: Devstack) -> None:
+    devstack.wait_for("Ctrl-C stops")
+    assert f"http://127.0.0.1:{devstack.gw_port}" in devstack.text()
+    with urllib.request.urlopen(f"http://127.0.0.1:{devstack.gw_port}/health", timeout=5) as r:
+        assert r.status == 200
+    state = json.loads((devstack.dir / "state.json").read_text())
+    assert {"storage", "ig-ingest", "gateway"} <= set(state["services"])
+    assert len(devstack.left()) >= 8  # 3 servers, 5 services, the guard
+    # A second and a third signal while stopping (the old supervisor crashed on those).
+    elapsed = devstack.stop(signal.SIGTERM, signal.SIGINT, signal.SIGTERM)
+    assert elapsed < 5.0, (elapsed, devstack.text()[-2000:])
+    assert "stopped everything" in devstack.text() and devstack.proc.returncode == 0
+    assert devstack.wait_nothing_left(2.0) == [], devstack.text()[-2000:]
+
+
+@pytest.mark.parametrize("moment", ["servers starting", "services starting"])
+def test_devstack_stops_while_starting(devstack: Devstack, moment: str) -> None:
+    deadline = time.monotonic() + 60
+    if moment == "servers starting":  # SeaweedFS takes the longest: its folder comes first
+        while not (devstack.dir / "s3").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    else:
+        devstack.wait_for("storage   started")
+    elapsed = devstack.stop(signal.SIGINT)
+    assert elapsed < 5.0, (elapsed, devstack.text()[-2000:])
+    assert devstack.wait_nothing_left(2.0) == [], devstack.text()[-2000:]
+
+
+def test_nothing_outlives_a_killed_supervisor(devstack: Devstack) -> None:
+    devstack.wait_for("gateway   started")
+    assert len(devstack.left()) >= 8
+    devstack.proc.kill()  # no chance to clean up: the guard does it
+    devstack.proc.wait()
+    assert devstack.wait_nothing_left(15.0) == [], devstack.text()[-2000:]
