@@ -135,3 +135,74 @@ async def test_documents_with_repeated_keys_are_refused(client: httpx.AsyncClien
     assert r.status_code == 400
     r = await client.post("/schemas", content=nested(600), headers=FHIR)
     assert r.status_code == 400 and codes(r.json()) == ["fs1302"]
+
+
+# --- FHIR-native entry points (issue 9 §7) ----------------------------------------------------
+
+BAD_PATIENT = {"resourceType": "Patient", "gender": "robot", "birthDate": "yesterday"}
+BODYWEIGHT = "http://hl7.org/fhir/StructureDefinition/bodyweight"
+
+
+def parameters(resource: dict[str, Any], *profiles: str, mode: str | None = None) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [{"name": "resource", "resource": resource}]
+    params += [{"name": "profile", "valueUri": p} for p in profiles]
+    if mode:
+        params.append({"name": "mode", "valueCode": mode})
+    return {"resourceType": "Parameters", "parameter": params}
+
+
+async def test_validate_operation(client: httpx.AsyncClient) -> None:
+    expected = (await client.post("/validate", json=BAD_PATIENT)).json()
+    for path in ("/$validate", "/Patient/$validate"):
+        for body in (BAD_PATIENT, parameters(BAD_PATIENT, mode="create")):
+            r = await client.post(path, content=orjson.dumps(body), headers=FHIR)
+            assert r.status_code == 200, r.text  # 200 for invalid resources too
+            assert r.headers["content-type"].startswith("application/fhir+json")
+            assert r.headers["x-validation-result"] == "invalid" and r.json() == expected
+    r = await client.post("/$validate", content=PATIENT, headers=FHIR)
+    assert r.status_code == 200 and r.headers["x-validation-result"] == "valid"
+    r = await client.post("/Observation/$validate", content=PATIENT, headers=FHIR)
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    r = await client.post("/$validate", json=parameters(BAD_PATIENT, mode="delete"))
+    assert r.status_code == 400
+
+
+async def test_validate_operation_profiles(client: httpx.AsyncClient) -> None:
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}
+    expected = (await client.post("/validate", params={"profile": BODYWEIGHT}, json=obs)).json()
+    r = await client.post("/Observation/$validate", json=parameters(obs, BODYWEIGHT))
+    assert r.status_code == 200 and r.headers["x-validation-result"] == "invalid"
+    assert r.json() == expected
+    # A profile asked for that cannot be resolved: an error, never "valid".
+    r = await client.post("/$validate", json=parameters(obs, "http://example.org/no-such-profile"))
+    assert r.status_code == 200 and r.headers["x-validation-result"] == "invalid"
+    assert any(i["severity"] == "error" and i["code"] == "not-found" for i in r.json()["issue"])
+    # The repeated key inside the Parameters' resource is the resource's own finding.
+    body = (
+        b'{"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": ' + REPEATED + b"}]}"
+    )
+    r = await client.post("/$validate", content=body, headers=FHIR)
+    assert r.headers["x-validation-result"] == "invalid" and "fs1304" in codes(r.json())
+
+
+async def test_metadata(client: httpx.AsyncClient) -> None:
+    r = await client.get("/metadata")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json")
+    cs = r.json()
+    assert cs["resourceType"] == "CapabilityStatement" and cs["fhirVersion"] == "4.0.1"
+    assert [o["name"] for o in cs["rest"][0]["operation"]] == ["validate"]
+
+
+async def test_convert_results_over_http(client: httpx.AsyncClient) -> None:
+    from tests.services.test_gateway import sd_from_core
+
+    sds = [sd_from_core("bodyweight"), sd_from_core("heartrate")]
+    r = await client.post("/convert/batch", json=sds)
+    assert r.status_code == 202 and r.json()["results"] == f"/convert/results/{r.json()['job']}"
+    job = r.json()["job"]
+    r = await client.get(f"/convert/results/{job}", params={"wait": 30})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    rows = [orjson.loads(line) for line in r.text.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1]
+    assert [row["schema"]["url"] for row in rows] == [sd["url"] for sd in sds]
+    assert (await client.get("/convert/results/nope")).status_code == 404

@@ -14,7 +14,7 @@ from gateway import __version__
 from gateway.bootstrap import Container, Settings, bootstrap
 from gateway.errors import install_error_handlers
 from gateway.metrics import MetricsMiddleware
-from gateway.routers import convert, dead_letters, jobs, ops, schemas, stream, validate
+from gateway.routers import convert, dead_letters, fhir, jobs, ops, schemas, stream, validate
 
 DESCRIPTION = """HTTP front of the FHIRSchema services. Every request travels over NATS JetStream
 to independent validator, converter and storage services; programs may also publish straight to
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     app.state.container = container
     install_error_handlers(app)
-    for r in (validate, stream, convert, schemas, jobs, dead_letters, ops):
+    for r in (validate, fhir, stream, convert, schemas, jobs, dead_letters, ops):
         app.include_router(r.router)
     app.add_middleware(MetricsMiddleware, metrics=container.metrics)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):  # tracing only when a collector is configured

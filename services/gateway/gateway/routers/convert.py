@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from fhirschema_bus.contracts import JobKind, JobStatus
 from gateway.bodies import (
@@ -71,6 +71,24 @@ async def convert_batch(
 @router.get("/status/{job}", response_model=JobStatus)
 async def convert_status(job: str, jobs: JobsDep) -> JobStatus:
     return await find_job(jobs, job, JobKind.CONVERT)
+
+
+@router.get(
+    "/results/{job}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}, "description": "one result per line"}},
+)
+async def convert_results(
+    job: str,
+    jobs: JobsDep,
+    validation: ValidationDep,
+    wait: Annotated[float, Query(ge=0, le=600, description="seconds to wait for missing results")] = 0.0,
+) -> StreamingResponse:
+    """NDJSON lines {"index", "schema", "error", "stored"} of a conversion job (as
+    GET /validate/results)."""
+    status = await find_job(jobs, job, JobKind.CONVERT)
+    lines = validation.results(status, wait)
+    return StreamingResponse(lines, media_type="application/x-ndjson", headers={"X-Job-State": status.state})
 
 
 @router.get("/formats")

@@ -119,8 +119,7 @@ async def validate_batch(
 def accepted(job: JobStatus, base: str) -> Response:
     location = f"{base}/status/{job.id}"
     body = {"job": job.id, "state": job.state, "total": job.total, "status": location}
-    if job.kind is JobKind.VALIDATE:
-        body["results"] = f"{base}/results/{job.id}"
+    body["results"] = f"{base}/results/{job.id}"
     return Response(
         orjson.dumps(body), status_code=202, media_type="application/json", headers={"Location": location}
     )

@@ -51,15 +51,15 @@ def _input_issues(issues: Iterable[Issue]) -> list[dict[str, Any]]:
     return [InputIssue.of(i).model_dump(exclude_none=True) for i in issues]
 
 
-def _line(result: dict[str, Any]) -> bytes:
-    return orjson.dumps(
-        {
-            "index": result.get("index"),
-            "source": result.get("source"),
-            "valid": result.get("valid"),
-            "outcome": result.get("outcome"),
-        }
-    )
+RESULT_FIELDS = {  # what a results line holds, per kind of job
+    JobKind.VALIDATE: ("index", "source", "valid", "outcome"),
+    JobKind.CONVERT: ("index", "schema", "error", "stored"),
+}
+RESULT_SUBJECTS = {JobKind.VALIDATE: s.VALIDATE_RESULT, JobKind.CONVERT: s.CONVERT_RESULT}
+
+
+def _line(result: dict[str, Any], kind: JobKind = JobKind.VALIDATE) -> bytes:
+    return orjson.dumps({key: result.get(key) for key in RESULT_FIELDS[kind]})
 
 
 class ValidationService:
@@ -75,17 +75,18 @@ class ValidationService:
     async def validate_one(
         self,
         resource: dict[str, Any],
-        raw: bytes,
+        raw: bytes | None,
         profiles: list[str],
         timeout: float | None = None,
         issues: Sequence[Issue] = (),
     ) -> SyncOutcome:
-        """`issues`: findings of `raw` itself (repeated keys), which the validator reports first;
-        a resource that goes by S3 reference travels as `raw`, and the validator finds them."""
+        """`raw`: the resource's own text, if the client sent it alone; `issues`: the findings of
+        that text (repeated keys), which the validator reports first. A resource that goes by S3
+        reference travels as `raw`, and the validator finds them itself."""
         job_id = new_job_id()
         kind, payload = await self.d.payload(job_id, 0, resource, raw)
         extra: dict[str, Any] = {"reply_to": self.d.reply_to(job_id)}
-        if issues and kind == "inline":
+        if issues and (kind == "inline" or raw is None):
             extra["input_issues"] = _input_issues(issues)
         message = _message(job_id, 0, kind, payload, profiles, **extra)
         self.metrics.sync_in_flight.inc()
@@ -224,7 +225,7 @@ class ValidationService:
         if job.results is not None:
             async for line in self.d.objects.iter_lines(job.results):
                 with contextlib.suppress(orjson.JSONDecodeError):
-                    yield _line(orjson.loads(line)) + b"\n"
+                    yield _line(orjson.loads(line), job.kind) + b"\n"
             return
         async for line in self._live(job, wait):
             yield line
@@ -234,7 +235,7 @@ class ValidationService:
         item once, yielded in index order (items that arrive early are held back until the
         ones before them came; whatever is missing at the end, the rest follows sorted)."""
         js = self.d.bus.js
-        subject = s.job_result_subject(s.VALIDATE_RESULT, job.id)
+        subject = s.job_result_subject(RESULT_SUBJECTS[job.kind], job.id)
         info = await js.stream_info(s.STREAM_RESULTS, subjects_filter=subject)
         messages = (info.state.subjects or {}).get(subject, 0)  # messages, not items (chunks)
         if messages == 0 and not (wait > 0 and job.total):
@@ -265,10 +266,10 @@ class ValidationService:
                     seen.add(index)
                     held[index] = result
                 while next_index in held:
-                    yield _line(held.pop(next_index)) + b"\n"
+                    yield _line(held.pop(next_index), job.kind) + b"\n"
                     next_index += 1
             for index in sorted(held):
-                yield _line(held[index]) + b"\n"
+                yield _line(held[index], job.kind) + b"\n"
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
