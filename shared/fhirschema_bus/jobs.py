@@ -163,9 +163,11 @@ class JobStore:
 
         def change(job: JobStatus) -> bool:
             fresh.clear()
-            if job.state in (JobState.CANCELLED, JobState.FAILED):
+            if job.state is JobState.CANCELLED:
                 fresh.extend([True] * len(items))  # not counted, but not a duplicate either
-                return False  # late items of a stopped job are not counted
+                return False  # late items of a cancelled job are not counted
+            # A failed job still counts the items whose results were stored (those in flight
+            # when it failed): its counts always equal its stored results. Its state stays.
             ranges = job.detail.setdefault(COUNTED_KEY, [])
             for index, outcome in items:
                 fresh.append(_add_index(ranges, index))
@@ -176,7 +178,7 @@ class JobStore:
                 return False
             if job.state is JobState.QUEUED:
                 job.state = JobState.RUNNING
-            _finish_if_done(job)
+            _finish_if_done(job)  # (a failed job stays failed: it is final)
             return True
 
         job = await self._update(job_id, change, progress=True)

@@ -62,6 +62,21 @@ class RunningServer:
     secret_key: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     cleanup: list[Path] = field(default_factory=list, repr=False)  # files removed after stop
+    relaunch: Callable[[], RunningServer] | None = field(default=None, repr=False)
+
+    def kill(self) -> None:
+        """SIGKILL, no grace (fault tests: the server dies as in a crash)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        _stop_pid(self.pid, self.proc, 1.0)
+
+    def restart(self) -> None:
+        """Start it again on the same ports with the same data (after `kill` or `stop`)."""
+        assert self.relaunch is not None, f"{self.name} cannot be restarted"
+        for path in self.cleanup:  # e.g. the unix sockets a killed weed left behind
+            path.unlink(missing_ok=True)
+        new = self.relaunch()
+        self.pid, self.proc, self.startup_seconds = new.pid, new.proc, new.startup_seconds
 
     @property
     def port(self) -> int:
@@ -234,6 +249,7 @@ def _launch(
             env={**os.environ, **(env or {})}, start_new_session=True,
         )  # fmt: skip
     srv = RunningServer(name, proc.pid, url, ports, data_dir, log_path, proc=proc)
+    srv.relaunch = lambda: _launch(name, cmd, data_dir, ready, url, ports, env, timeout)
     deadline = t0 + timeout
     while not ABORT.is_set():
         if proc.poll() is not None:

@@ -48,7 +48,13 @@ MAX_ITEMS = 500
 def settings_for(nats_url: str, s3: RunningServer, redis_url: str, port: int = 0, **gw: Any) -> Settings:
     return Settings(
         gateway=GatewaySettings(
-            host="127.0.0.1", port=port, max_body_bytes=MAX_BODY, max_batch_items=MAX_ITEMS, **gw
+            **{
+                "host": "127.0.0.1",
+                "port": port,
+                "max_body_bytes": MAX_BODY,
+                "max_batch_items": MAX_ITEMS,
+                **gw,
+            }
         ),
         nats=NatsSettings(url=nats_url),
         s3=S3Settings(endpoint=f"127.0.0.1:{s3.port}", access_key=s3.access_key, secret_key=s3.secret_key),
@@ -114,10 +120,11 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def gateway_stack(
-    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer, logs: Path
+    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer, logs: Path, **gw: Any
 ) -> AsyncIterator[Stack]:
+    """`gw`: GatewaySettings fields for the in-process gateway."""
     port = free_port()
-    st = settings_for(nats_server.url, s3_server, redis_server.url, port)
+    st = settings_for(nats_server.url, s3_server, redis_server.url, port, **gw)
     nc = await nats.connect(st.nats.url)
     js = nc.jetstream()
     await ensure_topology(js, st.nats)

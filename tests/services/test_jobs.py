@@ -51,6 +51,19 @@ async def test_cancel_stops_counting(nc: Client) -> None:
     assert await store.record("no-such-job", 0, "valid") is None
 
 
+async def test_a_failed_job_counts_what_was_stored(nc: Client) -> None:
+    # Items in flight when the job failed have their results stored: they are counted (once),
+    # so its counts equal its stored results; it stays failed.
+    store = await JobStore.open(nc.jetstream())
+    job = await store.create(JobKind.VALIDATE, total=2)
+    await store.record(job.id, 0, "valid")
+    await store.fail(job.id, "could not enqueue the batch")
+    after = await store.record_many(job.id, [(1, "invalid"), (1, "invalid")])
+    final = await store.get(job.id)
+    assert final is not None and (final.state, final.done, final.invalid) == (JobState.FAILED, 2, 1)
+    assert after[0] is not None and after[1] is None
+
+
 async def test_counts_once_under_redelivery_and_concurrency(nc: Client) -> None:
     js = nc.jetstream()
     a, b = await JobStore.open(js), await JobStore.open(js)

@@ -85,7 +85,7 @@ class Container:
 def bootstrap(settings: Settings | None = None) -> Container:
     settings = settings or Settings()
     instance = f"gateway-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    bus = Bus(settings.nats, name=instance)
+    bus = Bus(settings.nats, name=instance, budget=settings.gateway.publish_budget_seconds)
     metrics = Metrics()
     objects = SharedObjectStore(settings.s3)
     jobs = Jobs(bus)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -28,6 +30,9 @@ log = logging.getLogger("gateway.bus")
 
 LateReply = Callable[[str, bytes], Awaitable[None]]
 NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError)
+RETRY_AFTER_SECONDS = 5  # what a 503 tells clients: NATS reconnects within about that time
+ACK_WAIT_SECONDS = 10.0  # for the acks of one round of publishes
+T = TypeVar("T")
 
 
 class ReplyRouter:
@@ -66,9 +71,10 @@ class ReplyRouter:
 
 
 class Bus:
-    def __init__(self, settings: NatsSettings, name: str = "fhirschema-gateway"):
+    def __init__(self, settings: NatsSettings, name: str = "fhirschema-gateway", budget: float = 30.0):
         self.settings = settings
         self.name = name
+        self.budget = budget  # seconds a batch's publishing is retried across a NATS outage
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
         self.replies = ReplyRouter()
@@ -149,22 +155,74 @@ class Bus:
             await asyncio.wait_for(ack, timeout)
         except (TimeoutError, *NATS_ERRORS) as e:
             raise BusUnavailable(
-                f"NATS did not accept the message on {subject}: {e or type(e).__name__}"
+                f"NATS did not accept the message on {subject}: {e or type(e).__name__}",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from e
 
-    async def publish_many(self, messages: Iterable[tuple[str, bytes, str]], timeout: float = 30.0) -> None:
-        """Pipelined publishes (no wait per message); all acks awaited at the end."""
-        js = self.js
-        try:
-            acks = []
-            for subject, payload, msg_id in messages:
-                acks.append(
-                    await js.publish_async(subject, payload, headers=_headers(msg_id), wait_stall=timeout)
-                )
-                await asyncio.sleep(0)  # let the client flush it now: consumers start while we pack
-            await asyncio.wait_for(asyncio.gather(*acks), timeout)
-        except (TimeoutError, *NATS_ERRORS) as e:
-            raise BusUnavailable(f"NATS did not accept the batch: {e or type(e).__name__}") from e
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until NATS is connected again; False if it is not."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.connected:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def retrying(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """`op()`, tried again across a NATS outage until the budget is spent; then a 503 with
+        Retry-After. `op` must be safe to repeat (a Nats-Msg-Id, or a read)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.budget
+        while True:
+            try:
+                return await op()
+            except (BusUnavailable, TimeoutError, *NATS_ERRORS) as e:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self.unavailable(what, e) from e
+                log.warning("%s: %s; retrying for another %.0f s", what, e or type(e).__name__, remaining)
+                await self.wait_connected(remaining)
+                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+
+    def unavailable(self, what: str, e: BaseException) -> BusUnavailable:
+        return BusUnavailable(
+            f"{what}: NATS did not accept it within {self.budget:g} s ({e or type(e).__name__}); "
+            "retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )  # fmt: skip
+
+    async def publish_many(self, messages: Iterable[tuple[str, bytes, str]]) -> None:
+        """Pipelined publishes (no wait per message), all acks awaited at the end. Across a NATS
+        outage, the messages not acked are published again once it is back (their Nats-Msg-Id
+        makes the stream store each once) until the budget is spent: then BusUnavailable."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.budget
+        rest = iter(messages)  # a generator: chunks are cut while the first ones are consumed
+        unacked: list[tuple[tuple[str, bytes, str], asyncio.Future[Any] | None]] = []
+        while True:
+            again = [m for m, ack in unacked if not _acked(ack)]
+            unacked = []
+            try:
+                js = self.js
+                for message in itertools.chain(again, rest):
+                    unacked.append((message, None))  # known before its publish can fail
+                    subject, payload, msg_id = message
+                    ack = await js.publish_async(subject, payload, headers=_headers(msg_id), wait_stall=5.0)
+                    unacked[-1] = (message, ack)
+                    await asyncio.sleep(0)  # let the client flush it now: consumers start while we pack
+                acks = [ack for _, ack in unacked if ack is not None]
+                timeout = max(0.1, min(ACK_WAIT_SECONDS, deadline - loop.time()))
+                await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), timeout)
+                if all(_acked(ack) for _, ack in unacked):
+                    return
+                raise nats.errors.Error("some messages were not acknowledged")
+            except (BusUnavailable, TimeoutError, *NATS_ERRORS) as e:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self.unavailable("publishing the batch", e) from e
+                waiting = sum(not _acked(ack) for _, ack in unacked)
+                log.warning("publishing: %s; %d messages to send again", e or type(e).__name__, waiting)
+                await self.wait_connected(remaining)
 
     async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
         """Core NATS request/reply (storage lookups)."""
@@ -181,6 +239,10 @@ class Bus:
             await self.client.flush(timeout=2)
         except (TimeoutError, *NATS_ERRORS) as e:
             raise BusUnavailable(f"NATS: {e or type(e).__name__}") from e
+
+
+def _acked(ack: asyncio.Future[Any] | None) -> bool:
+    return ack is not None and ack.done() and not ack.cancelled() and ack.exception() is None
 
 
 def _headers(msg_id: str) -> dict[str, str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +17,7 @@ from starlette.responses import Response
 from fhirschema.jsoninput import JsonInputError
 
 FHIR_JSON = "application/fhir+json"
+log = logging.getLogger("gateway")
 
 _ISSUE_CODES = {
     400: "structure",
@@ -82,6 +86,8 @@ class Unprocessable(GatewayError):
 
 
 class BusUnavailable(GatewayError):
+    """NATS (or another service behind it) is unreachable: 503, with Retry-After when known."""
+
     status = 503
 
 
@@ -122,6 +128,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return error_response(str(exc.detail), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        # Never a 500 text/plain: NATS failing under a request is a 503 the client can retry.
+        if isinstance(exc, (TimeoutError, ConnectionError, nats.errors.Error, nats.js.errors.Error)):
+            message = f"NATS is unavailable ({exc or type(exc).__name__}); retry later"
+            return error_response(message, 503, headers={"Retry-After": "5"})
+        log.exception("unexpected error")
+        return error_response(f"internal error ({type(exc).__name__}); see the gateway's log", 500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:

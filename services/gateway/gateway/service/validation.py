@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyWrongLastSequenceError
 
 from fhirschema.validator.issues import Issue
 from fhirschema_bus import subjects as s
@@ -26,6 +27,7 @@ from fhirschema_bus.contracts import (
     result_items,
 )
 from gateway.bodies import Item
+from gateway.bus import RETRY_AFTER_SECONDS
 from gateway.errors import BadRequest, BusUnavailable, Timeout
 from gateway.metrics import Metrics
 from gateway.service.dispatch import Dispatcher, ReplyTimeout, new_job_id
@@ -139,8 +141,9 @@ class ValidationService:
         if not items:
             raise BadRequest("the batch holds no resources")
         job_id = new_job_id()
-        jobs = await self.d.jobs()
-        job = await jobs.create(kind, len(items), job_id=job_id, detail=detail)
+        job = await self.d.bus.retrying(
+            lambda: self._create(kind, len(items), job_id, detail), "creating the batch's job"
+        )
         subject = s.VALIDATE_BATCH_ITEM if kind is JobKind.VALIDATE else s.CONVERT_BATCH_ITEM
         failed = [item for item in items if item.failed is not None]
         items = [item for item in items if item.failed is None]
@@ -167,11 +170,25 @@ class ValidationService:
                 messages.append((subject, body, f"{job_id}.{item.index}"))
             await self.d.bus.publish_many(messages)
         except Exception as e:
+            # Its items could not be published within the budget: the job says so, with the
+            # counts of the results stored so far (validators skip what is left of it).
+            error = e.message if isinstance(e, BusUnavailable) else f"{type(e).__name__}: {e}"
             with contextlib.suppress(Exception):
-                await jobs.fail(job_id, f"could not enqueue the batch: {e}")
-            raise BusUnavailable(f"could not enqueue the batch: {e}") from e
+                await (await self.d.jobs()).fail(job_id, f"could not enqueue the batch: {error}")
+            raise BusUnavailable(
+                f"could not enqueue the batch: {error}", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            ) from e
         self.metrics.batch_items.inc(len(items))
         return job
+
+    async def _create(self, kind: JobKind, total: int, job_id: str, detail: dict) -> JobStatus:
+        jobs = await self.d.jobs()
+        try:
+            return await jobs.create(kind, total, job_id=job_id, detail=detail)
+        except KeyWrongLastSequenceError:  # an earlier try created it, its answer was lost
+            if (job := await jobs.get(job_id)) is None:
+                raise
+            return job
 
     async def _record_failed(self, job_id: str, items: list[Item]) -> None:
         """Items whose text cannot be validated (not JSON, nested too deeply): their results,
@@ -187,8 +204,12 @@ class ValidationService:
             data = result.model_dump_json(exclude_none=True).encode()
             messages.append((subject, data, f"{job_id}.{item.index}"))
         await self.d.bus.publish_many(messages)
-        jobs = await self.d.jobs()
-        await jobs.record_many(job_id, [(item.index, "failed") for item in items])
+        counts: list[tuple[int, Outcome]] = [(item.index, "failed") for item in items]
+
+        async def record() -> Any:  # counted once however often it is tried (the job's ranges)
+            return await (await self.d.jobs()).record_many(job_id, counts)
+
+        await self.d.bus.retrying(record, "counting the batch's failed items")
 
     def _chunks(
         self, job_id: str, items: list[Item], profiles: list[str], oversized: list[Item]
