@@ -44,14 +44,15 @@ def say(msg: str) -> None:
     print(f"[devstack] {msg}", flush=True)
 
 
-def pick_port(name: str, env: str, default: int) -> int:
+def pick_port(name: str, env: str, default: int) -> int | None:
+    """The port asked for, or None when any free one will do (the asked one is busy, or 0): the
+    server then picks its own and retries with fresh ones if another process takes it first."""
     wanted = int(os.environ.get(env, default))
     if wanted and srv.port_is_free(wanted):
         return wanted
-    port = srv.free_port()
     if wanted:
-        say(f"{name}: port {wanted} is busy, using {port} instead (set {env} to choose)")
-    return port
+        say(f"{name}: port {wanted} is busy, using a free one instead (set {env} to choose)")
+    return None
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Stack:
             raise srv.ServerStartError("\n".join(errors))
 
     def service_env(self) -> dict[str, str]:
-        gw_port = pick_port("gateway", "FHIRSCHEMA_GATEWAY_PORT", 8080)
+        gw_port = pick_port("gateway", "FHIRSCHEMA_GATEWAY_PORT", 8080) or srv.free_port()
         self.gateway_url = f"http://{srv.HOST}:{gw_port}"
         s3 = self.servers["s3"]
         env = {
@@ -142,6 +143,7 @@ class Stack:
         logs = self.base / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for name, module in SERVICES:
+            self.stopping.check()  # a stop asked for while starting: start nothing more
             if not _runnable(module):
                 say(f"{name:9} MISSING: module {module} (or its __main__) is not importable; not started")
                 continue
@@ -214,10 +216,14 @@ class Stack:
 
 
 def _runnable(module: str) -> bool:
+    """Has `module` a __main__? Found without importing the package (a service's package imports
+    the engine and its clients: seconds of the supervisor's time on a busy machine)."""
     try:
-        return importlib.util.find_spec(f"{module}.__main__") is not None
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return False
+    locations = spec.submodule_search_locations if spec is not None else None
+    return bool(locations) and any((Path(loc) / "__main__.py").is_file() for loc in locations or ())
 
 
 class _Stop(Exception):
