@@ -123,7 +123,7 @@ async def test_nats_unavailable_is_503(s3_server, redis_server, stack: Stack) ->
     ):
         assert (await c.get("/health")).status_code == 200
         r = await c.post("/validate", json=PATIENT)
-        assert r.status_code == 503 and "NATS" in r.text
+        assert r.status_code == 503 and "NATS" in r.text and int(r.headers["retry-after"]) > 0
         ready = await c.get("/ready")
         assert ready.status_code == 503 and "nats" in ready.json()["failed"]
 

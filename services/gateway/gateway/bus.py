@@ -87,13 +87,13 @@ class Bus:
     @property
     def js(self) -> JetStreamContext:
         if self._js is None or not self.connected:
-            raise BusUnavailable("NATS is unavailable")
+            raise BusUnavailable("NATS is unavailable", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         return self._js
 
     @property
     def client(self) -> Client:
         if self.nc is None or not self.nc.is_connected:
-            raise BusUnavailable("NATS is unavailable")
+            raise BusUnavailable("NATS is unavailable", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         return self.nc
 
     async def start(self) -> None:
