@@ -104,15 +104,22 @@ def chunks(items: Iterable[Item]) -> Iterator[list[Item]]:
 
 def run(task: Task, items: Iterable[Item], jobs: int, emit: Callable[[Done], None]) -> None:
     """Validate every item; `emit` gets each chunk's Done in input order."""
-    pending = chunks(items)
-    started = time.monotonic()
-    for chunk in pending:
-        emit(task.run(chunk))
-        if jobs > 1 and time.monotonic() - started >= SERIAL_SECONDS:
-            break
-    else:
-        return
-    _parallel(task, pending, jobs, emit)
+    # The loaded packages are ~1M long-lived objects: frozen, no full collection walks them
+    # (three paired runs: 9-30% less CPU per resource), and forked workers share their pages.
+    gc.collect()
+    gc.freeze()
+    try:
+        pending = chunks(items)
+        started = time.monotonic()
+        for chunk in pending:
+            emit(task.run(chunk))
+            if jobs > 1 and time.monotonic() - started >= SERIAL_SECONDS:
+                break
+        else:
+            return
+        _parallel(task, pending, jobs, emit)
+    finally:
+        gc.unfreeze()
 
 
 _TASK: Task | None = None  # the forked workers' task (inherited, never pickled)
@@ -126,8 +133,7 @@ def _work(chunk: list[Item]) -> Done:
 def _parallel(task: Task, pending: Iterator[list[Item]], jobs: int, emit: Callable[[Done], None]) -> None:
     global _TASK
     _TASK = task
-    gc.collect()
-    gc.freeze()  # the loaded packages stay shared: no collection in a worker touches their pages
+    gc.freeze()  # and the caches warmed since: shared with the workers, untouched by their collections
     try:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             window: deque[Any] = deque()
@@ -139,7 +145,6 @@ def _parallel(task: Task, pending: Iterator[list[Item]], jobs: int, emit: Callab
                 emit(window.popleft().get())
     finally:
         _TASK = None
-        gc.unfreeze()
 
 
 def default_jobs() -> int:
