@@ -89,6 +89,15 @@ class Stack:
     children: list[Child] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     gateway_url: str = ""
+    guard: subprocess.Popen[bytes] | None = None
+
+    def watch(self, pid: int) -> None:
+        """Tell the guard about a child (a process group of its own): found even when it
+        rewrites its environment, as valkey-server does (its process title)."""
+        if self.guard is not None and self.guard.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.guard.stdin.write(f"{pid}\n".encode())
+                self.guard.stdin.flush()
 
     def start_servers(self) -> None:
         ports = {
@@ -109,15 +118,19 @@ class Stack:
             if self.stopping.signal:
                 processes.ABORT.set()  # a start in flight gives up within 50 ms, no retry
             pool.shutdown(wait=True)
+            for k, fut in futures.items():  # also when stopping: stop() stops what did start
+                if fut.exception() is None:
+                    self.servers[k] = fut.result()
+                    self.watch(self.servers[k].pid)
+            self.write_state()
         errors = []
         for k, fut in futures.items():
-            try:
-                self.servers[k] = fut.result()
+            if (error := fut.exception()) is not None:
+                errors.append(f"{k}: {error}")
+            else:
                 say(
                     f"{k:9} {self.servers[k].url}  (pid {self.servers[k].pid}, log {self.servers[k].log_path})"
                 )
-            except Exception as e:
-                errors.append(f"{k}: {e}")
         if errors:
             raise srv.ServerStartError("\n".join(errors))
 
@@ -154,6 +167,7 @@ class Stack:
                     stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
                 )  # fmt: skip
             self.children.append(Child(name, proc, log))
+            self.watch(proc.pid)
             say(f"{name:9} started (pid {proc.pid}, log {log})")
         self.write_state()
 
@@ -247,9 +261,12 @@ def start_guard() -> subprocess.Popen[bytes]:
 def guard(run: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the pipe ends the watch
-    while sys.stdin.buffer.read(1024):
-        pass
-    processes.kill_marked(RUN_VAR, run)
+    groups = {int(line) for line in sys.stdin.buffer if line.strip().isdigit()}  # until EOF
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in groups:  # each child leads its own process group (start_new_session)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+        processes.kill_marked(RUN_VAR, run, grace=0.5)
     return 0
 
 
@@ -260,7 +277,7 @@ def main() -> int:
     stack = Stack(base)
     signal.signal(signal.SIGTERM, stack.stopping.handler)
     signal.signal(signal.SIGINT, stack.stopping.handler)
-    watchdog = start_guard()
+    watchdog = stack.guard = start_guard()
     code = 0
     try:
         stack.start_servers()

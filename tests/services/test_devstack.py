@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fhirschema_bus.processes import kill_marked, processes_marked
+from fhirschema_bus.processes import _pid_alive, kill_marked, processes_marked
 from fhirschema_bus.servers import free_port
 from tests.conftest import PACKAGES
 
@@ -61,7 +61,14 @@ class Devstack:
             time.sleep(0.1)
 
     def left(self) -> list[int]:
-        return [p for p in processes_marked(TAG, self.tag) if p != self.proc.pid]
+        """Processes of this stack still alive: marked ones, and the PIDs in its state file
+        (valkey-server rewrites its environment, so no mark can find it)."""
+        pids = set(processes_marked(TAG, self.tag))
+        state = self.dir / "state.json"
+        if state.is_file():
+            data = json.loads(state.read_text())
+            pids |= {p for p in [*data["servers"].values(), *data["services"].values()] if _pid_alive(p)}
+        return sorted(pids - {self.proc.pid})
 
     def wait_nothing_left(self, timeout: float) -> list[int]:
         deadline = time.monotonic() + timeout
