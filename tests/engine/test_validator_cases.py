@@ -27,6 +27,20 @@ AMENDED: dict[str, tuple[dict[str, Any], str]] = {
         "the case loads no definition of data-absent-reason: an undefined extension outside the example"
         " domains is an error for the reference",
     ),
+    "patient-name: patient-animal: sub-extension without species → fs902 (species min=1)": (
+        {
+            "issues": [
+                {"code": "fs902", "path": ["extension", 0, "extension"]},
+                {"code": "fs1104", "path": ["extension", 0, "extension", 0]},
+            ]
+        },
+        "patient-animal defines no sub-extension 'test'; the reference rejects undefined sub-extensions",
+    ),
+    "terminology: required binding — code not in valueset → fs501": (
+        {"issues": [{"code": "fs501", "path": ["color"]}, {"code": "fs506", "path": ["color"]}]},
+        "a bare code outside a required value set: the reference also reports that no code system of the"
+        " value set defines it",
+    ),
     "real-resources: unknown resourceType → silent pass (matches aidbox default; strict mode is future work)": (
         _UNKNOWN_TYPE,
         "issue 9: an unknown resourceType is an error in every mode",

@@ -12,6 +12,7 @@ semantics stay with the maintained library.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -90,13 +91,16 @@ def _special(expression: str) -> Check | None:
 
 def _ref1(node: Any, env: dict[str, Any]) -> bool:
     ref = node.get("reference") if isinstance(node, dict) else None
-    if not isinstance(ref, str) or not ref.startswith("#"):
-        return True
+    if not isinstance(ref, str) or not ref.startswith("#") or ref == "#":
+        return True  # `#` alone is the container itself (R4 §2.3.0.1)
     root = env.get("root") or {}
     contained = root.get("contained")
     if not isinstance(contained, list):
         contained = []
     return ref[1:] in {c.get("id") for c in contained if isinstance(c, dict)}
+
+
+_NARRATIVE_LINK = re.compile(r"""(?:src|href)\s*=\s*["']#([^"']+)["']""")
 
 
 def _strings(node: Any) -> set[str]:
@@ -108,8 +112,11 @@ def _strings(node: Any) -> set[str]:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        elif isinstance(item, str) and item.startswith("#"):
-            found.add(item)
+        elif isinstance(item, str):
+            if item.startswith("#"):
+                found.add(item)
+            elif "#" in item and "<" in item:  # a narrative may refer to them: <img src="#id">
+                found.update("#" + x for x in _NARRATIVE_LINK.findall(item))
     return found
 
 

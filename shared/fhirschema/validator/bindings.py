@@ -27,7 +27,7 @@ def binding_findings(item: Any, ep: ElementPlan, check_code: CheckCode) -> Findi
     key: Any = item if type(item) is str else tuple(checks)
     verdict = ep.verdicts.get(key)
     if verdict is None:
-        verdict = tuple(judge_codes(checks, binding, origin, check_code))
+        verdict = tuple(judge_codes(checks, binding, origin, check_code, ep.type == "code"))
         if len(ep.verdicts) < MEMO_SIZE:
             ep.verdicts[key] = verdict
     found = verdict
@@ -73,7 +73,7 @@ def no_code(item: Any, t: str | None, binding: dict[str, Any], origin: str | Non
 
 
 def judge_codes(checks: list[Triple], binding: dict[str, Any], origin: str | None,
-                check_code: CheckCode) -> list[Finding]:  # fmt: skip
+                check_code: CheckCode, bare: bool = False) -> list[Finding]:  # fmt: skip
     """Findings on the codes of one value; `check_code(vs, system, code, display)` is the terminology."""
     strength = binding["strength"]
     code, severity = BINDING_SEVERITY[strength]
@@ -93,6 +93,11 @@ def judge_codes(checks: list[Triple], binding: dict[str, Any], origin: str | Non
                                severity="information"))  # fmt: skip
         return out
     shown = ", ".join(f"{s}#{c}" if s else str(c) for s, c, _ in checks)
+    if strength == "required" and bare:
+        # A `code` names no system: none of the value set's code systems defines it either
+        # (the reference reports both).
+        out.append(finding("fs506", f"no code system of the value set {vs} defines the code {shown}",
+                           profile=origin))  # fmt: skip
     out.append(finding(code, f"{shown} is not in the {strength} value set {vs}", severity=severity,
                        profile=origin))  # fmt: skip
     return out

@@ -97,3 +97,7 @@ def context_invariants(sd: dict[str, Any]) -> list[str]:
 
 def failed_invariant(url: str, expression: str) -> Finding:
     return finding("fs1103", f"extension {url} is not allowed here: its context invariant {expression} fails")
+
+
+def undefined_sub_extension(url: str, host: str) -> Finding:
+    return finding("fs1104", f"sub-extension {url!r} is not defined by the extension {host}")

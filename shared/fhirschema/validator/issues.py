@@ -24,7 +24,7 @@ _FHIR_CODE = {
 _FHIR_CODE.update({f"fs{n}": "value" for n in range(104, 124)})
 _FHIR_CODE.update({"fs101": "structure", "fs102": "structure", "fs103": "structure"})
 # Issue 10's rules: value limits, sub-extensions, Bundle/document rules, narrative.
-_FHIR_CODE.update({"fs702": "structure", "fs208": "value", "fs209": "value", "fs210": "value", "fs1104": "extension",
+_FHIR_CODE.update({"fs506": "code-invalid", "fs702": "structure", "fs208": "value", "fs209": "value", "fs210": "value", "fs1104": "extension",
                    "fs1203": "invalid", "fs1204": "not-found", "fs1205": "invalid", "fs1401": "value"})  # fmt: skip
 
 SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}

@@ -13,6 +13,7 @@ from fhirschema.validator.extensions import (
     context_invariants,
     failed_invariant,
     misplaced_extension,
+    undefined_sub_extension,
     unknown_extension,
 )
 from fhirschema.validator.findings import Finding
@@ -400,7 +401,11 @@ class Run:
                           extra: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:  # fmt: skip
         url = item.get("url")
         if not isinstance(url, str) or ("://" not in url and not url.startswith("urn:")):
-            return extra  # relative urls name sub-extensions: the parent's slices define them
+            # Relative urls name sub-extensions: the enclosing extension's slices define them.
+            host = self.ext_urls[-1] if self.ext_urls else None
+            if isinstance(url, str) and not extra and host is not None and self.v.extension(host)[0]:
+                self.report((undefined_sub_extension(url, host),))
+            return extra
         schemas, definition = self.v.extension(url)
         if not schemas:
             if not extra:
