@@ -456,8 +456,9 @@ class Run:
     def resolve(self, ref: str) -> dict[str, Any] | None:
         """A reference's target among the resources at hand: contained ones, the Bundle's entries."""
         if ref.startswith("#"):
-            for owner in reversed(self.resources):
-                found = contained_resource(owner, ref[1:])
+            # An index loop: mypyc (1.x) fails on reversed() over this list.
+            for n in range(len(self.resources) - 1, -1, -1):
+                found = contained_resource(self.resources[n], ref[1:])
                 if found is not None:
                     return found
             return None
