@@ -130,11 +130,11 @@ def assign_slices(
         assigned.append(hits[0] if hits else None)
         counted: set[str] = set()
         schemas: list[dict[str, Any]] = []
-        for hit in hits:
-            counted.add(hit.name)
-            if "/" in hit.name and hit.name.split("/", 1)[0] in counts:
-                counted.add(hit.name.split("/", 1)[0])
-            schemas += hit.schemas
+        for matched in hits:  # not `hit`: compiled, a name keeps one type, and `hit` below may be None
+            counted.add(matched.name)
+            if "/" in matched.name and matched.name.split("/", 1)[0] in counts:
+                counted.add(matched.name.split("/", 1)[0])
+            schemas += matched.schemas
         for name in counted:
             counts[name] += 1
         extras.append(tuple(schemas))
