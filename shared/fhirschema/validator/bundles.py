@@ -7,6 +7,9 @@ from typing import Any
 from fhirschema.validator.findings import Finding, finding
 from fhirschema.validator.references import REFERENCE
 
+# Bundle types whose entries may go without a fullUrl (R4 §2.36.4: a transaction's or batch's
+# new resources have no identity yet; the responses echo them)
+_NO_FULL_URL = frozenset(("transaction", "batch", "transaction-response", "batch-response"))
 Targets = dict[str, set[str | None]]  # `Type/id` -> the fullUrls of the entries that hold it
 
 
@@ -50,6 +53,11 @@ def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets]:
         out.append(finding("fs1202", f"a {kind} Bundle must start with a {expected}",
                            extra=("entry", 0, "resource")))  # fmt: skip
     out += full_url_findings(entries)
+    if kind not in _NO_FULL_URL:
+        for i, entry in enumerate(entries):
+            if isinstance(entry, dict) and "resource" in entry and "fullUrl" not in entry:
+                out.append(finding("fs1203", "an entry of this Bundle needs a fullUrl, the identity of its resource "
+                                   "(only transactions and batches may omit it)", extra=("entry", i)))  # fmt: skip
     if kind == "document":
         out += document_findings(entries)
     targets: Targets = {}
