@@ -41,6 +41,15 @@ AMENDED: dict[str, tuple[dict[str, Any], str]] = {
         "a bare code outside a required value set: the reference also reports that no code system of the"
         " value set defines it",
     ),
+    "real-resources: inner-resource: Bundle entry resource with primitive type error bubbles up": (
+        {
+            "issues": [
+                {"code": "fs103", "path": ["entry", 0, "resource", "active"]},
+                {"code": "fs1203", "path": ["entry", 0]},
+            ]
+        },
+        "a collection Bundle's entry needs a fullUrl; only transactions and batches may omit it (the reference)",
+    ),
     "real-resources: unknown resourceType → silent pass (matches aidbox default; strict mode is future work)": (
         _UNKNOWN_TYPE,
         "issue 9: an unknown resourceType is an error in every mode",

@@ -53,7 +53,7 @@ def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets]:
         out.append(finding("fs1202", f"a {kind} Bundle must start with a {expected}",
                            extra=("entry", 0, "resource")))  # fmt: skip
     out += full_url_findings(entries)
-    if kind not in _NO_FULL_URL:
+    if not (isinstance(kind, str) and kind in _NO_FULL_URL):  # (a malformed `type` may be a list)
         for i, entry in enumerate(entries):
             if isinstance(entry, dict) and "resource" in entry and "fullUrl" not in entry:
                 out.append(finding("fs1203", "an entry of this Bundle needs a fullUrl, the identity of its resource "

@@ -147,8 +147,13 @@ class ElementPlan:
         self.is_resource = self.type in RESOURCE_SLOTS
         self.is_primitive = self.type in PRIMITIVES or (self.type is not None and self.type[:1].islower())
         self.prim: Primitive | None = checker(self.type) if self.is_primitive and self.type else None
+        # xhtml: the narrative's constraints (txt-1, txt-2) are checked with the value
         self.value_checks = bool(
-            self.fixed or self.patterns or self.binding is not None or self.limits is not None
+            self.fixed
+            or self.patterns
+            or self.binding is not None
+            or self.limits is not None
+            or self.type == "xhtml"
         )
         # A binding the validator judges: a strength with a severity, on a type that carries codes.
         self.bound = (

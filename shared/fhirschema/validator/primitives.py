@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from fhirschema.validator import temporal
-from fhirschema.validator.narrative import problem as narrative_problem
+from fhirschema.validator.narrative import is_div
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -116,7 +116,7 @@ def _base64(v: str) -> bool:
 
 
 def _xhtml(v: str) -> bool:
-    return narrative_problem(v) is None
+    return is_div(v)
 
 
 def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:

@@ -98,7 +98,7 @@ def absent_value_findings(key: str, companion: Any, limits: Limits) -> list[Find
     elif limits.value_alternatives:
         extensions = companion.get("extension") if isinstance(companion, dict) else None
         urls = (
-            {e.get("url") for e in extensions if isinstance(e, dict)}
+            {e["url"] for e in extensions if isinstance(e, dict) and isinstance(e.get("url"), str)}
             if isinstance(extensions, list)
             else set()
         )

@@ -19,7 +19,7 @@ from fhirschema.validator.extensions import (
 from fhirschema.validator.findings import Finding
 from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
-from fhirschema.validator.narrative import control_findings, problem
+from fhirschema.validator.narrative import constraint_findings, control_findings
 from fhirschema.validator.plans import HOT_CODED, HOT_NESTED, HOT_PLAIN, ElementPlan, Plan
 from fhirschema.validator.references import (
     bundle_entry,
@@ -293,8 +293,6 @@ class Run:
     def bad_primitive(self, code: str, ep: ElementPlan, value: Any) -> None:
         if code == "fs202":
             self.issue(code, "null is only allowed as a placeholder in arrays with a '_' companion")
-        elif ep.type == "xhtml" and isinstance(value, str):
-            self.issue(code, f"invalid xhtml: {problem(value) or 'not a narrative div'}")
         else:
             self.issue(code, f"invalid {ep.type}: {str(value)[:80]!r}")
 
@@ -386,6 +384,8 @@ class Run:
         for pattern, origin in ep.patterns:
             if not matches(pattern, item):
                 self.issue("fs205", f"value must match the pattern {_short(pattern)}", profile=origin)
+        if ep.type == "xhtml" and self.v.invariants is not None and isinstance(item, str):
+            self.report(constraint_findings(item))
         limits = ep.limits
         if limits is not None:
             self.report(limit_findings(item, limits))
