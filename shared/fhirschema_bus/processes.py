@@ -141,9 +141,17 @@ def _pid_alive(pid: int) -> bool:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return True  # no procfs (macOS): kill(0) is all we know
+    if state != "Z":
+        return True
+    # The kernel shows a multithreaded process's leader as a zombie while its other threads are
+    # still exiting, and waitpid(WNOHANG) cannot reap it yet: if it is our child, wait for the
+    # reap, so that "gone" also holds for a Popen handle asked next (Valkey, seen under load).
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    return False
 
 
 def _stop_pid(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
