@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -28,6 +29,7 @@ from types import FrameType
 
 from fhirschema_bus import processes
 from fhirschema_bus import servers as srv
+from fhirschema_bus.startup_watch import StartupWatch
 
 SERVICES = [  # (name, module run with `python -m`)
     ("storage", "storage_service"),
@@ -200,6 +202,19 @@ class Stack:
         say(f"gateway did not answer /health within {timeout:.0f}s (log {gw.log})")
         return False
 
+    def watch_readiness(self) -> None:
+        """In a thread: say when the stack can validate, and loudly when a start-up ingest fails
+        (the gateway's /info), until stopping."""
+        watch = StartupWatch(time.monotonic())
+        while not self.stopping.signal:
+            with (
+                contextlib.suppress(Exception),
+                urllib.request.urlopen(f"{self.gateway_url}/info", timeout=5) as r,
+            ):
+                for line in watch.lines(json.loads(r.read()), time.monotonic()):
+                    say(line)
+            time.sleep(1.0)
+
     def check_children(self, reported: set[str]) -> None:
         for c in self.children:
             if c.proc.poll() is not None and c.name not in reported:
@@ -286,6 +301,7 @@ def main() -> int:
         say(f"package sources: {os.environ.get('FHIRSCHEMA_PACKAGE_SOURCES', '(default registries)')}")
         if stack.wait_gateway():
             say(f"gateway   {stack.gateway_url}  (docs {stack.gateway_url}/docs) — Ctrl-C stops everything")
+            threading.Thread(target=stack.watch_readiness, name="readiness", daemon=True).start()
         reported: set[str] = set()
         while True:
             stack.stopping.check()

@@ -67,6 +67,9 @@ class GatewaySettings(BaseSettings):
     # a message id makes repeats safe) before the request gets a 503 with Retry-After, or the job
     # fails with its counts equal to its stored results. Keep it under the streams' duplicate window.
     publish_budget_seconds: float = 30.0
+    # A validation request that arrives before a validator replica holds the configured packages
+    # waits this long for one, then gets a 503 with Retry-After saying what is missing.
+    ready_wait_seconds: float = 5.0
     # Batch items packed per validate message (ValidateChunk, under CHUNK_BYTES); 1: one each.
     batch_chunk_items: int = (
         128  # measured: 32 -> 3.1k res/s, 64 -> 4.3-6.3k, 128 -> 5.2-6.8k, 256 -> 3.4-3.9k

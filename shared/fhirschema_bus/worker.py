@@ -235,6 +235,10 @@ class Worker:
                 log.warning("heartbeat failed: %s", e)
             await asyncio.sleep(self.settings.heartbeat_seconds)
 
+    async def beat(self) -> None:
+        """Beat now (something the heartbeat's detail says changed); the next ones as usual."""
+        await self._beat_once()
+
     async def _beat_once(self) -> None:
         """The heartbeat says whether this instance takes work, and if not, what it lacks."""
         detail = {**self.details(), **self.readiness.as_dict()}

@@ -29,11 +29,11 @@ from fhirschema_bus.contracts import ConvertRequest, ConvertResult
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.processes import start_service, stop_process
 from fhirschema_bus.servers import RunningServer, free_port
-from fhirschema_bus.settings import GatewaySettings, NatsSettings, RedisSettings, S3Settings
+from fhirschema_bus.settings import GatewaySettings, NatsSettings, PackageSettings, RedisSettings, S3Settings
 from fhirschema_bus.topology import ensure_topology
 from tests.conftest import PACKAGES, ROOT
 
-for _svc in ("gateway", "validator", "storage"):  # not yet in every editable install
+for _svc in ("gateway", "validator", "storage", "ig-ingest"):  # not yet in every editable install
     if str(ROOT / "services" / _svc) not in sys.path:
         sys.path.insert(0, str(ROOT / "services" / _svc))
 
@@ -62,9 +62,13 @@ def settings_for(nats_url: str, s3: RunningServer, redis_url: str, port: int = 0
     )
 
 
-def service_env(st: Settings) -> dict[str, str]:
-    paths = [str(ROOT / "services" / n) for n in ("validator", "storage", "converter", "gateway")]
-    return {
+def service_env(st: Settings, repository: bool = False) -> dict[str, str]:
+    """`repository`: validators load the packages registered in the repository (the default
+    mode, as `make up`), not R4 core from its file."""
+    paths = [
+        str(ROOT / "services" / n) for n in ("validator", "storage", "converter", "gateway", "ig-ingest")
+    ]
+    env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
         "FHIRSCHEMA_NATS_URL": st.nats.url,
@@ -73,7 +77,11 @@ def service_env(st: Settings) -> dict[str, str]:
         "FHIRSCHEMA_S3_SECRET_KEY": st.s3.secret_key.get_secret_value(),
         "FHIRSCHEMA_REDIS_URL": st.redis.url,
         "FHIRSCHEMA_VALIDATOR_PACKAGES": str(R4),
+        "FHIRSCHEMA_PACKAGES": ",".join(st.packages.package_list()),
     }
+    if repository:
+        del env["FHIRSCHEMA_VALIDATOR_PACKAGES"]
+    return env
 
 
 async def fake_converter(js: JetStreamContext, nc: Client, jobs: JobStore) -> None:
@@ -120,20 +128,36 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def gateway_stack(
-    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer, logs: Path, **gw: Any
+    nats_server: RunningServer,
+    s3_server: RunningServer,
+    redis_server: RunningServer,
+    logs: Path,
+    *,
+    validators: int = 1,
+    packages: str = "hl7.fhir.r4.core#4.0.1",
+    ingest_sources: str | None = None,
+    wait: bool = True,
+    **gw: Any,
 ) -> AsyncIterator[Stack]:
-    """`gw`: GatewaySettings fields for the in-process gateway."""
+    """`gw`: GatewaySettings fields for the in-process gateway. `ingest_sources`: validators in
+    repository mode, fed by an ig-ingest service that loads `packages` (FHIRSCHEMA_PACKAGES) from
+    these sources (FHIRSCHEMA_PACKAGE_SOURCES); else each validator loads R4 core from its file.
+    `wait`: return once /ready says ready (and a first validation answered)."""
     port = free_port()
     st = settings_for(nats_server.url, s3_server, redis_server.url, port, **gw)
+    st.packages = PackageSettings(packages=packages, package_sources=ingest_sources or "")
     nc = await nats.connect(st.nats.url)
     js = nc.jetstream()
     await ensure_topology(js, st.nats)
     jobs = await JobStore.open(js)
-    env = service_env(st)
-    procs = {
-        "validator": start_service("validator_service", env, logs / "validator.log"),
-        "storage": start_service("storage_service", env, logs / "storage.log"),
-    }
+    env = service_env(st, repository=ingest_sources is not None)
+    procs = {"storage": start_service("storage_service", env, logs / "storage.log")}
+    for n in range(validators):
+        name = "validator" if n == 0 else f"validator-{n}"
+        procs[name] = start_service("validator_service", env, logs / f"{name}.log")
+    if ingest_sources is not None:
+        ingest_env = {**env, "FHIRSCHEMA_PACKAGE_SOURCES": ingest_sources}
+        procs["ig-ingest"] = start_service("ig_ingest", ingest_env, logs / "ig-ingest.log")
     if (ROOT / "services" / "converter" / "converter_service" / "__main__.py").is_file():
         procs["converter"] = start_service("converter_service", env, logs / "converter.log")
         converter = None
@@ -148,9 +172,15 @@ async def gateway_stack(
                 serving.result()
             await asyncio.sleep(0.05)
         stack = Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", st, nc, js, jobs, procs, app)
-        async with stack.client() as client:  # first validation: the validator loads R4 core
-            r = await client.post("/validate?timeout=120", json={"resourceType": "Patient"})
-            assert r.status_code == 200, (r.status_code, r.text, (logs / "validator.log").read_text()[-3000:])
+        if wait:
+            async with stack.client() as client:  # ready once a validator has loaded R4 core
+                await wait_ready(client, logs / "validator.log")
+                r = await client.post("/validate", json={"resourceType": "Patient"})
+                assert r.status_code == 200, (
+                    r.status_code,
+                    r.text,
+                    (logs / "validator.log").read_text()[-3000:],
+                )
         yield stack
     finally:
         server.should_exit = True
@@ -163,6 +193,19 @@ async def gateway_stack(
         for proc in procs.values():
             stop_process(proc)
         await nc.close()
+
+
+async def wait_ready(client: httpx.AsyncClient, log: Path | None = None, timeout: float = 180.0) -> float:
+    """Poll GET /ready until 200; the seconds it took."""
+    t0 = asyncio.get_running_loop().time()
+    while True:
+        r = await client.get("/ready")
+        if r.status_code == 200:
+            return asyncio.get_running_loop().time() - t0
+        if asyncio.get_running_loop().time() - t0 > timeout:
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"not ready within {timeout:g}s: {r.text}\n{tail}")
+        await asyncio.sleep(0.1)
 
 
 def outcome_issues(body: bytes) -> list[dict[str, Any]]:

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from fhirschema_bus.jobs import JobStore as SharedJobStore
-from fhirschema_bus.settings import GatewaySettings, NatsSettings, RedisSettings, S3Settings
+from fhirschema_bus.settings import GatewaySettings, NatsSettings, PackageSettings, RedisSettings, S3Settings
 from gateway.adapters.dead_letters import StreamDeadLetters
 from gateway.adapters.objects import SharedObjectStore
+from gateway.adapters.readiness import KvReadiness
 from gateway.adapters.storage import NatsSchemaRepository
 from gateway.bus import Bus
 from gateway.errors import BusUnavailable
@@ -21,6 +22,7 @@ from gateway.metrics import Metrics
 from gateway.ports import JobStore
 from gateway.service.conversion import ConversionService
 from gateway.service.dispatch import Dispatcher
+from gateway.service.readiness import ReadinessGate
 from gateway.service.validation import ValidationService
 
 
@@ -30,6 +32,7 @@ class Settings:
     nats: NatsSettings = field(default_factory=NatsSettings)
     s3: S3Settings = field(default_factory=S3Settings)  # type: ignore[arg-type]  # keys from env
     redis: RedisSettings = field(default_factory=RedisSettings)
+    packages: PackageSettings = field(default_factory=PackageSettings)  # what must be loaded
 
 
 class Jobs:
@@ -59,6 +62,7 @@ class Container:
     jobs: Jobs
     dead_letters: StreamDeadLetters
     schemas: NatsSchemaRepository
+    readiness: ReadinessGate
     validation: ValidationService
     conversion: ConversionService
 
@@ -92,6 +96,9 @@ def bootstrap(settings: Settings | None = None) -> Container:
     dispatch = Dispatcher(bus, objects, settings.s3.bucket_payloads, jobs)
     schemas = NatsSchemaRepository(bus)
     timeout = settings.gateway.sync_timeout_seconds
+    readiness = ReadinessGate(
+        KvReadiness(bus), settings.packages.package_list(), wait_seconds=settings.gateway.ready_wait_seconds
+    )
     return Container(
         settings=settings,
         instance=instance,
@@ -102,6 +109,9 @@ def bootstrap(settings: Settings | None = None) -> Container:
         jobs=jobs,
         dead_letters=StreamDeadLetters(bus),
         schemas=schemas,
-        validation=ValidationService(dispatch, metrics, timeout, settings.gateway.batch_chunk_items),
+        readiness=readiness,
+        validation=ValidationService(
+            dispatch, metrics, timeout, settings.gateway.batch_chunk_items, readiness=readiness
+        ),
         conversion=ConversionService(dispatch, schemas, timeout),
     )

@@ -52,7 +52,11 @@ def bootstrap(
             make_sources, packages.source_list(), store, sink, jobs, s3.bucket_packages
         )
         state["startup"] = asyncio.create_task(queue_startup_packages())
-        worker.details = lambda: {"packages": sorted(state.get("loaded", ()))}
+        # The failures are how the gateway's /ready and `make up` tell why a package is missing.
+        worker.details = lambda: {
+            "packages": sorted(state.get("loaded", ())), "failed": dict(state.get("failed", {}))
+        }  # fmt: skip
+        state["beat"] = worker.beat
 
     async def queue_startup_packages() -> None:
         ingester: Ingester = state["ingester"]
@@ -116,8 +120,14 @@ async def handle_ingest(state: dict[str, Any], req: IngestRequest, msg: NatsMess
         loaded.add(req.package)
         log.info("%s already ingested (job %s)", req.package, req.job_id)
         return
+    failed: dict[str, str] = state.setdefault("failed", {})
     try:
         await ingester.ingest(req.job_id, req.package, req.sources or None, tick=tick)
         loaded.add(req.package)
+        failed.pop(req.package, None)
     except IngestError as e:  # recorded as a failed job; retrying will not find it either
         log.error("job %s: %s", req.job_id, e)
+        failed[req.package] = str(e)
+    if "beat" in state:  # said at once, not at the next heartbeat
+        with contextlib.suppress(Exception):
+            await state["beat"]()

@@ -22,7 +22,7 @@ from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobStatus
 from gateway.bodies import profiles_of
 from gateway.bootstrap import Container
-from gateway.errors import GatewayError, InvalidInput
+from gateway.errors import GatewayError, InvalidInput, operation_outcome
 
 router = APIRouter(tags=["validate"])
 
@@ -70,8 +70,11 @@ class Session:
             res = await self.c.validation.validate_one(
                 resource, raw, profiles_of(resource, self.profiles), issues=parsed.issues
             )
-        except GatewayError as e:
-            await self.send({"index": index, "error": e.message, "status": e.status, **e.extra})
+        except GatewayError as e:  # e.g. 503 not ready: no verdict, the outcome says why
+            outcome = e.outcome or operation_outcome(e.message, e.status)
+            await self.send(
+                {"index": index, "error": e.message, "status": e.status, "outcome": outcome, **e.extra}
+            )
             return
         await self.send({"index": index, "job": res.job_id, "valid": res.valid, "outcome": res.outcome})
 

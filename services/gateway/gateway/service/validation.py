@@ -31,6 +31,7 @@ from gateway.bus import RETRY_AFTER_SECONDS
 from gateway.errors import BadRequest, BusUnavailable, Timeout
 from gateway.metrics import Metrics
 from gateway.service.dispatch import Dispatcher, ReplyTimeout, new_job_id
+from gateway.service.readiness import ReadinessGate
 
 log = logging.getLogger("gateway.validation")
 
@@ -65,8 +66,17 @@ def _line(result: dict[str, Any], kind: JobKind = JobKind.VALIDATE) -> bytes:
 
 
 class ValidationService:
-    def __init__(self, dispatch: Dispatcher, metrics: Metrics, sync_timeout: float, chunk_items: int = 128):
+    def __init__(
+        self,
+        dispatch: Dispatcher,
+        metrics: Metrics,
+        sync_timeout: float,
+        chunk_items: int = 128,
+        *,
+        readiness: ReadinessGate | None = None,  # None: no gate (conversions only)
+    ):
         self.d = dispatch
+        self.readiness = readiness
         self.metrics = metrics
         self.sync_timeout = sync_timeout
         self.chunk_items = chunk_items  # batch items per ValidateChunk message (1: one message each)
@@ -84,7 +94,10 @@ class ValidationService:
     ) -> SyncOutcome:
         """`raw`: the resource's own text, if the client sent it alone; `issues`: the findings of
         that text (repeated keys), which the validator reports first. A resource that goes by S3
-        reference travels as `raw`, and the validator finds them itself."""
+        reference travels as `raw`, and the validator finds them itself. No verdict before the
+        stack can give one: waits for a ready validator replica, or NotReady (503)."""
+        if self.readiness is not None:
+            await self.readiness.admit()
         job_id = new_job_id()
         kind, payload = await self.d.payload(job_id, 0, resource, raw)
         extra: dict[str, Any] = {"reply_to": self.d.reply_to(job_id)}
@@ -140,6 +153,8 @@ class ValidationService:
                 raise BadRequest(f"item {item.source} is not a JSON object (a FHIR resource)")
         if not items:
             raise BadRequest("the batch holds no resources")
+        if kind is JobKind.VALIDATE and self.readiness is not None:
+            await self.readiness.admit()
         job_id = new_job_id()
         job = await self.d.bus.retrying(
             lambda: self._create(kind, len(items), job_id, detail), "creating the batch's job"
