@@ -20,6 +20,7 @@ MODELS = [
     ("fhirschema_bus.settings", "NatsSettings", "NATS / JetStream (every service)"),
     ("fhirschema_bus.settings", "S3Settings", "S3-compatible store (storage, ig-ingest, validator and gateway for large payloads)"),
     ("fhirschema_bus.settings", "RedisSettings", "Redis (the storage index: rebuilt from S3 when lost)"),
+    ("fhirschema_bus.settings", "StorageSettings", "the storage service's schema index (Redis, rebuilt from S3)"),
     ("fhirschema_bus.settings", "PackageSettings", "FHIR packages (ig-ingest loads them; validators and the gateway are not ready without them)"),
     ("fhirschema_bus.settings", "IngestSettings", "the IG pipeline: registry client, discovery, schedule, retention (ig-ingest)"),
     ("fhirschema_bus.settings", "GatewaySettings", "gateway (HTTP)"),

@@ -11,6 +11,7 @@ all if the supervisor itself dies (even by SIGKILL).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -108,7 +109,9 @@ class Stack:
             "redis": pick_port("Redis", "FHIRSCHEMA_DEVSTACK_REDIS_PORT", 6379),
         }
         starters: dict[str, Callable[..., srv.RunningServer]] = {
-            "nats": srv.start_nats, "s3": srv.start_s3, "redis": srv.start_redis,
+            "nats": srv.start_nats, "s3": srv.start_s3,
+            # Redis' index is rebuilt from S3 when lost; kept across restarts, no rebuild needed.
+            "redis": functools.partial(srv.start_redis, persistent=True),
         }  # fmt: skip
         pool = ThreadPoolExecutor(3)
         futures = {k: pool.submit(f, self.base, port=ports[k]) for k, f in starters.items()}

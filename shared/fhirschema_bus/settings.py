@@ -40,6 +40,20 @@ class RedisSettings(BaseSettings):
     url: str = "redis://127.0.0.1:6379/0"
 
 
+class StorageSettings(BaseSettings):
+    """The storage service's schema index: Redis holds it for every storage replica, S3 the
+    durable copy it is rebuilt from when Redis loses it (restarted empty, flushed)."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_STORAGE_")
+
+    # How often a replica checks Redis' index generation without traffic (every request checks it too).
+    index_check_seconds: float = 1.0
+    # How long a request waits for a rebuild in progress before it is answered 503 (retry).
+    index_wait_seconds: float = 8.0
+    # A rebuilding replica's claim (Redis key with this expiry): another takes over after it.
+    rebuild_claim_seconds: float = 120.0
+
+
 class PackageSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_")
 

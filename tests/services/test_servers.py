@@ -95,6 +95,25 @@ async def test_redis_set_get(redis_server: RunningServer) -> None:
         await r.aclose()
 
 
+@pytest.mark.parametrize("persistent", [True, False])
+async def test_redis_killed_keeps_its_data_only_when_persistent(tmp_path: Path, persistent: bool) -> None:
+    """`make up` runs Valkey with an append-only file: SIGKILL and restart keep the index; the
+    test servers keep nothing (a restart is the empty Redis the storage service must survive)."""
+    srv = start_redis(tmp_path, persistent=persistent)
+    try:
+        r = aioredis.from_url(srv.url)
+        await r.set("kept", "v")
+        await r.aclose()
+        time.sleep(1.5)  # appendfsync everysec
+        srv.kill()
+        srv.restart()
+        r = aioredis.from_url(srv.url)
+        assert (await r.get("kept")) == (b"v" if persistent else None)
+        await r.aclose()
+    finally:
+        srv.stop()
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)

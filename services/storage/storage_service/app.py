@@ -18,7 +18,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobEvent, PutSchema
 from fhirschema_bus.object_store import ObjectStore
-from fhirschema_bus.settings import NatsSettings, RedisSettings, S3Settings
+from fhirschema_bus.probes import Readiness
+from fhirschema_bus.settings import NatsSettings, RedisSettings, S3Settings, StorageSettings
 from fhirschema_bus.worker import PermanentError, Worker, WorkerSettings
 from storage_service.handlers import StorageHandlers
 from storage_service.index import SchemaIndex
@@ -57,12 +58,19 @@ def bootstrap(
     index: SchemaIndex | None = None,
     worker_settings: WorkerSettings | None = None,
     state: StateStore | None = None,
+    settings: StorageSettings | None = None,
 ) -> Storage:
     s3 = s3 or S3Settings()  # type: ignore[call-arg]  # credentials come from the environment
     redis = redis or RedisSettings()
     store = store or ObjectStore(s3)
-    index = index or SchemaIndex.from_url(redis.url)
+    index = index or SchemaIndex.from_url(redis.url, settings or StorageSettings())
     worker = Worker(SERVICE, nats=nats, settings=worker_settings)
+
+    async def index_readiness(reason: str | None) -> None:
+        # Not ready while the index is rebuilt from S3: lookups would wait (or get a 503).
+        await worker.set_readiness(Readiness(reason is None, reason or "", [] if reason is None else ["schema index"]))
+
+    index.listener = index_readiness
     repo = SchemaRepository(store, index, state or KvState(lambda: worker.js), s3)
     h = StorageHandlers(repo)
     st = Storage(worker, repo, h, store, index)
@@ -78,9 +86,12 @@ def bootstrap(
                 await asyncio.sleep(1.0)
         else:
             raise RuntimeError("storage: S3 never became available")
-        worker.details = lambda: {"schemas": len(index.records)}
+        if not worker.readiness.ready:  # started with Redis' index: no rebuild said so
+            await index_readiness(None)
+        worker.details = lambda: {"schemas": len(index.records), "index_generation": index.generation}
 
     worker.on_startup(setup)
+    worker.on_shutdown(index.close)
     register_subscribers(worker, st)
     return st
 

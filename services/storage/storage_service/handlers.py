@@ -1,7 +1,7 @@
 """The service layer: one function per request/reply subject, request bytes in, reply bytes out.
 
 Every reply is a StorageReply envelope (fhirschema_bus.storage): the reply model, or a fault
-(400 bad request, 404 not found, 409 conflict, 503 S3 unavailable) — never a silent timeout.
+(400 bad request, 404 not found, 409 conflict, 503 S3 unavailable or the index being rebuilt) — never a silent timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fhirschema_bus.contracts import (
     SchemaQuery,
 )
 from fhirschema_bus.storage import encode_fault, encode_result
+from storage_service.index import IndexUnavailable
 from storage_service.repository import BadRequest, SchemaRepository, StorageError
 
 log = logging.getLogger("storage.handlers")
@@ -43,6 +44,8 @@ async def _reply(run: Callable[[], Awaitable[BaseModel]]) -> bytes:
         if e.status >= 500:
             log.warning("storage error: %s", e)
         return encode_fault(e.status, str(e))
+    except IndexUnavailable as e:
+        return encode_fault(503, str(e))
 
 
 class StorageHandlers:

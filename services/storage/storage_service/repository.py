@@ -73,24 +73,26 @@ class SchemaRepository:
         self.bucket = s3.bucket_schemas
 
     async def start(self) -> None:
-        """Create the buckets; load the index from Redis, or rebuild it from S3."""
+        """Create the buckets; adopt the index in Redis, or rebuild it from S3 (and keep
+        checking that Redis still holds it)."""
         await self.store.aensure_buckets()
-        if await self.index.loaded():
-            await self.index.load_from_redis()
-            return
+        await self.index.start(self.records_in_s3)
+
+    async def records_in_s3(self) -> list[SchemaRecord]:
+        """Every record's durable copy (one object each under keys.INDEX_RECORDS)."""
         sem = asyncio.Semaphore(16)
 
-        async def load(key: str) -> Any:
+        async def load(key: str) -> SchemaRecord | None:
             async with sem:
-                return await self.store.aget_json(self.bucket, key)
+                try:
+                    return SchemaRecord.model_validate(await self._s3(self.store.aget_json(self.bucket, key)))
+                except NotFound:  # deleted since it was listed
+                    return None
 
-        recs = await asyncio.gather(
-            *(load(k) for k in await self.store.alist(self.bucket, keys.INDEX_RECORDS))
+        found = await asyncio.gather(
+            *(load(k) for k in await self._s3(self.store.alist(self.bucket, keys.INDEX_RECORDS)))
         )
-        for raw in recs:
-            await self.index.put(SchemaRecord.model_validate(raw))
-        await self.index.mark_loaded()
-        log.info("index rebuilt from S3: %d schemas", len(recs))
+        return [rec for rec in found if rec is not None]
 
     # --- schemas ----------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """SchemaRepository over the storage service (fhirschema_bus.storage.StorageClient): storage's
-faults become gateway errors with the same status (a 5xx of storage is a 502 here)."""
+faults become gateway errors with the same status (a 503 stays a 503 with Retry-After, another 5xx
+of storage is a 502 here)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ async def _call(aw: Awaitable[T]) -> T:
     try:
         return await aw
     except StorageFailed as e:
+        if e.status == 503:  # storage unavailable for now (index rebuilt from S3, S3 down): retry
+            raise StorageError(f"storage: {e.message}", status=503, headers={"Retry-After": "2"}) from e
         raise StorageError(f"storage: {e.message}", status=e.status if e.status < 500 else 502) from e
 
 
