@@ -148,4 +148,4 @@ def register_subscribers(worker: Worker, st: Storage) -> None:
     )  # fmt: skip
     async def job_event(event: JobEvent) -> None:
         if event.state.final and st.assembler is not None:
-            await st.assembler.assemble(event.job_id)  # fails: retried with backoff
+            await st.assembler.assemble_when_s3_answers(event.job_id)  # fails: retried with backoff

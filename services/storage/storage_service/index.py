@@ -28,28 +28,26 @@ from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from prometheus_client import Counter, Gauge
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from fhirschema.ids import version_key
 from fhirschema_bus.contracts import SchemaRecord
 from fhirschema_bus.settings import StorageSettings
+from storage_service.rebuild import (
+    GENERATION,
+    INDEXED,
+    REBUILD_SECONDS,
+    REBUILDING,
+    REBUILDING_NOW,
+    REBUILDS,
+    RECORDS,
+    URLS,
+    mirror,
+    publish,
+)  # fmt: skip
 
 log = logging.getLogger("storage.index")
 T = TypeVar("T")
-
-P = "fhirschema:storage:"
-RECORDS, URLS = P + "records", P + "urls"
-GENERATION = P + "generation"  # token of the complete index in Redis; absent: Redis lost it
-REBUILDING = P + "rebuilding"  # the replica rebuilding it from S3 (set NX, expires)
-CHUNK = 500  # hash fields per HSET while a rebuild fills its temporary keys
-
-REBUILDS = Counter(
-    "fhirschema_storage_index_rebuilds_total", "Schema index rebuilds from S3, by cause", ["reason"]
-)
-REBUILD_SECONDS = Gauge("fhirschema_storage_index_rebuild_seconds", "Duration of the last rebuild from S3")
-REBUILDING_NOW = Gauge("fhirschema_storage_index_rebuilding", "1 while this replica rebuilds from S3")
-INDEXED = Gauge("fhirschema_storage_index_schemas", "Schemas in this replica's index")
 
 Source = Callable[[], Awaitable[list[SchemaRecord]]]  # every record, from the durable copy
 Listener = Callable[[str | None], Awaitable[None]]  # why lookups cannot be answered, or None
@@ -186,7 +184,9 @@ class SchemaIndex:
             await self.resync(gen, wait)
         return None
 
-    async def _write(self, queue: Callable[[Any], object], again: Callable[[], Awaitable[None]] | None) -> None:
+    async def _write(
+        self, queue: Callable[[Any], object], again: Callable[[], Awaitable[None]] | None
+    ) -> None:
         res = await self._pipe(
             lambda p: (queue(p), p.get(GENERATION), p.exists(REBUILDING)), transaction=True
         )
@@ -236,7 +236,9 @@ class SchemaIndex:
         self.urls = {_s(k): _s(v) for k, v in res[2].items()}
         self.generation, self.complete = _s(res[0]), True
         INDEXED.set(len(self.records))
-        log.info("schema index loaded from Redis: %d schemas (generation %s)", len(self.records), self.generation)
+        log.info(
+            "schema index loaded from Redis: %d schemas (generation %s)", len(self.records), self.generation
+        )
         return True
 
     async def _rebuild(self, reason: str, why: str) -> None:
@@ -266,8 +268,14 @@ class SchemaIndex:
         if holder != token and await self._other_rebuilds():
             return
         records = await source()
-        self.records, self.urls = _mirror(records)
-        written = await self._publish(token) if claim is not None else False
+        self.records, self.urls = mirror(records)
+        written = (
+            await publish(
+                self._pipe, token, self.records, self.urls, int(self.settings.rebuild_claim_seconds)
+            )
+            if claim is not None
+            else False
+        )
         self.complete, self.dirty = True, not written
         self.generation = token if written else None
         elapsed = time.monotonic() - t0
@@ -291,33 +299,6 @@ class SchemaIndex:
                 return await self._adopt()
             await asyncio.sleep(0.1)
         return False
-
-    async def _publish(self, token: str) -> bool:
-        """The mirror into temporary keys, swapped in with the new generation atomically."""
-        tmp_records, tmp_urls = f"{RECORDS}:{token}", f"{URLS}:{token}"
-        ttl = int(self.settings.rebuild_claim_seconds)  # a crashed rebuild leaves nothing behind
-        for key, items in (
-            (tmp_records, [(k, v.model_dump_json()) for k, v in self.records.items()]),
-            (tmp_urls, list(self.urls.items())),
-        ):
-            for i in range(0, len(items), CHUNK):
-                chunk = dict(items[i : i + CHUNK])
-
-                def fill(p: Any, k: str = key, c: dict[str, str] = chunk) -> None:
-                    p.hset(k, mapping=c).expire(k, ttl)
-
-                if await self._pipe(fill) is None:
-                    return False
-
-        def swap(p: Any) -> None:
-            p.delete(RECORDS, URLS)
-            if self.records:
-                p.rename(tmp_records, RECORDS).persist(RECORDS)
-            if self.urls:
-                p.rename(tmp_urls, URLS).persist(URLS)
-            p.set(GENERATION, token).delete(REBUILDING)
-
-        return await self._pipe(swap, transaction=True) is not None
 
     async def _notify(self, reason: str | None) -> None:
         if self.listener is not None:
@@ -406,17 +387,6 @@ async def _finished(task: asyncio.Task[None], wait: float | None) -> None:
         raise IndexUnavailable(
             "the schema index is being rebuilt from S3 (Redis lost it): retry in a few seconds"
         ) from None
-
-
-def _mirror(records: list[SchemaRecord]) -> tuple[dict[str, SchemaRecord], dict[str, str]]:
-    """The index of these records: a url resolves to its newest version."""
-    by_id: dict[str, SchemaRecord] = {}
-    urls: dict[str, str] = {}
-    for rec in sorted(records, key=lambda r: (version_key(r.version), r.updated)):
-        by_id[rec.id] = rec
-        urls[f"{rec.url}|{rec.version or ''}"] = rec.id
-        urls[rec.url] = rec.id
-    return by_id, urls
 
 
 def _s(v: Any) -> str:

@@ -13,12 +13,14 @@ import orjson
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobKind, JobStatus, ObjectRef, result_items
-from fhirschema_bus.object_store import ObjectStore
+from fhirschema_bus.object_store import ObjectStore, ObjectStoreUnavailable
 
 log = logging.getLogger("storage.results")
+S3_OUTAGE_BUDGET = 90.0  # per delivery; under the results consumer's ack_wait (120 s)
 RESULT_BASE = {JobKind.VALIDATE: s.VALIDATE_RESULT, JobKind.CONVERT: s.CONVERT_RESULT}
 
 
@@ -27,6 +29,18 @@ class ResultAssembler:
         self.js = js
         self.store = store
         self.bucket = bucket
+
+    async def assemble_when_s3_answers(self, job_id: str, budget: float = S3_OUTAGE_BUDGET) -> ObjectRef | None:
+        """`assemble`, retried while S3 is unavailable for up to `budget` seconds: a job that
+        finished during an S3 outage is assembled once S3 is back (the event's few redeliveries
+        alone, 22 s of backoff, ended in the dead-letter stream after a 45 s outage)."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(ObjectStoreUnavailable), stop=stop_after_delay(budget),
+            wait=wait_exponential(multiplier=0.5, max=5.0), reraise=True,
+        ):  # fmt: skip
+            with attempt:
+                return await self.assemble(job_id)
+        return None  # not reached: the last attempt returns or raises
 
     async def assemble(self, job_id: str) -> ObjectRef | None:
         """Idempotent: a job whose status already names its results is left alone."""
