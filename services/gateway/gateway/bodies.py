@@ -185,11 +185,8 @@ def _shift(line: int, column: int, lines: int, columns: int) -> tuple[int, int]:
     return line + lines, column + columns if line == 1 else column
 
 
-def profiles_of(resource: dict[str, Any], query: list[str]) -> list[str]:
-    """Profiles from ?profile= first, then meta.profile; duplicates removed, order kept."""
-    meta = resource.get("meta")
-    declared = meta.get("profile") if isinstance(meta, dict) else None
-    out = list(query)
-    if isinstance(declared, list):
-        out += [p for p in declared if isinstance(p, str)]
-    return list(dict.fromkeys(out))
+def requested(values: list[str]) -> list[str]:
+    """The profiles (or packages) a request asks for, duplicates removed, order kept. Only what
+    the caller asked for: the engine reads meta.profile itself, and an unresolvable one is a
+    warning there (as in the CLI), while a requested profile that cannot be resolved is an error."""
+    return list(dict.fromkeys(values))

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from fhirschema.jsoninput import ParsedInput
 from fhirschema.validator.issues import Issue
 from gateway import __version__
-from gateway.bodies import JSON_TYPES, parse_resource, profiles_of, read_body, require_media_type
+from gateway.bodies import JSON_TYPES, parse_resource, read_body, requested, require_media_type
 from gateway.bootstrap import Container
 from gateway.errors import FHIR_JSON, BadRequest
 from gateway.routers.validate import ERRORS, OUTCOME
@@ -66,7 +66,11 @@ async def _validate(request: Request, rtype: str | None) -> Response:
             f"POST /{rtype}/$validate got a {found!r} resource; use POST /{found}/$validate or /$validate"
         )
     result = await c.validation.validate_one(
-        resource, raw or None, profiles_of(resource, profiles), issues=parsed.issues
+        resource,
+        raw or None,
+        requested(profiles),
+        issues=parsed.issues,
+        packages=requested(request.query_params.getlist("package")),
     )
     verdict = "failed" if result.failed else ("valid" if result.valid else "invalid")
     headers = {"X-Validation-Result": verdict, "X-Job-Id": result.job_id}

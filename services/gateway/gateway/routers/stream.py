@@ -20,7 +20,7 @@ from fhirschema import jsoninput
 from fhirschema.jsoninput import JsonInputError, ParsedInput
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobStatus
-from gateway.bodies import profiles_of
+from gateway.bodies import requested
 from gateway.bootstrap import Container
 from gateway.errors import GatewayError, InvalidInput, operation_outcome
 
@@ -28,8 +28,8 @@ router = APIRouter(tags=["validate"])
 
 
 class Session:
-    def __init__(self, ws: WebSocket, c: Container, profiles: list[str]):
-        self.ws, self.c, self.profiles = ws, c, profiles
+    def __init__(self, ws: WebSocket, c: Container, profiles: list[str], packages: list[str] = []):  # noqa: B006
+        self.ws, self.c, self.profiles, self.packages = ws, c, requested(profiles), requested(packages)
         self.send_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()
         self.subs: dict[str, Any] = {}
@@ -68,7 +68,7 @@ class Session:
         resource = parsed.value
         try:
             res = await self.c.validation.validate_one(
-                resource, raw, profiles_of(resource, self.profiles), issues=parsed.issues
+                resource, raw, self.profiles, issues=parsed.issues, packages=self.packages
             )
         except GatewayError as e:  # e.g. 503 not ready: no verdict, the outcome says why
             outcome = e.outcome or operation_outcome(e.message, e.status)
@@ -134,7 +134,7 @@ class Session:
 async def validate_stream(ws: WebSocket) -> None:
     c: Container = ws.app.state.container
     await ws.accept()
-    session = Session(ws, c, ws.query_params.getlist("profile"))
+    session = Session(ws, c, ws.query_params.getlist("profile"), ws.query_params.getlist("package"))
     c.metrics.ws_clients.inc()
     try:
         while True:

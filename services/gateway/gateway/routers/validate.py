@@ -14,8 +14,8 @@ from gateway.bodies import (
     NDJSON_TYPES,
     parse_items,
     parse_resource,
-    profiles_of,
     read_body,
+    requested,
     require_media_type,
 )
 from gateway.bootstrap import Container
@@ -33,6 +33,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "NATS unavailable"},
 }
 Profiles = Annotated[list[str], Query(alias="profile", description="profile canonical URL (repeatable)")]
+Packages = Annotated[
+    list[str],
+    Query(alias="package", description="package context name#version (repeatable), as the CLI's --package"),
+]
 
 
 VALIDATE_OPENAPI: dict[str, Any] = {
@@ -42,6 +46,18 @@ VALIDATE_OPENAPI: dict[str, Any] = {
             "in": "query",
             "required": False,
             "description": "profile canonical URL (repeatable); meta.profile is used as well",
+            "schema": {"type": "array", "items": {"type": "string"}},
+            "style": "form",
+            "explode": True,
+        },
+        {
+            "name": "package",
+            "in": "query",
+            "required": False,
+            "description": (
+                "the package context, name#version (repeatable): those packages and their "
+                "dependencies, as `fhirschema validate --package`; default: every registered package"
+            ),
             "schema": {"type": "array", "items": {"type": "string"}},
             "style": "form",
             "explode": True,
@@ -87,10 +103,10 @@ async def validate(request: Request) -> Response:
     raw = await read_body(request, c.settings.gateway.max_body_bytes)
     parsed = parse_resource(raw)
     query = request.query_params
-    profiles = profiles_of(parsed.value, query.getlist("profile"))
     result = await c.validation.validate_one(
-        parsed.value, raw, profiles, _timeout(query.get("timeout")), parsed.issues
-    )
+        parsed.value, raw, requested(query.getlist("profile")), _timeout(query.get("timeout")),
+        parsed.issues, packages=requested(query.getlist("package")),
+    )  # fmt: skip
     verdict = "failed" if result.failed else ("valid" if result.valid else "invalid")
     return Response(
         orjson.dumps(result.outcome),
@@ -105,6 +121,7 @@ async def validate_batch(
     c: ContainerDep,
     validation: ValidationDep,
     profile: Profiles = [],  # noqa: B006
+    package: Packages = [],  # noqa: B006
 ) -> Response:
     """A Bundle, a JSON array or NDJSON body; every resource becomes one item of a job."""
     mt = require_media_type(request, JSON_TYPES | NDJSON_TYPES)
@@ -112,7 +129,9 @@ async def validate_batch(
     limit = c.settings.gateway.max_batch_items
     if len(items) > limit:
         raise PayloadTooLarge(f"the batch holds {len(items)} resources; the limit is {limit}")
-    job = await validation.submit_batch(items, list(profile), JobKind.VALIDATE, {"profiles": list(profile)})
+    profiles, packages = requested(profile), requested(package)
+    detail = {"profiles": profiles, **({"packages": packages} if packages else {})}
+    job = await validation.submit_batch(items, profiles, JobKind.VALIDATE, detail, packages=packages)
     return accepted(job, "/validate")
 
 

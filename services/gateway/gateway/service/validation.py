@@ -44,8 +44,18 @@ class SyncOutcome:
     outcome: Any
 
 
-def _message(job_id: str, index: int, kind: str, payload: Any, profiles: list[str], **extra: Any) -> bytes:
+def _message(
+    job_id: str,
+    index: int,
+    kind: str,
+    payload: Any,
+    profiles: list[str],
+    packages: Sequence[str] = (),
+    **extra: Any,
+) -> bytes:
     msg: dict[str, Any] = {"job_id": job_id, "index": index, "profiles": profiles, **extra}
+    if packages:
+        msg["packages"] = list(packages)
     msg["resource" if kind == "inline" else "resource_ref"] = payload
     return orjson.dumps(msg)
 
@@ -91,6 +101,7 @@ class ValidationService:
         profiles: list[str],
         timeout: float | None = None,
         issues: Sequence[Issue] = (),
+        packages: Sequence[str] = (),
     ) -> SyncOutcome:
         """`raw`: the resource's own text, if the client sent it alone; `issues`: the findings of
         that text (repeated keys), which the validator reports first. A resource that goes by S3
@@ -103,7 +114,7 @@ class ValidationService:
         extra: dict[str, Any] = {"reply_to": self.d.reply_to(job_id)}
         if issues and (kind == "inline" or raw is None):
             extra["input_issues"] = _input_issues(issues)
-        message = _message(job_id, 0, kind, payload, profiles, **extra)
+        message = _message(job_id, 0, kind, payload, profiles, packages, **extra)
         self.metrics.sync_in_flight.inc()
         try:
             data = await self.d.call(s.VALIDATE_ONE, job_id, message, timeout or self.sync_timeout)
@@ -146,8 +157,14 @@ class ValidationService:
     # --- batches ----------------------------------------------------------------------------
 
     async def submit_batch(
-        self, items: list[Item], profiles: list[str], kind: JobKind, detail: dict
+        self,
+        items: list[Item],
+        profiles: list[str],
+        kind: JobKind,
+        detail: dict,
+        packages: Sequence[str] = (),
     ) -> JobStatus:
+        """`packages`: the package context of a validation (ValidateRequest.packages)."""
         for item in items:
             if item.failed is None and not isinstance(item.resource, dict):
                 raise BadRequest(f"item {item.source} is not a JSON object (a FHIR resource)")
@@ -169,7 +186,7 @@ class ValidationService:
                 # Chunks are published as they are cut, so validators start on the first one
                 # while the rest is still being packed; oversized items follow one by one.
                 oversized: list[Item] = []
-                await self.d.bus.publish_many(self._chunks(job_id, items, profiles, oversized))
+                await self.d.bus.publish_many(self._chunks(job_id, items, profiles, oversized, packages))
                 items = oversized
             messages = []
             for item in items:
@@ -178,7 +195,7 @@ class ValidationService:
                     extra: dict[str, Any] = {"source": item.source}
                     if item.issues:
                         extra["input_issues"] = _input_issues(item.issues)
-                    body = _message(job_id, item.index, pkind, payload, profiles, **extra)
+                    body = _message(job_id, item.index, pkind, payload, profiles, packages, **extra)
                 else:
                     key = "structure_definition" if pkind == "inline" else "structure_definition_ref"
                     body = orjson.dumps({"job_id": job_id, "index": item.index, key: payload, **detail})
@@ -227,11 +244,19 @@ class ValidationService:
         await self.d.bus.retrying(record, "counting the batch's failed items")
 
     def _chunks(
-        self, job_id: str, items: list[Item], profiles: list[str], oversized: list[Item]
+        self,
+        job_id: str,
+        items: list[Item],
+        profiles: list[str],
+        oversized: list[Item],
+        packages: Sequence[str] = (),
     ) -> Iterator[tuple[str, bytes, str]]:
         """ValidateChunk messages of inline-sized items (each serialized once, spliced into the
         chunk); items too big to travel inline are put in `oversized` (they go by S3 reference)."""
-        head = orjson.dumps({"job_id": job_id, "profiles": profiles})[:-1] + b',"items":['
+        fixed: dict[str, Any] = {"job_id": job_id, "profiles": profiles}
+        if packages:
+            fixed["packages"] = list(packages)
+        head = orjson.dumps(fixed)[:-1] + b',"items":['
         budget = CHUNK_BYTES - len(head) - 2
         parts: list[bytes] = []
         size, first = 0, 0
