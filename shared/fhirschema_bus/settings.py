@@ -1,13 +1,34 @@
-"""Settings, one pydantic-settings model per concern. Secrets have no defaults."""
+"""Settings, one pydantic-settings model per concern. Secrets have no defaults.
+
+Each model is a config `Section` (config.py): flags, environment, secret files, config file.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Literal
+
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from fhirschema_bus.config import Section
 
 
-class NatsSettings(BaseSettings):
+class LogSettings(Section):
+    model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_LOG_")
+    section = "log"
+    reloadable = frozenset({"level"})
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"  # of every logger
+
+    def apply(self) -> None:
+        """The level on the root logger (a reload callback, and at start)."""
+        logging.getLogger().setLevel(self.level)
+
+
+class NatsSettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_NATS_")
+    section = "nats"
 
     url: str = "nats://127.0.0.1:4222"
     max_deliver: int = 5  # then the message goes to the dead-letter stream
@@ -20,8 +41,9 @@ class NatsSettings(BaseSettings):
     retry_delays_seconds: list[float] = Field(default_factory=lambda: [0.5, 2.0, 5.0, 15.0])
 
 
-class S3Settings(BaseSettings):
+class S3Settings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_S3_")
+    section = "s3"
 
     endpoint: str = "127.0.0.1:8333"  # host:port, as minio.Minio expects
     access_key: SecretStr
@@ -34,17 +56,19 @@ class S3Settings(BaseSettings):
     bucket_payloads: str = "fhirschema-payloads"
 
 
-class RedisSettings(BaseSettings):
+class RedisSettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_REDIS_")
+    section = "redis"
 
     url: str = "redis://127.0.0.1:6379/0"
 
 
-class StorageSettings(BaseSettings):
+class StorageSettings(Section):
     """The storage service's schema index: Redis holds it for every storage replica, S3 the
     durable copy it is rebuilt from when Redis loses it (restarted empty, flushed)."""
 
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_STORAGE_")
+    section = "storage"
 
     # How often a replica checks Redis' index generation without traffic (every request checks it too).
     index_check_seconds: float = 1.0
@@ -54,8 +78,9 @@ class StorageSettings(BaseSettings):
     rebuild_claim_seconds: float = 120.0
 
 
-class PackageSettings(BaseSettings):
+class PackageSettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_")
+    section = "packages"
 
     # Registries in order (first success wins): a FHIR registry's base URL, `npm+<url>` for an
     # npm-style registry (tarballs from dist.tarball), or a folder of <name>#<version>.tgz files.
@@ -69,8 +94,9 @@ class PackageSettings(BaseSettings):
         return [p.strip() for p in self.packages.split(",") if p.strip()]
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_GATEWAY_")
+    section = "gateway"
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -84,16 +110,19 @@ class GatewaySettings(BaseSettings):
     # A validation request that arrives before a validator replica holds the configured packages
     # waits this long for one, then gets a 503 with Retry-After saying what is missing.
     ready_wait_seconds: float = 5.0
+    # On SIGTERM: requests in flight get this long to finish (uvicorn's graceful shutdown).
+    drain_seconds: int = 4
     # Batch items packed per validate message (ValidateChunk, under CHUNK_BYTES); 1: one each.
     batch_chunk_items: int = (
         128  # measured: 32 -> 3.1k res/s, 64 -> 4.3-6.3k, 128 -> 5.2-6.8k, 256 -> 3.4-3.9k
     )
 
 
-class IngestSettings(BaseSettings):
+class IngestSettings(Section):
     """The IG pipeline (ig-ingest): registry client limits, discovery, schedule, retention."""
 
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_IG_")
+    section = "ig"
 
     # JSON object: registry base URL -> bearer token, sent to that registry's host only.
     registry_tokens: dict[str, SecretStr] = Field(default_factory=dict)

@@ -33,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import anyio
 from faststream import BaseMiddleware, FastStream
 from faststream.message import StreamMessage
 from faststream.nats import NatsBroker, NatsMessage
@@ -40,12 +41,14 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from fhirschema_bus import subjects as s
+from fhirschema_bus.config import Section
 from fhirschema_bus.contracts import Heartbeat
 from fhirschema_bus.dead_letters import send_to_dead_letters
 from fhirschema_bus.probes import ProbeServer, Readiness
+from fhirschema_bus.reload import Reloads
 from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import ensure_topology
 
@@ -64,8 +67,9 @@ LATENCY = Histogram(
 )
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_WORKER_")
+    section = "worker"
 
     # /health, /ready, /metrics (probes.py); 0: no endpoint (tests, several workers in one process)
     http_port: int = 0
@@ -83,6 +87,10 @@ class WorkerSettings(BaseSettings):
     # resource 0.20-0.23 ms with 2 vs 0.14-0.16 ms with 1; 4.1-6.3k vs 6.5-8.5k res/s).
     chunk_workers: int = 1
     threads: int = 2  # worker threads for CPU-bound engine calls
+    # On SIGTERM: no more pulls, in-flight messages get this long to finish; those still running
+    # then are NAK'ed, so another replica takes them at once (not after the ack wait). Keeps a
+    # stop under 5 s (Kubernetes' terminationGracePeriodSeconds must be longer).
+    drain_seconds: float = 4.0
 
     def instance_id(self) -> str:
         raw = self.instance or f"{socket.gethostname()}-{os.getpid()}"
@@ -109,11 +117,13 @@ class Worker:
         self.instance = self.settings.instance_id()
         self.details: Callable[[], dict[str, Any]] = dict  # extra heartbeat detail
         self.state: dict[str, Any] = {}  # what the service's bootstrap wires at start-up
+        self.reloads = Reloads()  # what the service applies without a restart (reload.py)
         self.broker = NatsBroker(
             self.nats.url,
             middlewares=[self._middleware],
             log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at debug
             max_reconnect_attempts=-1,
+            graceful_timeout=self.settings.drain_seconds,
         )
         self.app = FastStream(
             self.broker,
@@ -218,10 +228,23 @@ class Worker:
         with contextlib.suppress(Exception):
             kv = await self.js.key_value(s.KV_SERVICES)
             await kv.delete(self.heartbeat_key)
+        await self._drain()
         for hook in self._shutdown_hooks:
             await hook()
         if self._probes is not None:
             self._probes.stop()
+
+    async def _drain(self) -> None:
+        """Stop pulling and let in-flight messages finish (up to drain_seconds; FastStream then
+        cancels them and `ReliableConsume` NAKs them) before the service's own shutdown hooks
+        close what the handlers use (FastStream runs those hooks before it stops subscribers)."""
+        t0 = time.perf_counter()
+        in_flight = sum(int(getattr(getattr(sub, "lock", None), "qsize", 0)) for sub in self.broker.subscribers)
+        async with anyio.create_task_group() as tg:
+            for sub in self.broker.subscribers:
+                tg.start_soon(sub.stop)
+        log.info("%s drained in %.2f s (%d messages were in flight)", self.service,
+                 time.perf_counter() - t0, in_flight)  # fmt: skip
 
     @property
     def heartbeat_key(self) -> str:
@@ -279,7 +302,11 @@ class ReliableConsume(BaseMiddleware):
         try:
             result = await call_next(msg)
         except asyncio.CancelledError:
-            raise  # shutting down: no ack, JetStream redelivers after ack_wait
+            # Shutting down past drain_seconds: give the message back now, for another replica
+            # (without, JetStream redelivers it only after ack_wait). Shielded: we are cancelled.
+            with anyio.move_on_after(1.0, shield=True), contextlib.suppress(Exception):
+                await msg.nack()
+            raise
         except (ValidationError, PermanentError) as e:
             await self._dead(msg, f"{type(e).__name__}: {e}", deliveries, labels)
             return None

@@ -1,14 +1,18 @@
-"""`python -m converter_service`: one converter replica, until SIGTERM/SIGINT."""
-
-import asyncio
-import logging
+"""`python -m converter_service [--config FILE] [flags]`: one converter replica, until SIGTERM/SIGINT."""
 
 from converter_service import bootstrap
+from fhirschema_bus.config import ServiceConfig
+from fhirschema_bus.entry import run_worker
+from fhirschema_bus.settings import LogSettings, NatsSettings, S3Settings
+from fhirschema_bus.worker import WorkerSettings
+
+CONFIG = ServiceConfig(
+    "converter_service", LogSettings, NatsSettings, WorkerSettings, S3Settings, optional=[S3Settings]
+)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(bootstrap().run())
+    run_worker(CONFIG, lambda c: bootstrap(nats=c.get(NatsSettings), worker_settings=c.get(WorkerSettings)))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from fhirschema_bus.jobs import JobStore as SharedJobStore
+from fhirschema_bus.reload import Reloads
 from fhirschema_bus.settings import GatewaySettings, NatsSettings, PackageSettings, RedisSettings, S3Settings
 from gateway.adapters.dead_letters import StreamDeadLetters
 from gateway.adapters.objects import SharedObjectStore
@@ -65,6 +66,8 @@ class Container:
     readiness: ReadinessGate
     validation: ValidationService
     conversion: ConversionService
+    # What the gateway applies without a restart (reload.py): register with reloads.on(...).
+    reloads: Reloads = field(default_factory=Reloads)
 
     async def start(self) -> None:
         await self.bus.start()

@@ -1,14 +1,23 @@
-"""`python -m validator_service`: one validator replica, until SIGTERM/SIGINT."""
+"""`python -m validator_service [--config FILE] [flags]`: one validator replica, until SIGTERM/SIGINT."""
 
-import asyncio
-import logging
-
+from fhirschema_bus.config import ServiceConfig
+from fhirschema_bus.entry import run_worker
+from fhirschema_bus.settings import LogSettings, NatsSettings, PackageSettings, S3Settings
+from fhirschema_bus.worker import WorkerSettings
 from validator_service import bootstrap
+from validator_service.bootstrap import ValidatorSettings
+
+CONFIG = ServiceConfig(
+    "validator_service", LogSettings, NatsSettings, WorkerSettings, ValidatorSettings, PackageSettings,
+    S3Settings, optional=[S3Settings],
+)  # fmt: skip
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(bootstrap().run())
+    run_worker(CONFIG, lambda c: bootstrap(
+        settings=c.get(ValidatorSettings), nats=c.get(NatsSettings),
+        worker_settings=c.get(WorkerSettings), packages=c.get(PackageSettings),
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

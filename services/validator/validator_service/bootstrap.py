@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, PullSub
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from fhirschema import engine_build
 from fhirschema.context import FhirContext
@@ -30,6 +31,7 @@ from fhirschema.terminology import Terminology
 from fhirschema.validator import Validator
 from fhirschema_bus import repository
 from fhirschema_bus import subjects as s
+from fhirschema_bus.config import Section
 from fhirschema_bus.contracts import RepositoryState, ValidateChunk, ValidateOptions, ValidateRequest
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.object_store import ObjectStore
@@ -48,8 +50,9 @@ SERVICE = "validator"
 States = Callable[[], AsyncIterator[RepositoryState]]
 
 
-class ValidatorSettings(BaseSettings):
+class ValidatorSettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_VALIDATOR_")
+    section = "validator"
 
     packages: str = ""  # comma-separated package files: local mode, not the repository
     # The core package of the replica's FHIR version: no verdict before it is loaded. Packages
@@ -117,7 +120,9 @@ def bootstrap(
         }  # fmt: skip
         await worker.set_readiness(Readiness(False, "loading packages"))
         if local:
+            t0 = time.perf_counter()
             contexts.replace(await blocking(local_materialised, local, settings.fhir_core))
+            log.info("packages loaded in %.2f s: %s", time.perf_counter() - t0, ", ".join(local))
             await worker.set_readiness(await sync.readiness(RepositoryState()))
         else:
             follow = states or (lambda: repository.follow(worker.js))

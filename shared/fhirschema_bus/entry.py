@@ -1,0 +1,47 @@
+"""How a service process starts: its configuration loaded (flags, environment, secret files,
+config file), logging at the configured level, reloads watched (SIGHUP, the file), then served
+until SIGTERM/SIGINT. The services' `__main__` modules are this plus their `ServiceConfig`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from fhirschema_bus.config import ConfigError, LoadedConfig, ServiceConfig
+from fhirschema_bus.reload import ConfigWatcher, Reloads
+from fhirschema_bus.settings import LogSettings
+from fhirschema_bus.worker import Worker
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def load(config: ServiceConfig, argv: Sequence[str] | None = None) -> LoadedConfig:
+    """The configuration, or exit 2 with the message saying what to change."""
+    try:
+        loaded = config.load(argv)
+    except ConfigError as e:
+        print(f"{config.service}: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    logging.basicConfig(level=loaded.get(LogSettings).level, format=LOG_FORMAT)
+    return loaded
+
+
+def watch(loaded: LoadedConfig, reloads: Reloads) -> ConfigWatcher:
+    """Every service reloads its log level; the rest is what its bootstrap registered."""
+    reloads.on(LogSettings, LogSettings.apply)
+    return ConfigWatcher(loaded, reloads)
+
+
+def run_worker(
+    config: ServiceConfig, build: Callable[[LoadedConfig], Worker], argv: Sequence[str] | None = None
+) -> None:
+    loaded = load(config, argv)
+
+    async def serve() -> None:
+        worker = build(loaded)
+        async with watch(loaded, worker.reloads).running():
+            await worker.run()
+
+    asyncio.run(serve())

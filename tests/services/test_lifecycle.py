@@ -1,0 +1,166 @@
+"""Service processes: configured by file and flags, reloaded on SIGHUP and file change, started
+fast, and stopped within 5 s with in-flight work finished or handed to another replica."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import nats
+import orjson
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from fhirschema_bus.processes import start_service, stop_process
+from fhirschema_bus.servers import RunningServer, free_port
+from tests.conftest import ROOT
+from tests.services import drain_worker as dw
+
+SERVICES = [str(ROOT / "services" / n) for n in ("validator", "storage", "converter", "gateway", "ig-ingest")]
+
+
+def env_for(nats_server: RunningServer, **extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FHIRSCHEMA_")}
+    return {
+        **base,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *SERVICES, os.environ.get("PYTHONPATH", "")]),
+        "FHIRSCHEMA_NATS_URL": nats_server.url,
+        **extra,
+    }
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
+    """Seconds until GET /ready answers 200."""
+    t0 = time.monotonic()
+    async with httpx.AsyncClient() as c:
+        while time.monotonic() - t0 < timeout:
+            assert proc.poll() is None, f"exited with {proc.returncode}"
+            try:
+                if (await c.get(f"http://127.0.0.1:{port}/ready", timeout=1)).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("never ready")
+
+
+async def wait_for_text(log: Path, text: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"{text!r} not in:\n{log.read_text()[-3000:]}"
+        await asyncio.sleep(0.05)
+
+
+def stop_timed(proc: subprocess.Popen[bytes]) -> float:
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    return time.monotonic() - t0
+
+
+async def test_converter_reads_its_config_file_and_reloads(nats_server: RunningServer, tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "fhirschema.toml"
+    cfg.write_text(f'[log]\nlevel = "INFO"\n[worker]\nhttp_port = {port}\n[nats]\nmax_deliver = 5\n')
+    log = tmp_path / "converter.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "converter_service", "--config", str(cfg), "--worker-heartbeat-seconds", "1"],
+            env=env_for(nats_server), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        await wait_ready(port, proc)  # the port came from the file
+        cfg.write_text(f'[log]\nlevel = "DEBUG"\n[worker]\nhttp_port = {port}\n[nats]\nmax_deliver = 5\n')
+        await wait_for_text(log, "configuration reloaded: log: level")  # the file changed
+        cfg.write_text(f'[log]\nlevel = "DEBUG"\n[worker]\nhttp_port = {port}\n[nats]\nmax_deliver = 9\n')
+        await asyncio.sleep(0.5)  # the watch saw it too; SIGHUP asks again
+        proc.send_signal(signal.SIGHUP)
+        await wait_for_text(log, "only after a restart: nats.max_deliver")
+        assert proc.poll() is None  # SIGHUP does not stop a service
+        assert stop_timed(proc) <= 5.0
+        assert proc.returncode == 0, log.read_text()[-2000:]
+    finally:
+        stop_process(proc)
+
+
+def test_a_bad_setting_stops_the_start_naming_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("s3:\n  secret_key: hunter2\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "storage_service", "--config", str(cfg)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(SERVICES)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "FHIRSCHEMA_S3_SECRET_KEY in the environment" in run.stderr and "hunter2" not in run.stderr
+
+
+@pytest.fixture
+async def drain_stream(nats_server: RunningServer) -> AsyncIterator[Client]:
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=dw.STREAM, subjects=["draintest.work"]))
+    await js.add_consumer(dw.STREAM, ConsumerConfig(
+        durable_name=dw.DURABLE, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, filter_subject=dw.SUBJECT,
+    ))  # fmt: skip
+    yield nc
+    await js.delete_stream(dw.STREAM)
+    await nc.drain()
+
+
+async def test_stop_drains_in_flight_work_and_hands_the_rest_to_another_replica(
+    nats_server: RunningServer, drain_stream: Client, tmp_path: Path
+) -> None:
+    nc, js = drain_stream, drain_stream.jetstream()
+    done: list[dict[str, str]] = []
+    at: dict[str, float] = {}
+
+    async def record(msg: Msg) -> None:
+        done.append(orjson.loads(msg.data))
+        at[done[-1]["id"]] = time.monotonic()
+
+    await nc.subscribe(dw.DONE, cb=record)
+
+    def replica(name: str) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        env = env_for(nats_server, FHIRSCHEMA_WORKER_INSTANCE=name, FHIRSCHEMA_WORKER_HTTP_PORT=str(port))
+        return start_service("tests.services.drain_worker", env, tmp_path / f"{name}.log"), port
+
+    # Queued before a starts, so its first pull takes all four: three take 2 s (within its 4 s
+    # drain), one two minutes.
+    for i in range(3):
+        await js.publish(dw.SUBJECT, orjson.dumps({"id": f"short-{i}", "seconds": 2.0, "instance": "a"}))
+    await js.publish(dw.SUBJECT, orjson.dumps({"id": "long", "seconds": 120, "instance": "a"}))
+    a, a_port = replica("a")
+    b: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_ready(a_port, a)
+        await asyncio.sleep(0.3)
+        assert done == []
+        b, _ = replica("b")  # another replica, starting while a stops
+        sigterm = time.monotonic()
+        stopped_in = stop_timed(a)
+        assert a.returncode == 0, (tmp_path / "a.log").read_text()[-3000:]
+        assert stopped_in <= 5.0, stopped_in
+        deadline = time.monotonic() + 3.0  # far less than the 30 s ack wait
+        while len(done) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        by_id = {d["id"]: d["instance"] for d in done}
+        assert len(done) == 4 and set(by_id) == {"short-0", "short-1", "short-2", "long"}, done  # each once
+        # The long one was given back at the drain's end, and b took it at once.
+        assert by_id["long"] == "b"
+        # What a was working on when told to stop, it finished.
+        assert all(by_id[f"short-{i}"] == "a" and at[f"short-{i}"] > sigterm for i in range(3)), done
+        assert "(4 messages were in flight)" in (tmp_path / "a.log").read_text()
+    finally:
+        stop_process(a)
+        if b is not None:
+            stop_process(b)
