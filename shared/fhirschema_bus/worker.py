@@ -39,33 +39,21 @@ from faststream.message import StreamMessage
 from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
+from fhirschema_bus import metrics as m
 from fhirschema_bus import subjects as s
 from fhirschema_bus.config import Section
 from fhirschema_bus.contracts import Heartbeat
 from fhirschema_bus.dead_letters import send_to_dead_letters
+from fhirschema_bus.jetstream_stats import poll as poll_jetstream
 from fhirschema_bus.probes import ProbeServer, Readiness
 from fhirschema_bus.reload import Reloads
 from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import ensure_topology
 
 log = logging.getLogger("fhirschema.worker")
-
-# Module-level metrics: prometheus_client registers each name once per process (several Worker
-# objects in one test process share them, told apart by the `service` label).
-PROCESSED = Counter("fhirschema_messages_processed_total", "Messages acked", ["service", "subject"])
-FAILED = Counter("fhirschema_messages_failed_total", "Handler failures (nak'ed)", ["service", "subject"])
-DEAD = Counter("fhirschema_messages_dead_lettered_total", "Messages dead-lettered", ["service", "subject"])
-LATENCY = Histogram(
-    "fhirschema_message_seconds",
-    "Handling time per message",
-    ["service", "subject"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-
 
 class WorkerSettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_WORKER_")
@@ -91,6 +79,7 @@ class WorkerSettings(Section):
     # then are NAK'ed, so another replica takes them at once (not after the ack wait). Keeps a
     # stop under 5 s (Kubernetes' terminationGracePeriodSeconds must be longer).
     drain_seconds: float = 4.0
+    stats_seconds: float = 15.0  # consumer lag and dead letters read from JetStream (0: never)
 
     def instance_id(self) -> str:
         raw = self.instance or f"{socket.gethostname()}-{os.getpid()}"
@@ -112,6 +101,7 @@ class Worker:
     ) -> None:
         self.service = service
         self.version = version
+        m.set_build_info(service, version)
         self.nats = nats or NatsSettings()
         self.settings = settings or WorkerSettings()
         self.instance = self.settings.instance_id()
@@ -132,6 +122,7 @@ class Worker:
             on_shutdown=[self._on_shutdown],
         )
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stats: asyncio.Task[None] | None = None
         self._probes: ProbeServer | None = None
         self.readiness = Readiness(False, "starting")
         self._gated: list[Any] = []  # subscribers that pull work only while ready
@@ -201,6 +192,9 @@ class Worker:
             )
             self._probes.start()
         self._heartbeat = asyncio.create_task(self._beat(), name=f"{self.service}-heartbeat")
+        if self.settings.stats_seconds > 0:
+            every = self.settings.stats_seconds
+            self._stats = asyncio.create_task(poll_jetstream(self.js, every), name=f"{self.service}-stats")
         if self._gated and not self.readiness.ready:
             log.info("%s waits until it is ready: %s", self.service, self.readiness.reason)
             await self._gate_open.wait()  # the broker starts the gated subscribers after this hook
@@ -221,10 +215,11 @@ class Worker:
         log.info("%s %s started (instance %s)", self.service, self.version, self.instance)
 
     async def _on_shutdown(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._stats):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
             kv = await self.js.key_value(s.KV_SERVICES)
             await kv.delete(self.heartbeat_key)
@@ -297,7 +292,8 @@ class ReliableConsume(BaseMiddleware):
             return await call_next(stream_msg)  # core NATS request/reply: FastStream's own handling
         msg = cast(NatsMessage, stream_msg)  # a JetStream message: it has metadata
         w, subject = self.worker, raw.subject
-        labels = (w.service, subject)
+        # By durable, not subject: subjects of job events carry the job id (unbounded).
+        labels = (w.service, raw.metadata.consumer or subject)
         t0 = time.perf_counter()
         try:
             result = await call_next(msg)
@@ -311,7 +307,7 @@ class ReliableConsume(BaseMiddleware):
             await self._dead(msg, f"{type(e).__name__}: {e}", deliveries, labels)
             return None
         except Exception as e:
-            FAILED.labels(*labels).inc()
+            m.MESSAGES_FAILED.labels(*labels).inc()
             error = f"{type(e).__name__}: {e}"
             if deliveries >= w.nats.max_deliver:
                 await self._dead(msg, error, deliveries, labels)
@@ -320,8 +316,8 @@ class ReliableConsume(BaseMiddleware):
                 await msg.nack(delay=w.backoff(deliveries))
             return None
         await msg.ack()
-        PROCESSED.labels(*labels).inc()
-        LATENCY.labels(*labels).observe(time.perf_counter() - t0)
+        m.MESSAGES_PROCESSED.labels(*labels).inc()
+        m.MESSAGE_SECONDS.labels(*labels).observe(time.perf_counter() - t0)
         return result
 
     async def _dead(self, msg: NatsMessage, error: str, deliveries: int, labels: tuple[str, str]) -> None:
@@ -333,5 +329,5 @@ class ReliableConsume(BaseMiddleware):
             log.error("dead-lettering failed (%s); message kept for redelivery", e)
             await msg.nack(delay=w.backoff(deliveries))
             return
-        DEAD.labels(*labels).inc()
+        m.MESSAGES_DEAD_LETTERED.labels(*labels).inc()
         log.error("%s dead-lettered after %d deliveries: %s", labels[1], deliveries, error)

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import DeadLetter, JobKind
@@ -132,7 +133,8 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     await client.post("/validate", json=PATIENT)
     text = (await client.get("/metrics")).text
     assert 'gateway_http_requests_total{method="POST",route="/validate",status="200"}' in text
-    assert "gateway_http_request_seconds_bucket" in text
+    assert 'gateway_http_request_seconds_count{method="POST",route="/validate",status="200"}' in text
+    assert re.search(r'fhirschema_build_info\{.*service="gateway",version="[^"]+"\} 1.0', text)
     assert "gateway_sync_validations_in_flight" in text and "gateway_sync_timeouts_total" in text
 
 
@@ -198,10 +200,22 @@ async def test_validate_timeout_then_status(client: httpx.AsyncClient) -> None:
 # --- batches ----------------------------------------------------------------------------------
 
 
+async def _sample(client: httpx.AsyncClient, name: str, **labels: str) -> float:
+    text = (await client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
 async def test_batch_json_array(client: httpx.AsyncClient) -> None:
     items = [PATIENT, BAD_PATIENT, PATIENT, {"resourceType": "Patient", "active": "yes"}]
+    before = await _sample(client, "gateway_batch_items_total", kind="validate")
     r = await client.post("/validate/batch", json=items)
     assert r.status_code == 202, r.text
+    # Every item counted, not only the oversized ones (chunks of small items were missed).
+    assert await _sample(client, "gateway_batch_items_total", kind="validate") == before + 4
     job = r.json()["job"]
     assert r.headers["location"] == f"/validate/status/{job}"
     status = await wait_final(client, r.headers["location"])

@@ -1,11 +1,17 @@
-"""Prometheus metrics (one registry per app) and a lean ASGI middleware that feeds them."""
+"""Prometheus metrics (one registry per app) and a lean ASGI middleware that feeds them.
+
+Every name here and in `fhirschema_bus.metrics` is what the dashboard and alert rules may use
+(deploy/; checked by tests/services/test_observability_rules.py)."""
 
 from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhirschema_bus.metrics import set_build_info
+from gateway import __version__
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -20,7 +26,7 @@ class Metrics:
         self.latency = Histogram(
             "gateway_http_request_seconds",
             "HTTP request latency",
-            ["method", "route"],
+            ["method", "route", "status"],
             buckets=BUCKETS,
             registry=r,
         )
@@ -30,8 +36,14 @@ class Metrics:
         self.sync_timeouts = Counter(
             "gateway_sync_timeouts", "synchronous requests that timed out (504)", registry=r
         )
-        self.batch_items = Counter("gateway_batch_items", "batch items published", registry=r)
+        self.batch_items = Counter(
+            "gateway_batch_items", "batch items accepted, by kind (validate, convert)", ["kind"], registry=r
+        )
+        for kind in ("validate", "convert"):
+            self.batch_items.labels(kind)
         self.ws_clients = Gauge("gateway_websocket_clients", "open WebSocket connections", registry=r)
+        info = Info("fhirschema_build", "What runs: service, version, engine build, Python", ["service"], registry=r)
+        set_build_info("gateway", __version__, info=info)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -64,4 +76,4 @@ class MetricsMiddleware:
             path = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
             self.metrics.requests.labels(method, path, str(status)).inc()
-            self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(method, path, str(status)).observe(time.perf_counter() - start)

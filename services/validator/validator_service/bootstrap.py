@@ -29,7 +29,7 @@ from fhirschema.context import FhirContext
 from fhirschema.invariants import Invariants
 from fhirschema.terminology import Terminology
 from fhirschema.validator import Validator
-from fhirschema_bus import repository
+from fhirschema_bus import metrics, repository
 from fhirschema_bus import subjects as s
 from fhirschema_bus.config import Section
 from fhirschema_bus.contracts import RepositoryState, ValidateChunk, ValidateOptions, ValidateRequest
@@ -110,6 +110,7 @@ def bootstrap(
         sync = RepositorySync(contexts, s3, storage, blocking, core=settings.fhir_core, required=required)
         state["sync"] = sync
         engine = "compiled" if engine_build.compiled() else "python"
+        metrics.set_build_info(SERVICE, worker.version, engine)
         if engine == "python":
             log.warning("the validator engine runs as Python source (about 3x slower): build it with "
                         "`make engine`, or use the validator image, which compiles it")  # fmt: skip

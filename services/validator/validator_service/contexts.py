@@ -34,6 +34,7 @@ from fhirschema.ids import PackageId, version_key
 from fhirschema.package import Package
 from fhirschema.terminology import Terminology
 from fhirschema.validator import Validator
+from fhirschema_bus import metrics as m
 from fhirschema_bus.contracts import ValidateOptions
 
 ValidatorFactory = Callable[[FhirContext, Terminology, ValidateOptions], Validator]
@@ -100,7 +101,9 @@ class Contexts:
         with self._lock:
             if (v := ctx.validators.get(key)) is not None:
                 ctx.validators.move_to_end(key)
+                m.CACHE.labels("validator", "hit").inc()
                 return v
+            m.CACHE.labels("validator", "miss").inc()
             v = ctx.validators[key] = self._factory(ctx.fhir, ctx.terminology, options)
             while len(ctx.validators) > self._size:
                 ctx.validators.popitem(last=False)
@@ -111,7 +114,9 @@ class Contexts:
             ctx = self._contexts.get(key)
             if ctx is not None:
                 self._contexts.move_to_end(key)
+                m.CACHE.labels("context", "hit").inc()
                 return ctx
+            m.CACHE.labels("context", "miss").inc()
             packages, warnings = self.closure(key)
             fhir = FhirContext(packages)
             fhir.warnings.extend(warnings)

@@ -19,6 +19,7 @@ import orjson
 from fhirschema import jsoninput
 from fhirschema.jsoninput import JsonInputError, ParsedInput
 from fhirschema.validator import ValidationResult, Validator
+from fhirschema_bus import metrics as m
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (
     JobState,
@@ -94,6 +95,7 @@ class ValidationService:
             self.skipped += 1
             return None
         result = await self.validate(req)
+        m.VALIDATIONS.labels(outcome_of(result)).inc()
         data = result.model_dump_json(exclude_none=True).encode()
         if len(data) > MAX_RESULT_BYTES:
             data = _truncated(result).model_dump_json(exclude_none=True).encode()
@@ -122,6 +124,9 @@ class ValidationService:
         indexes = [item.index for item in chunk.items]
         stored = result_chunks(chunk.job_id, indexes, [data for data, _ in lines])
         counts = [(index, outcome) for index, (_, outcome) in zip(indexes, lines, strict=True)]
+        for outcome in m.RESULTS:
+            if n := sum(1 for _, o in lines if o == outcome):
+                m.VALIDATIONS.labels(outcome).inc(n)
         if len(stored) == 1:
             store = self.results.store(subject, *stored[0])
         else:
@@ -147,7 +152,9 @@ class ValidationService:
             try:
                 if validator is None:
                     raise UnknownPackage(unknown)
+                t0 = time.perf_counter()
                 res = validator.validate(item.resource, chunk.profiles)
+                m.ENGINE_SECONDS.observe(time.perf_counter() - t0)
                 if item.input_issues:  # the JSON text's own findings first, as in the CLI
                     res = ParsedInput(item.resource, [i.issue() for i in item.input_issues]).result(res)
             except UnknownPackage as e:
@@ -229,7 +236,11 @@ class ValidationService:
 
     def _validate_one(self, resource: Any, req: ValidateRequest) -> ValidationResult:
         validator = self.validators.validator(req.packages, req.profiles, req.options)
-        return validator.validate(resource, req.profiles)
+        t0 = time.perf_counter()
+        try:
+            return validator.validate(resource, req.profiles)
+        finally:
+            m.ENGINE_SECONDS.observe(time.perf_counter() - t0)
 
     async def _fetch(self, req: ValidateRequest) -> bytes:
         assert req.resource_ref is not None

@@ -177,6 +177,7 @@ class ValidationService:
             lambda: self._create(kind, len(items), job_id, detail), "creating the batch's job"
         )
         subject = s.VALIDATE_BATCH_ITEM if kind is JobKind.VALIDATE else s.CONVERT_BATCH_ITEM
+        accepted = len(items)
         failed = [item for item in items if item.failed is not None]
         items = [item for item in items if item.failed is None]
         try:
@@ -210,7 +211,8 @@ class ValidationService:
             raise BusUnavailable(
                 f"could not enqueue the batch: {error}", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
             ) from e
-        self.metrics.batch_items.inc(len(items))
+        # All of them, chunked, one by one or failed at the door (was: only the oversized ones).
+        self.metrics.batch_items.labels(kind.value).inc(accepted)
         return job
 
     async def _create(self, kind: JobKind, total: int, job_id: str, detail: dict) -> JobStatus:
