@@ -43,3 +43,12 @@ class MemoryObjects:
 
     async def alist(self, bucket: str, prefix: str = "") -> list[str]:
         return sorted(k for b, k in self.objects if b == bucket and k.startswith(prefix))
+
+
+def profile_requiring(url: str, element: str) -> dict[str, Any]:
+    """A FHIRSchema profile of Patient at `url` that makes `element` required: uploaded, then
+    replaced by one requiring another element, it shows which version a validator enforces."""
+    return {
+        "url": url, "type": "Patient", "kind": "resource", "derivation": "constraint",
+        "base": "http://hl7.org/fhir/StructureDefinition/Patient", "required": [element], "elements": {},
+    }  # fmt: skip

@@ -28,6 +28,7 @@ from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import IngestRequest
 from fhirschema_bus.repository import read_state, repository_kv
 from tests.conftest import PACKAGES
+from tests.services.fakes import profile_requiring
 from tests.services.parity_support import (
     CORE,
     PACKAGE_FILES,
@@ -167,13 +168,6 @@ async def test_every_path_gives_the_clis_verdict(name: str, ingested: ParityStac
 PROFILE = "http://example.org/fhir/StructureDefinition/parity-needs-something"
 
 
-def profile(required: str) -> dict[str, Any]:
-    return {
-        "url": PROFILE, "type": "Patient", "kind": "resource", "derivation": "constraint",
-        "base": "http://hl7.org/fhir/StructureDefinition/Patient", "required": [required], "elements": {},
-    }  # fmt: skip
-
-
 async def test_an_uploaded_profile_replaced_holds_within_2s_on_every_replica(parity: ParityStack) -> None:
     st = parity.stack
     only_gender = {"resourceType": "Patient", "gender": "female"}
@@ -191,14 +185,15 @@ async def test_an_uploaded_profile_replaced_holds_within_2s_on_every_replica(par
             )
             return {r.headers["x-validation-result"] for r in rs}
 
-        r = await c.post("/schemas", json=profile("birthDate"))
+        r = await c.post("/schemas", json=profile_requiring(PROFILE, "birthDate"))
         assert r.status_code == 201, r.text
         schema_id = r.json()["id"]
         t0 = time.monotonic()
         while await verdicts() != {"invalid"}:
             assert time.monotonic() - t0 < 2.0, "the uploaded profile was not enforced within 2 s"
         uploaded = time.monotonic() - t0
-        assert (await c.put(f"/schemas/{schema_id}", json=profile("gender"))).status_code == 200
+        r = await c.put(f"/schemas/{schema_id}", json=profile_requiring(PROFILE, "gender"))
+        assert r.status_code == 200, r.text
         t0 = time.monotonic()
         revision = (await read_state(await repository_kv(st.js)))[0].revision
         # The new rule (gender required, present) on every replica: each one's heartbeat says it

@@ -35,6 +35,7 @@ from fhirschema_bus.settings import NatsSettings, PackageSettings
 from fhirschema_bus.storage import StorageClient, nats_request
 from fhirschema_bus.worker import Worker, WorkerSettings
 from tests.conftest import PACKAGES
+from tests.services.fakes import profile_requiring
 from tests.services.test_storage_service import start_storage
 
 pytestmark = pytest.mark.servers
@@ -147,13 +148,6 @@ async def test_no_verdict_before_the_core_package_is_loaded(
 PROFILE = "http://example.org/fhir/StructureDefinition/needs-something"
 
 
-def profile(required: str) -> dict[str, Any]:
-    return {
-        "url": PROFILE, "type": "Patient", "kind": "resource", "derivation": "constraint",
-        "base": "http://hl7.org/fhir/StructureDefinition/Patient", "required": [required], "elements": {},
-    }  # fmt: skip
-
-
 async def test_an_upload_and_its_replacement_reach_every_replica(
     storage: Storage, nc: Client, nats_server: RunningServer
 ) -> None:
@@ -169,10 +163,10 @@ async def test_an_upload_and_its_replacement_reach_every_replica(
     async with started(a, b) as tasks:
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
         assert not verdict(a)  # the requested profile is unknown: an error, not "valid"
-        record = await client.upsert(PutSchema(schema_=profile("birthDate")))
+        record = await client.upsert(PutSchema(schema_=profile_requiring(PROFILE, "birthDate")))
         await until(lambda: a.state["sync"].revision >= 0 and not verdict(a) and not verdict(b))
         t0 = time.monotonic()
-        await client.upsert(PutSchema(schema_=profile("gender"), id=record.id))
+        await client.upsert(PutSchema(schema_=profile_requiring(PROFILE, "gender"), id=record.id))
         await until(lambda: verdict(a) and verdict(b), timeout=30)
         took = time.monotonic() - t0
         print(f"\nreplacement enforced on both replicas after {took:.3f}s")
