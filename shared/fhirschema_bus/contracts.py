@@ -193,11 +193,131 @@ class ConvertResult(BaseModel):
 
 
 class IngestRequest(BaseModel):
-    """Load one package (`name#version`) from the configured sources into the repository."""
+    """Ingest packages (`name`, `name#1.2.3`, `name#1.2.x`, `name#current`) and, unless
+    `dependencies` is false, their dependency closure, into the repository (POST /ig/process,
+    the schedule, `make up`). Progress and the outcome: the IngestJob in KV_INGEST."""
 
     job_id: str
-    package: str
-    sources: list[str] = Field(default_factory=list)  # override FHIRSCHEMA_PACKAGE_SOURCES
+    packages: list[str] = Field(min_length=1)
+    dependencies: bool = True
+    registry: str | None = None  # only this configured registry (base URL) is asked
+    sources: list[str] = Field(default_factory=list)  # override FHIRSCHEMA_PACKAGE_SOURCES (tests, ops)
+
+
+class PackageState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # stored (or already stored with the same SHA-256)
+    FAILED = "failed"
+
+
+class IngestPackageStatus(BaseModel):
+    """One package of an ingest job's closure (GET /ig/status/{job} `packages[]`)."""
+
+    name: str
+    version: str | None = None  # the resolved version (None while it is not resolved)
+    requested: str  # the spec as asked, e.g. `hl7.fhir.us.core#6.1.x`
+    state: PackageState = PackageState.QUEUED
+    schemas: int = 0
+    sha256: str | None = None
+    source: str | None = None  # the registry (base URL or folder) that served it
+    error: str | None = None
+    missing_dependencies: list[str] = Field(default_factory=list)  # name#version in no registry
+    skipped: bool = False  # the same name, version and SHA-256 were stored already
+    dependency_of: str | None = None  # name#version of the package that needs it (None: asked for)
+
+
+class IngestJob(BaseModel):
+    """An ingest job as GET /ig/status/{job} shows it: every package of the closure."""
+
+    job: str
+    state: JobState = JobState.QUEUED
+    packages: list[IngestPackageStatus] = Field(default_factory=list)
+    requested: list[str] = Field(default_factory=list)
+    created: datetime = Field(default_factory=now)
+    finished: datetime | None = None
+    error: str | None = None
+
+
+class IngestedPackage(BaseModel):
+    """A package in the repository, as ig-ingest stored it (GET /ig/status `packages[]`)."""
+
+    name: str
+    version: str
+    ingested_at: datetime = Field(default_factory=now)
+    schemas: int = 0
+    sha256: str
+    source: str | None = None
+    job: str | None = None
+
+
+class IngestOverview(BaseModel):
+    """GET /ig/status: what is ingested and the recent ingest jobs."""
+
+    packages: list[IngestedPackage]
+    jobs: list[IngestJob]
+
+
+class RegistryQuery(BaseModel):
+    """Request/reply INGEST_REGISTRY (GET /ig/registry): search the configured registries."""
+
+    name: str | None = None
+    canonical: str | None = None
+    fhirversion: str | None = None
+
+
+class RegistryPackage(BaseModel):
+    """One package as the configured registries list it, merged across them."""
+
+    name: str
+    description: str | None = None
+    fhirVersion: str | None = None  # the HTTP contract's casing
+    latest: str | None = None
+    versions: list[str] = Field(default_factory=list)
+    registry: str  # the first registry that lists it
+
+
+class RegistryAnswer(BaseModel):
+    """Reply to INGEST_REGISTRY: the packages, or why the registries could not be asked."""
+
+    packages: list[RegistryPackage] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list)
+
+
+class IngestSchedule(BaseModel):
+    """PUT /ig/schedule: what the scheduled run keeps current (stored in KV_INGEST)."""
+
+    cron: str = "17 3 * * *"
+    timezone: str = "UTC"
+    packages: list[str] = Field(default_factory=list)
+    masks: list[str] = Field(default_factory=list)  # e.g. `hl7.fhir.us.*`, through the catalog
+    enabled: bool = True
+    dependencies: bool = True
+
+
+class ScheduleRuns(BaseModel):
+    """What the scheduler last did (KV_INGEST), written by the replica holding the lease."""
+
+    last_run: datetime | None = None  # the cron tick last run (not the wall-clock start)
+    last_job: str | None = None
+    last_success: datetime | None = None
+
+
+class ScheduleView(IngestSchedule):
+    """GET /ig/schedule: the stored schedule, its next tick and what ran last."""
+
+    next_run: datetime | None = None
+    last_run: datetime | None = None
+    last_job: str | None = None
+
+
+class IngestFailure(BaseModel):
+    """Published on INGEST_FAILED (and POSTed to the webhook) when packages of a job failed."""
+
+    job: str
+    failed: list[IngestPackageStatus]
+    scheduled: bool = False
+    at: datetime = Field(default_factory=now)
 
 
 SchemaOrigin = Literal["upload", "package"]

@@ -33,6 +33,9 @@ CONVERT_RESULT = f"{PREFIX}.result.convert"  # + ".<job_id>"
 STREAM_EVENTS = "FHIRSCHEMA_EVENTS"
 JOB_EVENTS = f"{PREFIX}.events.job"  # + ".<job_id>"
 
+# --- ingest: failures of ingest jobs (IngestFailure), in STREAM_EVENTS ---
+INGEST_FAILED = f"{PREFIX}.events.ingest.failed"
+
 # --- dead letters ---
 STREAM_DEAD_LETTERS = "FHIRSCHEMA_DLQ"
 DEAD_LETTER = f"{PREFIX}.dlq"  # + ".<original subject>"
@@ -45,6 +48,7 @@ STORAGE_UPSERT = f"{PREFIX}.storage.upsert"  # synchronous put (gateway uploads)
 STORAGE_INDEX_PACKAGE = f"{PREFIX}.storage.index"  # IndexPackage -> PackageIndexed: register a stored tarball
 STORAGE_REMOVE_PACKAGE = f"{PREFIX}.storage.unindex"  # RemovePackage -> PackageRemoved
 # Every storage reply is a StorageReply envelope (contracts.py), read with fhirschema_bus.storage.
+INGEST_REGISTRY = f"{PREFIX}.registry.search"  # not under .ingest.> (a stream): RegistryQuery -> RegistryAnswer (ig-ingest, core NATS)
 SERVICE_HEARTBEAT = f"{PREFIX}.heartbeat"  # + ".<service>"
 
 # --- durable consumers (shared by all replicas of a service) ---
@@ -61,6 +65,10 @@ KV_SERVICES = "fhirschema_services"  # service instance -> last heartbeat
 # The repository state (contracts.RepositoryState): ONE key, written only by storage
 # (compare-and-set on the KV revision), watched by every validator replica.
 KV_REPOSITORY = "fhirschema_repository"
+# ig-ingest: `job.<id>` IngestJob, `pkg.<name>.<version>` IngestedPackage, `schedule`
+# IngestSchedule, `schedule-runs` ScheduleRuns, `lease` the scheduler's leader lease,
+# `tick.<epoch>` one marker per cron tick run (create-only: a tick never runs twice).
+KV_INGEST = "fhirschema_ingest"
 REPOSITORY_STATE_KEY = "state"
 
 

@@ -49,7 +49,7 @@ STREAMS = [
     ),
     StreamConfig(
         name=s.STREAM_EVENTS,
-        subjects=[f"{s.JOB_EVENTS}.>"],
+        subjects=[f"{s.JOB_EVENTS}.>", f"{s.PREFIX}.events.ingest.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=DAY,
@@ -86,6 +86,7 @@ KV_BUCKETS = [
     KeyValueConfig(bucket=s.KV_SERVICES, history=1, ttl=60.0, storage=StorageType.MEMORY),
     # The repository state: one key, never expires (history for whoever investigates a change).
     KeyValueConfig(bucket=s.KV_REPOSITORY, history=10, storage=StorageType.FILE),
+    KeyValueConfig(bucket=s.KV_INGEST, history=1, storage=StorageType.FILE),
 ]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -13,12 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 from ig_ingest.app import bootstrap
-from ig_ingest.sources import DirectorySource, PackageNotFound, RegistrySource, fetch_first
 from nats.aio.client import Client
 from storage_service.app import Storage
 
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import IngestRequest, JobState, JobStatus
+from fhirschema_bus.contracts import IngestJob, IngestRequest, JobState, JobStatus
 from fhirschema_bus.object_store import ObjectStore
 from fhirschema_bus.repository import read_state, repository_kv
 from fhirschema_bus.servers import RunningServer
@@ -49,19 +47,6 @@ def test_registry_server_mimics_protocol(pkg_dir: Path) -> None:
         assert httpx.get(f"{reg.base}/hl7.fhir.us.core/9.9.9").status_code == 404
         npm = httpx.get(f"{reg.base}/hl7.fhir.us.core/-/hl7.fhir.us.core-3.1.1.tgz")
         assert npm.content[:2] == b"\x1f\x8b"
-
-
-def test_sources_first_wins_and_retries(pkg_dir: Path, tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with serve_registry(pkg_dir) as reg:
-        reg.fail_next = 2  # two 503s, then the tarball: retried transparently
-        data, origin = fetch_first([DirectorySource(empty), RegistrySource(reg.base)], SMALL)
-        assert data[:2] == b"\x1f\x8b" and origin == reg.base
-        data2, origin2 = fetch_first([DirectorySource(pkg_dir), RegistrySource(reg.base)], SMALL)
-        assert origin2 == str(pkg_dir) and data2 == data
-        with pytest.raises(PackageNotFound, match="not found"):
-            fetch_first([DirectorySource(empty), RegistrySource(reg.base)], "x.y#1.0")
 
 
 @pytest.fixture
@@ -107,31 +92,50 @@ async def wait_schemas(nc: Client, package: str, n: int, timeout: float = 30.0) 
     raise AssertionError(f"only {listed['total']} schemas of {package} stored")
 
 
+async def ingest_job(nc: Client, job_id: str, timeout: float = 60.0) -> IngestJob:
+    kv = await nc.jetstream().key_value(s.KV_INGEST)
+    for _ in range(int(timeout * 10)):
+        try:
+            job = IngestJob.model_validate_json((await kv.get(f"job.{job_id}")).value or b"")
+            if job.state.final:
+                return job
+        except Exception:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
 async def test_ingest_from_directory_at_startup(
     storage: Storage, nats_server: RunningServer, nc: Client, pkg_dir: Path
 ) -> None:
     w = await run_ingest(storage, nats_server, str(pkg_dir), startup=SMALL)
     try:
-        await asyncio.sleep(0.5)
-        jobs = [j for j in await w.state["jobs"].list_recent(200) if j.detail.get("package") == SMALL]
-        job = await wait_job(nc, jobs[0].id)
+        for _ in range(100):
+            jobs = await w.state["status"].jobs()
+            if jobs:
+                break
+            await asyncio.sleep(0.1)
+        job = await ingest_job(nc, jobs[0].job)
         assert job.state is JobState.SUCCEEDED, job
-        assert job.total == 30 and job.done == 30 and job.failed == 0
-        listed = await wait_schemas(nc, SMALL, 30)
+        names = {f"{p.name}#{p.version}": p for p in job.packages}
+        assert names[SMALL].schemas > 0 and names[SMALL].source == str(pkg_dir)
+        listed = await wait_schemas(nc, SMALL, names[SMALL].schemas)
         assert all(i["package"] == SMALL for i in listed["items"])
         patient = await ask(
             nc,
             s.STORAGE_GET_SCHEMA,
             {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"},
         )
-        assert patient["schema"]["type"] == "Patient" and patient["schema"]["elements"]
-        assert patient["record"]["origin"] == "package"
+        assert patient["schema"]["type"] == "Patient" and patient["record"]["origin"] == "package"
         state, _ = await read_state(await repository_kv(nc.jetstream()))
         registered = state.package(SMALL)
         assert registered is not None and registered.source == str(pkg_dir)
         assert registered.sha256 == hashlib.sha256((PACKAGES / f"{SMALL}.tgz").read_bytes()).hexdigest()
-        tgz = storage.store.settings.bucket_packages
-        assert storage.store.exists(tgz, "hl7.fhir.us.core/hl7.fhir.us.core#3.1.1.tgz")
+        # the same request again: nothing downloaded twice into the repository, all skipped
+        again = IngestRequest(job_id=uuid.uuid4().hex, packages=[SMALL], dependencies=False)
+        await nc.jetstream().publish(s.INGEST_PACKAGE, again.model_dump_json().encode())
+        rerun = await ingest_job(nc, again.job_id)
+        assert rerun.state is JobState.SUCCEEDED and rerun.packages[0].skipped
     finally:
         await w.app.stop()
 
@@ -140,23 +144,21 @@ async def test_ingest_request_from_registry(
     storage: Storage, nats_server: RunningServer, nc: Client, pkg_dir: Path
 ) -> None:
     with serve_registry(pkg_dir) as reg:
-        w = await run_ingest(storage, nats_server, "/nonexistent")
+        w = await run_ingest(storage, nats_server, reg.base)
         try:
             js = nc.jetstream()
             job_id = uuid.uuid4().hex
-            req = IngestRequest(job_id=job_id, package=SMALL, sources=[reg.base])
+            req = IngestRequest(job_id=job_id, packages=["hl7.fhir.us.core", "no.such#1.0.0"], dependencies=True)
             await js.publish(s.INGEST_PACKAGE, req.model_dump_json().encode())
-            job = await wait_job(nc, job_id)
-            assert job.state is JobState.SUCCEEDED and job.done == 30, job
+            job = await ingest_job(nc, job_id)
+            by = {p.requested: p for p in job.packages}
+            core = by["hl7.fhir.us.core"]
+            assert core.version == "3.1.1" and core.state == "succeeded", job
+            # its dependency (R4 core) is in no registry here: named, and US Core still ingests
+            assert core.missing_dependencies, job
+            assert by["no.such#1.0.0"].state == "failed" and "no.such" in (by["no.such#1.0.0"].error or "")
+            assert job.state is JobState.FAILED  # one package of the request failed: said so
             assert any(p.endswith("/hl7.fhir.us.core/3.1.1") for p in reg.requests)
-            await wait_schemas(nc, SMALL, 30)
-            # unknown package -> failed job with a clear error, message not retried forever
-            bad = uuid.uuid4().hex
-            await js.publish(
-                s.INGEST_PACKAGE,
-                json.dumps({"job_id": bad, "package": "no.such#1.0.0", "sources": [reg.base]}).encode(),
-            )
-            failed = await wait_job(nc, bad)
-            assert failed.state is JobState.FAILED and "not found" in (failed.error or "")
+            await wait_schemas(nc, SMALL, core.schemas)
         finally:
             await w.app.stop()

@@ -102,7 +102,7 @@ async def ingested(parity: ParityStack) -> ParityStack:
         if spec == CORE:
             continue
         job = jobs[spec] = f"ingest-{uuid.uuid4().hex[:12]}"
-        req = IngestRequest(job_id=job, package=spec)
+        req = IngestRequest(job_id=job, packages=[spec], dependencies=False)
         await st.js.publish(s.INGEST_PACKAGE, req.model_dump_json().encode())
     # Registered in the repository state (a job for a package without StructureDefinitions
     # stays "running" with total 0 in ig-ingest today, so its state is not what we wait for).

@@ -1,0 +1,74 @@
+"""Per-job and per-package ingest status in JetStream KV (KV_INGEST): what GET /ig/status shows.
+
+One replica runs a job (one IngestRequest message), so a job's record has one writer; package
+records are the last writer's (the same name, version and SHA-256 whoever writes them).
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+
+from fhirschema.ids import PackageId
+from fhirschema_bus import subjects as s
+from fhirschema_bus.contracts import IngestedPackage, IngestJob
+
+
+def package_key(pid: PackageId) -> str:
+    # KV keys allow [-/_=.a-zA-Z0-9]: versions like 6.1.0-snapshot1 fit, `#` does not.
+    return f"pkg.{pid.name}.{pid.version}"
+
+
+class IngestStatus:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> IngestStatus:
+        return cls(await js.key_value(s.KV_INGEST))
+
+    async def put_job(self, job: IngestJob) -> None:
+        await self.kv.put(f"job.{job.job}", job.model_dump_json().encode())
+
+    async def job(self, job_id: str) -> IngestJob | None:
+        try:
+            entry = await self.kv.get(f"job.{job_id}")
+        except KeyNotFoundError:
+            return None
+        return IngestJob.model_validate_json(entry.value) if entry.value else None
+
+    async def put_package(self, pkg: IngestedPackage) -> None:
+        await self.kv.put(package_key(PackageId(pkg.name, pkg.version)), pkg.model_dump_json().encode())
+
+    async def package(self, pid: PackageId) -> IngestedPackage | None:
+        try:
+            entry = await self.kv.get(package_key(pid))
+        except KeyNotFoundError:
+            return None
+        return IngestedPackage.model_validate_json(entry.value) if entry.value else None
+
+    async def _keys(self, prefix: str) -> list[str]:
+        try:
+            return [k for k in await self.kv.keys() if k.startswith(prefix)]
+        except NoKeysError:
+            return []
+
+    async def packages(self) -> list[IngestedPackage]:
+        out = []
+        for key in await self._keys("pkg."):
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:
+                continue
+            if entry.value:
+                out.append(IngestedPackage.model_validate_json(entry.value))
+        return sorted(out, key=lambda p: PackageId(p.name, p.version).sort_key)
+
+    async def jobs(self, limit: int = 20) -> list[IngestJob]:
+        out = []
+        for key in await self._keys("job."):
+            job = await self.job(key.removeprefix("job."))
+            if job is not None:
+                out.append(job)
+        return sorted(out, key=lambda j: j.created, reverse=True)[:limit]
