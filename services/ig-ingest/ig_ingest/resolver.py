@@ -137,7 +137,7 @@ class Registries:
             if reg.name in lookup.errors:
                 reasons.append(f"{reg.name}: {lookup.errors[reg.name]}")
             elif lookup.listings.get(reg.name) is None:
-                reasons.append(f"{reg.name}: unknown package")
+                reasons.append(f"{reg.name}: not found (unknown package)")
             else:
                 listed = lookup.listings[reg.name].listed()  # type: ignore[union-attr]
                 shown = ", ".join(listed[-5:]) or "none listed"
