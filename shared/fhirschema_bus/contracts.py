@@ -218,6 +218,7 @@ class IngestPackageStatus(BaseModel):
     version: str | None = None  # the resolved version (None while it is not resolved)
     requested: str  # the spec as asked, e.g. `hl7.fhir.us.core#6.1.x`
     state: PackageState = PackageState.QUEUED
+    total: int = 0  # its StructureDefinitions (known once downloaded): `schemas` of `total` so far
     schemas: int = 0
     sha256: str | None = None
     source: str | None = None  # the registry (base URL or folder) that served it

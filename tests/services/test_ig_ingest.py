@@ -23,7 +23,7 @@ from fhirschema_bus.servers import RunningServer
 from fhirschema_bus.settings import NatsSettings, PackageSettings
 from fhirschema_bus.worker import Worker, WorkerSettings
 from tests.conftest import PACKAGES
-from tests.services.registry_server import serve_registry
+from tests.services.registry_server import make_package, profile, serve_registry
 from tests.services.test_storage_service import ask, start_storage
 
 SMALL = "hl7.fhir.us.core#3.1.1"
@@ -155,10 +155,41 @@ async def test_ingest_request_from_registry(
             core = by["hl7.fhir.us.core"]
             assert core.version == "3.1.1" and core.state == "succeeded", job
             # its dependency (R4 core) is in no registry here: named, and US Core still ingests
+            assert not core.skipped  # this storage is new: the module's NATS remembering SMALL is not enough
             assert core.missing_dependencies, job
             assert by["no.such#1.0.0"].state == "failed" and "no.such" in (by["no.such#1.0.0"].error or "")
             assert job.state is JobState.FAILED  # one package of the request failed: said so
             assert any(p.endswith("/hl7.fhir.us.core/3.1.1") for p in reg.requests)
             await wait_schemas(nc, SMALL, core.schemas)
+        finally:
+            await w.app.stop()
+
+
+async def test_package_without_profiles_and_progress_counts(
+    storage: Storage, nats_server: RunningServer, nc: Client, pkg_dir: Path
+) -> None:
+    """A package holding no StructureDefinition finishes (0 of 0), its job too; a package's
+    `total` is its StructureDefinitions and `schemas` reaches it."""
+    vs = {"resourceType": "ValueSet", "id": "v", "url": "http://example.org/fhir/ValueSet/v", "status": "active"}
+    with serve_registry(pkg_dir) as reg:
+        reg.add("example.terms", "1.0.0", make_package("example.terms", "1.0.0", resources=[vs]))
+        reg.add("example.profiles", "2.0.0", make_package(
+            "example.profiles", "2.0.0", dependencies={"example.terms": "1.0.0"},
+            resources=[profile("p1"), profile("p2")],
+        ))  # fmt: skip
+        w = await run_ingest(storage, nats_server, reg.base)
+        try:
+            req = IngestRequest(job_id=uuid.uuid4().hex, packages=["example.profiles"])
+            await nc.jetstream().publish(s.INGEST_PACKAGE, req.model_dump_json().encode())
+            job = await ingest_job(nc, req.job_id, timeout=30)
+            assert job.state is JobState.SUCCEEDED, job
+            by = {p.name: p for p in job.packages}
+            assert (by["example.terms"].state, by["example.terms"].total, by["example.terms"].schemas) == (
+                "succeeded", 0, 0,
+            ), job  # fmt: skip
+            assert (by["example.profiles"].total, by["example.profiles"].schemas) == (2, 2), job
+            assert by["example.terms"].dependency_of == "example.profiles#2.0.0"
+            state, _ = await read_state(await repository_kv(nc.jetstream()))
+            assert state.package("example.terms#1.0.0") is not None  # registered: validators load it
         finally:
             await w.app.stop()

@@ -15,7 +15,7 @@ CONFIG = ServiceConfig(
 
 def main() -> None:
     run_worker(CONFIG, lambda c: bootstrap(
-        nats=c.get(NatsSettings), s3=c.get(S3Settings), packages=c.get(PackageSettings),
+        nats=c.get(NatsSettings), s3=c.get(S3Settings), packages=c.get(PackageSettings), ingest=c.get(IngestSettings),
         worker_settings=c.get(WorkerSettings),
     ))  # fmt: skip
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -72,8 +73,10 @@ def bootstrap(
         specs = packages.package_list()
         if not specs:
             return
-        hour = datetime.now(UTC).strftime("%Y%m%d%H")
-        job_id = f"startup-{hour}-{abs(hash(tuple(specs))) % 10**8}"
+        # The same id in every replica starting within these 10 minutes (hash() is per process).
+        at = datetime.now(UTC)
+        slot = at.strftime("%Y%m%d%H") + f"{at.minute // 10}"
+        job_id = f"startup-{slot}-{hashlib.sha256(' '.join(specs).encode()).hexdigest()[:10]}"
         req = IngestRequest(job_id=job_id, packages=specs)
         # Replicas starting together queue it once (JetStream de-duplication).
         await worker.js.publish(

@@ -7,7 +7,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import HEADER_MSG_ID, IndexPackage, PutSchema, RepositoryState
+from fhirschema_bus.contracts import HEADER_MSG_ID, IndexPackage, PutSchema, RepositoryState, SchemaQuery
 from fhirschema_bus.repository import read_state, repository_kv
 from fhirschema_bus.storage import StorageClient, StorageFailed, nats_request
 
@@ -30,6 +30,13 @@ class NatsSink:
             return (await self.storage.index_package(req)).resources
         except StorageFailed as e:
             raise StorageUnavailable(f"storage could not register {req.package}: {e.message}") from e
+
+    async def stored_schemas(self, package: str) -> int:
+        try:
+            listed = await self.storage.list(SchemaQuery(package=package, origin="package", limit=1))
+        except StorageFailed as e:
+            raise StorageUnavailable(f"storage could not list {package}: {e.message}") from e
+        return listed.total
 
     async def repository(self) -> RepositoryState:
         state, _ = await read_state(await repository_kv(self.js))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ import orjson
 from fhirschema.converter import ConversionError, convert
 from fhirschema.ids import PackageId
 from fhirschema.package import Package, PackageError
+from fhirschema_bus import metrics
 from fhirschema_bus.contracts import (
     IndexPackage,
     IngestedPackage,
@@ -49,6 +51,7 @@ class SchemaSink(Protocol):
     async def put_schema(self, put: PutSchema, msg_id: str) -> None: ...
     async def index_package(self, req: IndexPackage) -> int: ...
     async def repository(self) -> RepositoryState: ...
+    async def stored_schemas(self, package: str) -> int: ...
 
 
 class Tarballs(Protocol):
@@ -149,6 +152,7 @@ class _Run:
         """Ingest one; returns its dependencies (name#version, parent) to walk next."""
         async with self.sem:
             st.state = PackageState.RUNNING
+            started = time.monotonic()
             try:
                 fetched = await self.fetch(st)
                 if fetched is None:
@@ -164,6 +168,7 @@ class _Run:
                 log.exception("job %s: %s", self.job.job, st.requested)
                 return []
             finally:
+                _observe(st, time.monotonic() - started)
                 await self.save()
         me = f"{st.name}#{st.version}"
         return [(f"{n}#{v}", me) for n, v in fetched.dependencies]
@@ -189,15 +194,15 @@ class _Run:
 
     async def ingest(self, st: IngestPackageStatus, v: Verified) -> None:
         spec = str(v.pid)
-        stored = self.repo.package(spec)
-        known = await self.p.status.package(v.pid)
-        if stored is not None and stored.sha256 == v.sha256 and known is not None and known.sha256 == v.sha256:
-            st.schemas, st.skipped = known.schemas, True
+        if await self.already_stored(st, v):
+            st.schemas, st.skipped = st.total, True
             log.info("%s: already stored with SHA-256 %s, skipped", spec, v.sha256[:12])
             return
         ref = await self.p.store.aput_bytes(self.p.bucket, v.pid.tgz_key, v.tgz, "application/gzip")
         pkg: Package = await asyncio.to_thread(v.package)
         sds = [e for e in pkg.entries if e.resourceType == "StructureDefinition"]
+        st.total = len(sds)
+        await self.save()  # the count is visible while the package converts
         errors: list[str] = []
         for i, entry in enumerate(sds):
             try:
@@ -209,10 +214,13 @@ class _Run:
                 errors.append(f"{entry.filename}: its schema exceeds the 1 MB message limit")
                 continue
             put = PutSchema(schema_=schema, package=spec, origin="package")
-            await self.p.sink.put_schema(put, msg_id=f"{spec}|{v.sha256[:16]}|{entry.url}|{entry.version or ''}")
+            # De-duplicated per job: its redelivery (a crash, the other replica) stores nothing
+            # twice; another job may store the package again (storage lost it).
+            msg_id = f"{self.job.job}|{spec}|{v.sha256[:16]}|{entry.url}|{entry.version or ''}"
+            await self.p.sink.put_schema(put, msg_id=msg_id)
             st.schemas += 1
-            if self.tick is not None and i % 100 == 99:
-                await self.tick()
+            if i % 100 == 99:
+                await self.save()
         if errors:
             log.warning("%s: %d StructureDefinitions not converted: %s", spec, len(errors), errors[:3])
         # Registering is the repository change: validators load the package from now on.
@@ -223,6 +231,28 @@ class _Run:
         )  # fmt: skip
         log.info("%s from %s: %d schemas", spec, st.source, st.schemas)
 
+    async def already_stored(self, st: IngestPackageStatus, v: Verified) -> bool:
+        """The same name, version and SHA-256 registered, and storage holds its schemas (the
+        repository state can outlive storage's buckets: then the package is stored again)."""
+        stored = self.repo.package(str(v.pid))
+        known = await self.p.status.package(v.pid)
+        if stored is None or stored.sha256 != v.sha256 or known is None or known.sha256 != v.sha256:
+            return False
+        held = await self.p.sink.stored_schemas(str(v.pid))
+        st.total = known.schemas
+        return held >= known.schemas
+
 
 def _convert(pkg: Package, entry: Any) -> dict[str, Any]:
     return convert(pkg.read(entry), package=pkg)
+
+
+def _observe(st: IngestPackageStatus, seconds: float) -> None:
+    if st.state is PackageState.SUCCEEDED:
+        metrics.INGEST_RUNS.labels("succeeded").inc()
+        metrics.INGEST_LAST_SUCCESS.set(time.time())
+        if not st.skipped:
+            metrics.INGEST_SCHEMAS.inc(st.schemas)
+            metrics.INGEST_SECONDS.observe(seconds)
+    elif st.state is PackageState.FAILED:
+        metrics.INGEST_RUNS.labels("failed").inc()
