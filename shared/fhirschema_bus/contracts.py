@@ -6,11 +6,12 @@ by reference: the publisher stores it in S3 and sends `resource_ref` (bucket/key
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fhirschema.validator.issues import Issue
 
@@ -286,7 +287,10 @@ class RegistryAnswer(BaseModel):
 
 
 class IngestSchedule(BaseModel):
-    """PUT /ig/schedule: what the scheduled run keeps current (stored in KV_INGEST)."""
+    """PUT /ig/schedule (and INGEST_SCHEDULE_PUT): what the scheduled run keeps current (stored
+    in KV_INGEST). `cron`: five fields (minute hour day month weekday), or six with seconds last
+    (croniter's convention); evaluated in `timezone` (an IANA name). A bad value is a
+    ValidationError saying why (the gateway's 400)."""
 
     cron: str = "17 3 * * *"
     timezone: str = "UTC"
@@ -294,6 +298,37 @@ class IngestSchedule(BaseModel):
     masks: list[str] = Field(default_factory=list)  # e.g. `hl7.fhir.us.*`, through the catalog
     enabled: bool = True
     dependencies: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from croniter import croniter  # imported here: only schedule users pay for it
+
+        v = " ".join(v.split())
+        if len(v.split(" ")) not in (5, 6):
+            raise ValueError(f"cron {v!r} has {len(v.split())} fields: give 5 (minute hour day month weekday) or 6 (then seconds)")  # fmt: skip
+        if not croniter.is_valid(v):
+            raise ValueError(f"cron {v!r} is not a valid cron expression")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"timezone {v!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)") from e
+        return v
+
+    @field_validator("masks")
+    @classmethod
+    def _masks(cls, v: list[str]) -> list[str]:
+        for mask in v:
+            if not mask.strip() or not re.fullmatch(r"[A-Za-z0-9._\-*?]+", mask):
+                raise ValueError(f"mask {mask!r}: a package id with * or ? wildcards, e.g. hl7.fhir.us.*")
+        return v
 
 
 class ScheduleRuns(BaseModel):
@@ -310,6 +345,19 @@ class ScheduleView(IngestSchedule):
     next_run: datetime | None = None
     last_run: datetime | None = None
     last_job: str | None = None
+
+
+class ScheduleGet(BaseModel):
+    """Request/reply INGEST_SCHEDULE_GET (GET /ig/schedule): no fields."""
+
+
+class ScheduleReply(BaseModel):
+    """Reply to INGEST_SCHEDULE_GET / INGEST_SCHEDULE_PUT: the schedule (None: none stored yet)
+    or why the request was refused (`status` 400: a bad schedule; 503: KV unavailable)."""
+
+    schedule: ScheduleView | None = None
+    error: str | None = None
+    status: int = 200
 
 
 class IngestFailure(BaseModel):

@@ -48,6 +48,9 @@ STORAGE_UPSERT = f"{PREFIX}.storage.upsert"  # synchronous put (gateway uploads)
 STORAGE_INDEX_PACKAGE = f"{PREFIX}.storage.index"  # IndexPackage -> PackageIndexed: register a stored tarball
 STORAGE_REMOVE_PACKAGE = f"{PREFIX}.storage.unindex"  # RemovePackage -> PackageRemoved
 # Every storage reply is a StorageReply envelope (contracts.py), read with fhirschema_bus.storage.
+# The IG schedule (ig-ingest, core NATS, any replica answers): ScheduleGet / IngestSchedule -> ScheduleReply.
+INGEST_SCHEDULE_GET = f"{PREFIX}.schedule.get"
+INGEST_SCHEDULE_PUT = f"{PREFIX}.schedule.put"
 INGEST_REGISTRY = f"{PREFIX}.registry.search"  # not under .ingest.> (a stream): RegistryQuery -> RegistryAnswer (ig-ingest, core NATS)
 SERVICE_HEARTBEAT = f"{PREFIX}.heartbeat"  # + ".<service>"
 
@@ -66,8 +69,8 @@ KV_SERVICES = "fhirschema_services"  # service instance -> last heartbeat
 # (compare-and-set on the KV revision), watched by every validator replica.
 KV_REPOSITORY = "fhirschema_repository"
 # ig-ingest: `job.<id>` IngestJob, `pkg.<name>.<version>` IngestedPackage, `schedule`
-# IngestSchedule, `schedule-runs` ScheduleRuns, `lease` the scheduler's leader lease,
-# `tick.<epoch>` one marker per cron tick run (create-only: a tick never runs twice).
+# IngestSchedule, `schedule-runs` ScheduleRuns (the last tick run, claimed compare-and-set: a
+# tick never runs twice), `lease` the scheduler's leader lease (ig_ingest/lease.py).
 KV_INGEST = "fhirschema_ingest"
 REPOSITORY_STATE_KEY = "state"
 

@@ -26,6 +26,7 @@ from ig_ingest.bus import NatsSink
 from ig_ingest.configured import make_registries
 from ig_ingest.pipeline import Pipeline
 from ig_ingest.resolver import Registries
+from ig_ingest.schedule import ScheduleStore, handle_get, handle_put
 from ig_ingest.search import search
 from ig_ingest.status import IngestStatus
 
@@ -58,6 +59,7 @@ def bootstrap(
     async def wire() -> None:
         status = await IngestStatus.open(worker.js)
         state["status"] = status
+        state["schedule"] = ScheduleStore(status.kv)
         sink = NatsSink(worker.connection, worker.js)
         state["pipeline"] = Pipeline(
             registries, store, s3.bucket_packages, sink, status, concurrency=ingest.concurrency
@@ -104,6 +106,25 @@ def register_subscribers(worker: Worker, state: dict[str, Any]) -> None:
     )  # fmt: skip
     async def ingest_packages(req: IngestRequest, msg: NatsMessage) -> None:
         await handle_ingest(state, req, msg)
+
+    @worker.broker.subscriber(
+        s.INGEST_SCHEDULE_GET,
+        queue=SERVICE,
+        title="schedule-get",
+        description="ScheduleGet -> ScheduleReply: the stored IG schedule, next_run, last_run, last_job.",
+    )
+    async def schedule_get(body: Any) -> bytes:
+        return (await handle_get(state["schedule"])).model_dump_json().encode()
+
+    @worker.broker.subscriber(
+        s.INGEST_SCHEDULE_PUT,
+        queue=SERVICE,
+        title="schedule-put",
+        description="IngestSchedule -> ScheduleReply: store the IG schedule (status 400 and why: bad cron).",
+    )
+    async def schedule_put(body: Any, msg: NatsMessage) -> bytes:
+        # The raw body: a bad schedule is answered with why (400), not dropped by the decoder.
+        return (await handle_put(state["schedule"], msg.raw_message.data)).model_dump_json().encode()
 
     @worker.broker.subscriber(s.INGEST_REGISTRY, queue=SERVICE, title="registry-search")
     async def registry_search(query: RegistryQuery) -> bytes:
