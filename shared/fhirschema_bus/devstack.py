@@ -179,6 +179,7 @@ class Stack:
     def write_state(self) -> None:
         state = {
             "run": os.environ.get(RUN_VAR),
+            "supervisor": os.getpid(),  # what scripts/smoke.py sends its SIGTERM to
             "servers": {k: s.pid for k, s in self.servers.items()},
             "services": {c.name: c.proc.pid for c in self.children},
             "gateway": self.gateway_url,

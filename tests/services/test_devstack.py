@@ -12,21 +12,22 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fhirschema_bus.processes import _pid_alive, kill_marked, processes_marked
 from fhirschema_bus.servers import free_port
-from tests.conftest import PACKAGES
+from tests.conftest import PACKAGES, ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.servers]
+CORE = "hl7.fhir.r4.core#4.0.1"
 TAG = "FHIRSCHEMA_TEST_DEVSTACK"  # inherited by the supervisor and everything it starts
 
 
 class Devstack:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **overrides: str) -> None:
         self.tag = uuid.uuid4().hex
         self.gw_port = free_port()
         self.dir = tmp_path / "stack"
@@ -41,6 +42,7 @@ class Devstack:
             "FHIRSCHEMA_GATEWAY_PORT": str(self.gw_port),
             "FHIRSCHEMA_PACKAGE_SOURCES": str(PACKAGES),
             "FHIRSCHEMA_PACKAGES": "hl7.fhir.us.core#3.1.1",
+            **overrides,
         }
         with open(self.out, "wb") as fh:
             self.proc = subprocess.Popen(
@@ -86,15 +88,29 @@ class Devstack:
 
 
 @pytest.fixture
-def devstack(tmp_path: Path) -> Iterator[Devstack]:
-    stack = Devstack(tmp_path)
+def start_devstack(tmp_path: Path) -> Iterator[Callable[..., Devstack]]:
+    """Starts `make up` with these environment overrides (each stack in a folder of its own)."""
+    stacks: list[Devstack] = []
+
+    def start(**overrides: str) -> Devstack:
+        folder = tmp_path / f"run{len(stacks)}"
+        folder.mkdir()
+        stacks.append(Devstack(folder, **overrides))
+        return stacks[-1]
+
     try:
-        yield stack
+        yield start
     finally:  # whatever a failed test left behind
-        if stack.proc.poll() is None:
-            stack.proc.kill()
-            stack.proc.wait()
-        kill_marked(TAG, stack.tag)
+        for stack in stacks:
+            if stack.proc.poll() is None:
+                stack.proc.kill()
+                stack.proc.wait()
+            kill_marked(TAG, stack.tag)
+
+
+@pytest.fixture
+def devstack(start_devstack: Callable[..., Devstack]) -> Devstack:
+    return start_devstack()
 
 
 def test_devstack_up_and_down(devstack: Devstack) -> None:
@@ -131,3 +147,41 @@ def test_nothing_outlives_a_killed_supervisor(devstack: Devstack) -> None:
     devstack.proc.kill()  # no chance to clean up: the guard does it
     devstack.proc.wait()
     assert devstack.wait_nothing_left(15.0) == [], devstack.text()[-2000:]
+
+
+def test_smoke_script_passes_on_a_fresh_stack(start_devstack: Callable[..., Devstack]) -> None:
+    """scripts/smoke.py, started with `make up` (R4 core from the shared folder): every point of
+    issue 9's "done when", the first request right after /ready, ending with the SIGTERM."""
+    stack = start_devstack(FHIRSCHEMA_PACKAGES=CORE)
+    smoke = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "smoke.py"), f"http://127.0.0.1:{stack.gw_port}",
+         "--stack-dir", str(stack.dir), "--ready-timeout", "240"],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    report = smoke.stdout + smoke.stderr
+    print(report)
+    assert smoke.returncode == 0, report + "\n" + stack.text()[-3000:]
+    assert "8 of 8 checks passed" in report and "FAIL" not in report, report
+    stack.proc.wait(timeout=10)
+    assert "ready to validate after" in stack.text() and "stopped everything" in stack.text()
+    assert stack.wait_nothing_left(1.0) == []
+
+
+@pytest.mark.parametrize("source", ["an empty folder", "an unreachable registry"])
+def test_a_failed_startup_ingest_is_loud_on_the_console(
+    start_devstack: Callable[..., Devstack], tmp_path: Path, source: str
+) -> None:
+    """No R4 core to be had: `make up` prints an ERROR naming the package and saying to set
+    FHIRSCHEMA_PACKAGE_SOURCES, and never "ready to validate"."""
+    empty = tmp_path / "no-packages"
+    empty.mkdir()
+    where = str(empty) if source == "an empty folder" else f"http://127.0.0.1:{free_port()}"
+    stack = start_devstack(FHIRSCHEMA_PACKAGES=CORE, FHIRSCHEMA_PACKAGE_SOURCES=where)
+    stack.wait_for(f"ERROR: {CORE} could not be ingested", timeout=120)
+    line = next(ln for ln in stack.text().splitlines() if f"ERROR: {CORE}" in ln)
+    assert where in line or "not found" in line, line
+    assert "FHIRSCHEMA_PACKAGE_SOURCES=../shared/fhir/packages" in stack.text()
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.gw_port}/info", timeout=5) as r:
+        assert CORE in json.loads(r.read())["readiness"]["ingest_failures"]
+    assert "ready to validate after" not in stack.text()
+    assert stack.stop(signal.SIGTERM) < 5.0

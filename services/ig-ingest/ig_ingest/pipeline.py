@@ -43,6 +43,11 @@ from ig_ingest.tarballs import PackageRejected, Verified
 
 log = logging.getLogger("ig_ingest")
 MAX_MESSAGE = 1024 * 1024 - 16 * 1024  # NATS default max_payload, minus headers
+STORED_WAIT_SECONDS = 120.0  # storage listing a package's schemas before it is registered
+
+
+class NotStored(RuntimeError):
+    """Storage did not list a package's schemas in time: the package is not registered."""
 
 
 class SchemaSink(Protocol):
@@ -204,6 +209,7 @@ class _Run:
         st.total = len(sds)
         await self.save()  # the count is visible while the package converts
         errors: list[str] = []
+        published: set[tuple[Any, Any]] = set()  # distinct url|version: what storage will list
         for i, entry in enumerate(sds):
             try:
                 schema = await asyncio.to_thread(_convert, pkg, entry)
@@ -218,11 +224,13 @@ class _Run:
             # twice; another job may store the package again (storage lost it).
             msg_id = f"{self.job.job}|{spec}|{v.sha256[:16]}|{entry.url}|{entry.version or ''}"
             await self.p.sink.put_schema(put, msg_id=msg_id)
+            published.add((schema.get("url"), schema.get("version")))
             st.schemas += 1
             if i % 100 == 99:
                 await self.save()
         if errors:
             log.warning("%s: %d StructureDefinitions not converted: %s", spec, len(errors), errors[:3])
+        await self.until_stored(spec, len(published))
         # Registering is the repository change: validators load the package from now on.
         await self.p.sink.index_package(IndexPackage(package=spec, object=ref, sha256=v.sha256, source=st.source))
         await self.p.status.put_package(
@@ -230,6 +238,18 @@ class _Run:
                             source=st.source, job=self.job.job)
         )  # fmt: skip
         log.info("%s from %s: %d schemas", spec, st.source, st.schemas)
+
+    async def until_stored(self, spec: str, count: int) -> None:
+        """Storage consumes the schemas from its durable subject at its own pace: registering
+        before it lists them all made /ready 200 while GET /schemas listed 369 of R4 core's 658
+        (scripts/smoke.py right after make up's /ready). Bounded: then the package fails."""
+        deadline = time.monotonic() + STORED_WAIT_SECONDS
+        while (held := await self.p.sink.stored_schemas(spec)) < count:
+            if time.monotonic() > deadline:
+                raise NotStored(
+                    f"storage lists {held} of the {count} schemas of {spec} after {STORED_WAIT_SECONDS:.0f}s"
+                )
+            await asyncio.sleep(0.1)
 
     async def already_stored(self, st: IngestPackageStatus, v: Verified) -> bool:
         """The same name, version and SHA-256 registered, and storage holds its schemas (the
