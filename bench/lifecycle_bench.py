@@ -81,6 +81,7 @@ def main() -> int:
                 **clean, "PYTHONPATH": os.pathsep.join(SERVICES), "FHIRSCHEMA_NATS_URL": nats.url,
                 "FHIRSCHEMA_REDIS_URL": redis.url, "FHIRSCHEMA_S3_ACCESS_KEY": S3_ACCESS_KEY,
                 "FHIRSCHEMA_S3_SECRET_KEY": S3_SECRET_KEY, "FHIRSCHEMA_S3_ENDPOINT": f"127.0.0.1:{s3.port}", "FHIRSCHEMA_VALIDATOR_PACKAGES": str(r4),
+                "FHIRSCHEMA_AUTH": "off",
             }  # fmt: skip
             print(f"{'service':<18}{'ready s':>9}{'load s':>9}{'after load':>12}{'stop s':>9}")
             for module in args.services:

@@ -28,6 +28,7 @@ MODELS = [
     ("fhirschema_bus.settings", "PackageSettings", "FHIR packages (ig-ingest loads them; validators and the gateway are not ready without them)"),
     ("fhirschema_bus.settings", "IngestSettings", "the IG pipeline: registry client, discovery, schedule, retention (ig-ingest)"),
     ("fhirschema_bus.settings", "GatewaySettings", "gateway (HTTP)"),
+    ("fhirschema_bus.settings", "AuthSettings", "gateway: who may call it (docs/security.md)"),
     ("fhirschema_bus.worker", "WorkerSettings", "every worker (validator, converter, ig-ingest, storage)"),
     ("validator_service.bootstrap", "ValidatorSettings", "validator"),
 ]  # fmt: skip

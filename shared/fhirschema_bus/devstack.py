@@ -152,6 +152,8 @@ class Stack:
             "FHIRSCHEMA_REDIS_URL": self.servers["redis"].url,
             "FHIRSCHEMA_GATEWAY_HOST": srv.HOST,
             "FHIRSCHEMA_GATEWAY_PORT": str(gw_port),
+            # A development stack on this machine: no keys to manage (said on the console).
+            "FHIRSCHEMA_AUTH": os.environ.get("FHIRSCHEMA_AUTH", "off"),
             "PYTHONUNBUFFERED": "1",
         }
         return env
@@ -259,6 +261,14 @@ def _runnable(module: str) -> bool:
     return bool(locations) and any((Path(loc) / "__main__.py").is_file() for loc in locations or ())
 
 
+def auth_line(env: dict[str, str]) -> str:
+    """What the console says about who may call the gateway."""
+    if env.get("FHIRSCHEMA_AUTH") == "off":
+        return ("auth      OFF: anyone on this machine may call every route (FHIRSCHEMA_AUTH=required "
+                "with FHIRSCHEMA_API_KEYS_FILE turns it on)")  # fmt: skip
+    return f"auth      required: API keys from {env.get('FHIRSCHEMA_API_KEYS_FILE', '(none set)')}"
+
+
 class _Stop(Exception):
     pass
 
@@ -305,6 +315,7 @@ def main() -> int:
         say(f"package sources: {os.environ.get('FHIRSCHEMA_PACKAGE_SOURCES', '(default registries)')}")
         if stack.wait_gateway():
             say(f"gateway   {stack.gateway_url}  (docs {stack.gateway_url}/docs) — Ctrl-C stops everything")
+            say(auth_line(stack.env))
             threading.Thread(target=stack.watch_readiness, name="readiness", daemon=True).start()
         reported: set[str] = set()
         while True:

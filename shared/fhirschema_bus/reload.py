@@ -43,9 +43,15 @@ class Reloads:
 
     def __init__(self) -> None:
         self._callbacks: dict[type[Section], list[Callback]] = {}
+        self._every: list[Callable[[], object]] = []
 
     def on(self, model: type[S], callback: Callable[[S], Awaitable[None] | None]) -> None:
         self._callbacks.setdefault(model, []).append(cast(Callback, callback))
+
+    def every_time(self, callback: Callable[[], object]) -> None:
+        """`callback` runs on every reload, changed settings or not: what lives outside the
+        configuration (the gateway's API key file) is re-read on SIGHUP too."""
+        self._every.append(callback)
 
     def handles(self, model: type[Section]) -> bool:
         return bool(self._callbacks.get(model))
@@ -54,6 +60,8 @@ class Reloads:
         """Apply the reloadable changes from `current` to `fresh`; `current` is updated to what
         now runs."""
         report = ReloadReport()
+        for every in self._every:
+            await _run(every)
         for model, old in list(current.sections.items()):
             new = fresh.sections.get(model)
             if new is None:
@@ -65,13 +73,7 @@ class Reloads:
                 continue
             running = old.model_copy(update={f: getattr(new, f) for f in live})
             for callback in self._callbacks.get(model, []):
-                try:
-                    result = callback(running)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception as e:  # one failed callback must not stop the others
-                    log.error("reloading [%s] failed in %s: %s", model.section,
-                              getattr(callback, "__qualname__", callback), e)  # fmt: skip
+                await _run(callback, running, section=model.section)
             current.sections[model] = running
             report.applied[model.section] = live
         if report.restart_only:
@@ -81,6 +83,16 @@ class Reloads:
             log.info("configuration reloaded: %s", "; ".join(
                 f"{section}: {', '.join(fields)}" for section, fields in report.applied.items()))  # fmt: skip
         return report
+
+
+async def _run(callback: Callable[..., object], *args: Any, section: str = "") -> None:
+    try:
+        result = callback(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as e:  # one failed callback must not stop the others
+        log.error("reloading [%s] failed in %s: %s", section or "-",
+                  getattr(callback, "__qualname__", callback), e)  # fmt: skip
 
 
 class ConfigWatcher:

@@ -6,6 +6,7 @@ Each model is a config `Section` (config.py): flags, environment, secret files, 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -116,6 +117,46 @@ class GatewaySettings(Section):
     batch_chunk_items: int = (
         128  # measured: 32 -> 3.1k res/s, 64 -> 4.3-6.3k, 128 -> 5.2-6.8k, 256 -> 3.4-3.9k
     )
+
+
+class AuthSettings(Section):
+    """Who may call the gateway (docs/security.md): API keys, kept as SHA-256 digests with their
+    scopes in a key file, and OIDC bearer JWTs. The key file's content is re-read when it changes
+    and on SIGHUP, the issuer's keys every oidc_jwks_cache_seconds; these settings themselves
+    apply at start."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_")
+    section = "auth"
+
+    # required: every route but /health, /ready, /metrics, /metadata and the API documents needs
+    # a credential with the route's scope. off: anyone may call anything (`make up` runs so).
+    auth: Literal["required", "off"] = "required"
+    # One key per line: `<sha256 hex of the key> <scope,scope,...> <name>`; `#` starts a comment.
+    api_keys_file: Path | None = None
+    # OAuth2 / OIDC bearer JWTs (Authorization: Bearer): the issuer (`iss`, checked) whose keys
+    # sign them; the JWKS is found by OIDC discovery unless oidc_jwks_url names it.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""  # `aud` must hold it (required with an issuer)
+    oidc_jwks_url: str = ""
+    oidc_jwks_cache_seconds: float = 300.0  # a key removed from the JWKS is refused after this
+    oidc_algorithms: str = "RS256,RS384,RS512,PS256,ES256,ES384"  # never `none`, never HMAC
+    oidc_leeway_seconds: float = 30.0  # clock skew allowed on exp / nbf / iat
+
+    def algorithm_list(self) -> list[str]:
+        return [a.strip() for a in self.oidc_algorithms.split(",") if a.strip()]
+
+    def problem(self) -> str | None:
+        """Why the gateway cannot start with these settings (None: it can)."""
+        if self.auth == "required" and self.api_keys_file is None and not self.oidc_issuer:
+            return (
+                "FHIRSCHEMA_AUTH=required needs credentials to check: set FHIRSCHEMA_API_KEYS_FILE "
+                "and/or FHIRSCHEMA_OIDC_ISSUER (or FHIRSCHEMA_AUTH=off to let anyone call the gateway)"
+            )
+        if self.oidc_issuer and not self.oidc_audience:
+            return "FHIRSCHEMA_OIDC_ISSUER needs FHIRSCHEMA_OIDC_AUDIENCE: tokens for other services must not pass"
+        if bad := [a for a in self.algorithm_list() if a.lower() == "none" or a.upper().startswith("HS")]:
+            return f"FHIRSCHEMA_OIDC_ALGORITHMS: {', '.join(bad)} cannot be used with an issuer's public keys"
+        return None
 
 
 class IngestSettings(Section):

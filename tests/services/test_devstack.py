@@ -116,6 +116,7 @@ def devstack(start_devstack: Callable[..., Devstack]) -> Devstack:
 def test_devstack_up_and_down(devstack: Devstack) -> None:
     devstack.wait_for("Ctrl-C stops")
     assert f"http://127.0.0.1:{devstack.gw_port}" in devstack.text()
+    devstack.wait_for("auth      OFF")  # make up says that anyone may call the gateway
     with urllib.request.urlopen(f"http://127.0.0.1:{devstack.gw_port}/health", timeout=5) as r:
         assert r.status == 200
     state = json.loads((devstack.dir / "state.json").read_text())

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import tarfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import uvicorn
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import DeadLetter, JobKind
 from fhirschema_bus.servers import free_port
+from fhirschema_bus.settings import AuthSettings
 from tests.services.test_gateway_support import (
     MAX_BODY,
     MAX_ITEMS,
@@ -453,3 +457,62 @@ async def test_python_m_gateway_serves(stack: Stack, tmp_path: Path) -> None:
     finally:
         stop_process(proc)
     assert proc.returncode is not None
+
+
+# --- who may do what (FHIRSCHEMA_AUTH=required; the unit tier: test_gateway_auth.py) ------------
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, port: int) -> AsyncIterator[str]:
+    """`app` under a real uvicorn on `port` (HTTP and WebSocket); yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_auth_required(nats_server, s3_server, redis_server, stack: Stack, tmp_path: Path) -> None:
+    """A second gateway with a key file over the module's stack: no key 401, a key without the
+    scope 403, the right key the engine's verdict; on HTTP and WebSocket; a revoked key 401."""
+    from gateway.app import create_app
+    from gateway.service.auth import digest_of
+
+    keys = tmp_path / "keys"
+    keys.write_text(f"{digest_of('validator-key')} validate validator\n{digest_of('reader-key')} schemas:read reader\n")
+    port = free_port()
+    st = settings_for(nats_server.url, s3_server, redis_server.url, port)
+    st.auth = AuthSettings(auth="required", api_keys_file=keys)
+    async with serving(create_app(st), port) as host, httpx.AsyncClient(base_url=f"http://{host}") as c:
+        assert (await c.get("/ready")).status_code == 200  # probes need no key
+        r = await c.post("/validate", json=BAD_PATIENT)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("ApiKey")
+        assert r.json()["issue"][0]["code"] == "login"
+        r = await c.post("/validate", json=BAD_PATIENT, headers={"X-API-Key": "reader-key"})
+        assert r.status_code == 403 and "'validate'" in r.json()["issue"][0]["diagnostics"]
+        r = await c.post("/validate", json=BAD_PATIENT, headers={"X-API-Key": "validator-key"})
+        assert r.status_code == 200 and r.headers["x-validation-result"] == "invalid"
+        assert (await c.get("/schemas", headers={"X-API-Key": "reader-key"})).status_code == 200
+
+        with pytest.raises(websockets.InvalidStatus) as denied:
+            async with websockets.connect(f"ws://{host}/validate/stream"):
+                pass
+        assert denied.value.response.status_code == 401
+        for url, headers in [(f"ws://{host}/validate/stream", {"X-API-Key": "validator-key"}),
+                             (f"ws://{host}/validate/stream?api_key=validator-key", {})]:  # fmt: skip
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                await ws.send(orjson.dumps(BAD_PATIENT).decode())
+                frame = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+                assert frame["index"] == 0 and frame["valid"] is False
+
+        keys.write_text(f"{digest_of('reader-key')} schemas:read reader\n")  # the validator key revoked
+        deadline = time.monotonic() + 5
+        while (r := await c.post("/validate", json=PATIENT, headers={"X-API-Key": "validator-key"})).status_code != 401:
+            assert time.monotonic() < deadline, r.status_code
+            await asyncio.sleep(0.1)

@@ -29,7 +29,14 @@ from fhirschema_bus.contracts import ConvertRequest, ConvertResult
 from fhirschema_bus.jobs import JobStore
 from fhirschema_bus.processes import start_service, stop_process
 from fhirschema_bus.servers import RunningServer, free_port
-from fhirschema_bus.settings import GatewaySettings, NatsSettings, PackageSettings, RedisSettings, S3Settings
+from fhirschema_bus.settings import (
+    AuthSettings,
+    GatewaySettings,
+    NatsSettings,
+    PackageSettings,
+    RedisSettings,
+    S3Settings,
+)
 from fhirschema_bus.topology import ensure_topology
 from tests.conftest import PACKAGES, ROOT
 
@@ -59,6 +66,7 @@ def settings_for(nats_url: str, s3: RunningServer, redis_url: str, port: int = 0
         nats=NatsSettings(url=nats_url),
         s3=S3Settings(endpoint=f"127.0.0.1:{s3.port}", access_key=s3.access_key, secret_key=s3.secret_key),
         redis=RedisSettings(url=redis_url),
+        auth=AuthSettings(auth="off"),  # the auth tests turn it on (test_gateway_auth.py)
     )
 
 
@@ -78,6 +86,7 @@ def service_env(st: Settings, repository: bool = False) -> dict[str, str]:
         "FHIRSCHEMA_REDIS_URL": st.redis.url,
         "FHIRSCHEMA_VALIDATOR_PACKAGES": str(R4),
         "FHIRSCHEMA_PACKAGES": ",".join(st.packages.package_list()),
+        "FHIRSCHEMA_AUTH": st.auth.auth,
     }
     if repository:
         del env["FHIRSCHEMA_VALIDATOR_PACKAGES"]

@@ -4,6 +4,8 @@ host/port, reloading what can change safely on SIGHUP or a change of the config 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import Sequence
 
 import uvicorn
@@ -11,6 +13,7 @@ import uvicorn
 from fhirschema_bus.config import ServiceConfig
 from fhirschema_bus.entry import load, watch
 from fhirschema_bus.settings import (
+    AuthSettings,
     GatewaySettings,
     LogSettings,
     NatsSettings,
@@ -19,11 +22,13 @@ from fhirschema_bus.settings import (
     S3Settings,
 )
 from gateway.app import create_app
-from gateway.bootstrap import Settings, bootstrap
+from gateway.bootstrap import Container, Settings, bootstrap
+from gateway.service.auth import KeyFileError
 
 CONFIG = ServiceConfig(
-    "gateway", LogSettings, GatewaySettings, NatsSettings, S3Settings, RedisSettings, PackageSettings
-)
+    "gateway", LogSettings, GatewaySettings, NatsSettings, S3Settings, RedisSettings, PackageSettings,
+    AuthSettings,
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -31,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings(
         gateway=loaded.get(GatewaySettings), nats=loaded.get(NatsSettings),
         s3=loaded.get(S3Settings), redis=loaded.get(RedisSettings), packages=loaded.get(PackageSettings),
+        auth=loaded.get(AuthSettings),
     )  # fmt: skip
-    container = bootstrap(settings)
+    container = _bootstrap(settings)
     server = uvicorn.Server(uvicorn.Config(
         create_app(container=container), host=settings.gateway.host, port=settings.gateway.port,
         log_level="warning", access_log=False, timeout_graceful_shutdown=settings.gateway.drain_seconds,
@@ -43,6 +49,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             await server.serve()
 
     asyncio.run(serve())
+
+
+def _bootstrap(settings: Settings) -> Container:
+    """The container, or exit 2 saying what to change (as a bad setting does)."""
+    try:
+        if problem := settings.auth.problem():
+            raise KeyFileError(problem)
+        container = bootstrap(settings)
+    except KeyFileError as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    log = logging.getLogger("gateway.auth")
+    if not container.auth.required:
+        log.warning("FHIRSCHEMA_AUTH=off: anyone who reaches this port may call every route")
+    else:
+        keys = len(container.key_file.keys) if container.key_file else 0
+        log.info("authentication required: %d API keys from %s", keys, settings.auth.api_keys_file)
+    return container
 
 
 if __name__ == "__main__":

@@ -12,15 +12,25 @@ import redis.asyncio as aioredis
 
 from fhirschema_bus.jobs import JobStore as SharedJobStore
 from fhirschema_bus.reload import Reloads
-from fhirschema_bus.settings import GatewaySettings, NatsSettings, PackageSettings, RedisSettings, S3Settings
+from fhirschema_bus.settings import (
+    AuthSettings,
+    GatewaySettings,
+    NatsSettings,
+    PackageSettings,
+    RedisSettings,
+    S3Settings,
+)
 from gateway.adapters.dead_letters import StreamDeadLetters
+from gateway.adapters.key_file import KeyFile
 from gateway.adapters.objects import SharedObjectStore
+from gateway.adapters.oidc import OidcVerifier
 from gateway.adapters.readiness import KvReadiness
 from gateway.adapters.storage import NatsSchemaRepository
 from gateway.bus import Bus
 from gateway.errors import BusUnavailable
 from gateway.metrics import Metrics
 from gateway.ports import JobStore
+from gateway.service.auth import Authenticator
 from gateway.service.conversion import ConversionService
 from gateway.service.dispatch import Dispatcher
 from gateway.service.readiness import ReadinessGate
@@ -34,6 +44,7 @@ class Settings:
     s3: S3Settings = field(default_factory=S3Settings)  # type: ignore[arg-type]  # keys from env
     redis: RedisSettings = field(default_factory=RedisSettings)
     packages: PackageSettings = field(default_factory=PackageSettings)  # what must be loaded
+    auth: AuthSettings = field(default_factory=AuthSettings)  # required unless said otherwise
 
 
 class Jobs:
@@ -66,10 +77,14 @@ class Container:
     readiness: ReadinessGate
     validation: ValidationService
     conversion: ConversionService
+    auth: Authenticator
+    key_file: KeyFile | None
     # What the gateway applies without a restart (reload.py): register with reloads.on(...).
     reloads: Reloads = field(default_factory=Reloads)
 
     async def start(self) -> None:
+        if self.key_file is not None:
+            self.key_file.start()
         await self.bus.start()
         # Start-up state lives as long as the process: out of full collections (a 10 MB batch body
         # is parsed faster: the Synthea batch's 202 came after 0.15-0.19 s instead of 0.27-0.5 s,
@@ -78,6 +93,8 @@ class Container:
         gc.freeze()
 
     async def stop(self) -> None:
+        if self.key_file is not None:
+            await self.key_file.stop()
         await self.bus.stop()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
@@ -102,6 +119,11 @@ def bootstrap(settings: Settings | None = None) -> Container:
     readiness = ReadinessGate(
         KvReadiness(bus), settings.packages.package_list(), wait_seconds=settings.gateway.ready_wait_seconds
     )
+    # The key file is read here: one that cannot be used stops the gateway before it serves.
+    key_file = KeyFile(settings.auth.api_keys_file) if settings.auth.api_keys_file is not None else None
+    reloads = Reloads()
+    if key_file is not None:
+        reloads.every_time(key_file.reload)  # SIGHUP re-reads it (a change is seen by itself)
     return Container(
         settings=settings,
         instance=instance,
@@ -117,4 +139,9 @@ def bootstrap(settings: Settings | None = None) -> Container:
             dispatch, metrics, timeout, settings.gateway.batch_chunk_items, readiness=readiness
         ),
         conversion=ConversionService(dispatch, schemas, timeout),
+        auth=Authenticator(
+            settings.auth.auth, key_file, OidcVerifier(settings.auth) if settings.auth.oidc_issuer else None
+        ),
+        key_file=key_file,
+        reloads=reloads,
     )

@@ -21,6 +21,8 @@ log = logging.getLogger("gateway")
 
 _ISSUE_CODES = {
     400: "structure",
+    401: "login",
+    403: "forbidden",
     404: "not-found",
     405: "not-supported",
     409: "conflict",
@@ -67,6 +69,18 @@ class InvalidInput(BadRequest):
         prefix = f"{where}: " if where else ""
         super().__init__(prefix + error.issue().message, outcome=error.result().to_outcome())
         self.error = error
+
+
+class Unauthorized(GatewayError):
+    """No credential, or one that is not valid: 401 with WWW-Authenticate (set by the caller)."""
+
+    status = 401
+
+
+class Forbidden(GatewayError):
+    """A valid credential without the scope the route needs: 403 naming the scope."""
+
+    status = 403
 
 
 class NotFound(GatewayError):

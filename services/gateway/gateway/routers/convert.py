@@ -20,9 +20,11 @@ from gateway.bodies import (
 from gateway.deps import ContainerDep, ConversionDep, JobsDep, ValidationDep
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.routers.validate import ERRORS, accepted, find_job
+from gateway.security import require
+from gateway.service.auth import CONVERT
 from gateway.service.conversion import FORMATS
 
-router = APIRouter(prefix="/convert", tags=["convert"])
+router = APIRouter(prefix="/convert", tags=["convert"], dependencies=[require(CONVERT)])
 
 
 @router.post("/structuredefinition", responses={422: {"description": "conversion failed"}, **ERRORS})

@@ -9,8 +9,10 @@ from fastapi import APIRouter, Query
 from fhirschema_bus.contracts import DeadLetter
 from gateway.deps import ContainerDep
 from gateway.errors import NotFound
+from gateway.security import require
+from gateway.service.auth import DEAD_LETTERS_ADMIN
 
-router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
+router = APIRouter(prefix="/dead-letters", tags=["dead letters"], dependencies=[require(DEAD_LETTERS_ADMIN)])
 
 
 @router.get("", response_model=list[DeadLetter])

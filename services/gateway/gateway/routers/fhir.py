@@ -23,6 +23,8 @@ from gateway.bodies import JSON_TYPES, parse_resource, read_body, requested, req
 from gateway.bootstrap import Container
 from gateway.errors import FHIR_JSON, BadRequest
 from gateway.routers.validate import ERRORS, OUTCOME
+from gateway.security import require
+from gateway.service.auth import VALIDATE
 
 router = APIRouter(tags=["fhir"])
 
@@ -37,13 +39,23 @@ PARAMETERS_OPENAPI: dict[str, Any] = {
 }
 
 
-@router.post("/$validate", openapi_extra=PARAMETERS_OPENAPI, responses={200: OUTCOME, **ERRORS})
+@router.post(
+    "/$validate",
+    openapi_extra=PARAMETERS_OPENAPI,
+    responses={200: OUTCOME, **ERRORS},
+    dependencies=[require(VALIDATE)],
+)
 async def validate_operation(request: Request) -> Response:
     """`$validate` at the system level: the resource may be of any type."""
     return await _validate(request, None)
 
 
-@router.post("/{type}/$validate", openapi_extra=PARAMETERS_OPENAPI, responses={200: OUTCOME, **ERRORS})
+@router.post(
+    "/{type}/$validate",
+    openapi_extra=PARAMETERS_OPENAPI,
+    responses={200: OUTCOME, **ERRORS},
+    dependencies=[require(VALIDATE)],
+)
 async def validate_type_operation(request: Request, type: str) -> Response:
     """`$validate` at the type level: the resource must be of that type."""
     return await _validate(request, type)

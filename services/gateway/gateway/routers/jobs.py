@@ -9,8 +9,10 @@ from fastapi import APIRouter, Query
 from fhirschema_bus.contracts import JobKind, JobState, JobStatus
 from gateway.deps import JobsDep
 from gateway.routers.validate import find_job
+from gateway.security import require
+from gateway.service.auth import JOBS_ADMIN
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[require(JOBS_ADMIN)])
 
 
 @router.get("", response_model=list[JobStatus])

@@ -15,6 +15,7 @@ from gateway import __version__
 from gateway.bootstrap import Container
 from gateway.deps import ContainerDep
 from gateway.errors import GatewayError
+from gateway.security import require
 
 router = APIRouter(tags=["operations"])
 
@@ -70,7 +71,7 @@ async def metrics(c: ContainerDep) -> Response:
     return Response(c.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/info")
+@router.get("/info", dependencies=[require()])
 async def info(c: ContainerDep) -> dict[str, Any]:
     """Version, services seen (heartbeats in KV fhirschema_services), the packages the validators
     hold, the configured packages and whether they can be used (`readiness`)."""

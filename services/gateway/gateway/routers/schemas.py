@@ -17,11 +17,13 @@ from fhirschema_bus.contracts import SchemaRecord
 from gateway.bodies import JSON_TYPES, parse_document, read_body, require_media_type
 from gateway.deps import ContainerDep, ConversionDep
 from gateway.routers.validate import ERRORS
+from gateway.security import require
+from gateway.service.auth import SCHEMAS_READ, SCHEMAS_WRITE
 
 router = APIRouter(prefix="/schemas", tags=["schemas"])
 
 
-@router.get("", response_model=list[SchemaRecord])
+@router.get("", response_model=list[SchemaRecord], dependencies=[require(SCHEMAS_READ)])
 async def list_schemas(
     c: ContainerDep,
     response: Response,
@@ -52,7 +54,10 @@ def _record(record: SchemaRecord, status: int) -> Response:
 
 
 @router.post(
-    "", status_code=201, responses={201: {"model": SchemaRecord}, 409: {"description": "exists"}, **ERRORS}
+    "",
+    status_code=201,
+    responses={201: {"model": SchemaRecord}, 409: {"description": "exists"}, **ERRORS},
+    dependencies=[require(SCHEMAS_WRITE)],
 )
 async def upload_schema(
     request: Request,
@@ -67,7 +72,7 @@ async def upload_schema(
     return _record(record, 201)
 
 
-@router.get("/{schema_id:path}")
+@router.get("/{schema_id:path}", dependencies=[require(SCHEMAS_READ)])
 async def get_schema(schema_id: str, conversion: ConversionDep) -> Response:
     return Response(orjson.dumps(await conversion.get(schema_id)), media_type="application/json")
 
@@ -80,6 +85,7 @@ async def get_schema(schema_id: str, conversion: ConversionDep) -> Response:
         409: {"description": "identity differs"},
         **ERRORS,
     },
+    dependencies=[require(SCHEMAS_WRITE)],
 )
 async def replace_schema(
     schema_id: str, request: Request, c: ContainerDep, conversion: ConversionDep, package: str | None = None
@@ -88,7 +94,7 @@ async def replace_schema(
     return _record(record, 200)
 
 
-@router.delete("/{schema_id:path}", status_code=204)
+@router.delete("/{schema_id:path}", status_code=204, dependencies=[require(SCHEMAS_WRITE)])
 async def delete_schema(schema_id: str, conversion: ConversionDep) -> Response:
     await conversion.delete(schema_id)
     return Response(status_code=204)

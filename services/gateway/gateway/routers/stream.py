@@ -23,6 +23,8 @@ from fhirschema_bus.contracts import JobStatus
 from gateway.bodies import requested
 from gateway.bootstrap import Container
 from gateway.errors import GatewayError, InvalidInput, operation_outcome
+from gateway.security import accept_websocket
+from gateway.service.auth import VALIDATE
 
 router = APIRouter(tags=["validate"])
 
@@ -133,7 +135,8 @@ class Session:
 @router.websocket("/validate/stream")
 async def validate_stream(ws: WebSocket) -> None:
     c: Container = ws.app.state.container
-    await ws.accept()
+    if await accept_websocket(ws, VALIDATE) is None:
+        return
     session = Session(ws, c, ws.query_params.getlist("profile"), ws.query_params.getlist("package"))
     c.metrics.ws_clients.inc()
     try:

@@ -22,13 +22,17 @@ from gateway.bootstrap import Container
 from gateway.deps import ContainerDep, JobsDep, ValidationDep
 from gateway.errors import FHIR_JSON, BadRequest, NotFound, PayloadTooLarge
 from gateway.ports import JobStore
+from gateway.security import require
+from gateway.service.auth import VALIDATE
 
-router = APIRouter(prefix="/validate", tags=["validate"])
+router = APIRouter(prefix="/validate", tags=["validate"], dependencies=[require(VALIDATE)])
 
 OUTCOME = {"content": {FHIR_JSON: {}}, "description": "OperationOutcome"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "not JSON, or nested more than 200 levels deep (the OperationOutcome says where)"},
     413: {"description": "body too large"},
+    401: {"description": "no credential, or one that is not valid (WWW-Authenticate says how)"},
+    403: {"description": "the credential lacks the route's scope (named in the OperationOutcome)"},
     415: {"description": "unsupported content type"},
     503: {"description": "NATS unavailable"},
 }
