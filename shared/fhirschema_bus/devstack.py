@@ -156,6 +156,8 @@ class Stack:
             "FHIRSCHEMA_AUTH": os.environ.get("FHIRSCHEMA_AUTH", "off"),
             "PYTHONUNBUFFERED": "1",
         }
+        # Unpacked package tarballs kept with the stack's data: a restart does not unpack R4 core again.
+        env.setdefault("FHIRSCHEMA_VALIDATOR_CACHE_DIR", str(self.base / "validator-cache"))
         return env
 
     def start_services(self) -> None:

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -62,16 +63,24 @@ async def register(storage: Storage, nc: Client, spec: str) -> None:
     await StorageClient(nats_request(nc)).index_package(IndexPackage(package=spec, object=ref), timeout=60)
 
 
-def replica(nats_url: str, storage: Storage, name: str = "", http_port: int = 0) -> Worker:
+def replica(
+    nats_url: str, storage: Storage | None, name: str = "", http_port: int = 0, cache_dir: str = ""
+) -> Worker:
+    """A replica in repository mode; `storage` None: one that cannot read S3 at all."""
     return bootstrap(
-        settings=ValidatorSettings(),
+        settings=ValidatorSettings(cache_dir=cache_dir),
         nats=NatsSettings(url=nats_url),
         worker_settings=WorkerSettings(
             instance=name or f"repo-{uuid.uuid4().hex[:6]}", heartbeat_seconds=1, http_port=http_port
         ),
         packages=PackageSettings(packages=CORE),
-        objects=ObjectStore(storage.store.settings),
+        objects=ObjectStore(storage.store.settings) if storage else NoS3(),  # type: ignore[arg-type]
     )
+
+
+class NoS3:
+    async def aget_bytes(self, bucket: str, key: str) -> bytes:
+        raise ConnectionError("this replica cannot reach S3")
 
 
 @contextlib.asynccontextmanager
@@ -206,3 +215,28 @@ async def test_a_named_package_context_and_an_unknown_one(
         await until(lambda: "hl7.fhir.us.core#3.1.1" in worker.state["contexts"].materialised.packages)
         named = await ask(["hl7.fhir.us.core#3.1.1"])
         assert named.error is None and not named.valid
+
+
+async def test_a_restarted_replica_reads_its_packages_from_its_cache(
+    storage: Storage, nc: Client, nats_server: RunningServer, tmp_path: Path
+) -> None:
+    """The first start unpacks the tarball into the cache (after ready); a restart that cannot
+    reach S3 is ready from the cache alone, with the engine's verdict."""
+    await register(storage, nc, CORE)
+    cache = tmp_path / "cache"
+    first = replica(nats_server.url, storage, cache_dir=str(cache))
+    async with started(first) as tasks:
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        await until(lambda: any(p.name.isalnum() for p in cache.glob("*")), timeout=60)
+    again = replica(nats_server.url, None, cache_dir=str(cache))
+    async with started(again) as tasks:
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        v = again.state["contexts"].validator([], [], ValidateOptions())
+        result = v.validate(BAD_PATIENT)
+        errors = " ".join(i.message for i in result.errors())
+        assert not result.valid and "banana" in errors and "not-a-date" in errors
+    # And without it (an empty cache, no S3): not ready, never a verdict.
+    cold = replica(nats_server.url, None, cache_dir=str(tmp_path / "empty"))
+    async with started(cold) as (start,):
+        await until(lambda: "could not be loaded" in cold.readiness.reason, timeout=30)
+        assert not cold.readiness.ready and not start.done()

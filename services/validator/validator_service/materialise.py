@@ -28,6 +28,7 @@ from fhirschema_bus.contracts import RepositoryState, SchemaDocument, SchemaList
 from fhirschema_bus.probes import Readiness
 
 from .contexts import Contexts, Materialised
+from .tarball_cache import TarballCache
 
 log = logging.getLogger("fhirschema.validator")
 T = TypeVar("T")
@@ -71,8 +72,11 @@ class RepositorySync:
         *,
         core: str,
         required: Sequence[str] = (),
+        cache: TarballCache | None = None,
     ) -> None:
         self.contexts = contexts
+        self.cache = cache or TarballCache(None)
+        self._to_cache: list[tuple[str, bytes]] = []  # written once the replica said it is ready
         self.tarballs, self.uploads, self.blocking = tarballs, uploads, blocking
         self.core, self.required = core, list(required)
         self.release = fhir_release(core)
@@ -110,6 +114,10 @@ class RepositorySync:
         return readiness, bool(failed or uploads_error)
 
     async def _download(self, stored: StoredPackage) -> Package:
+        cached: Package | None = await self.blocking(self.cache.load, stored.sha256)
+        if cached is not None:
+            log.info("package %s loaded from %s (%d resources)", stored.package, cached.source, len(cached.entries))
+            return cached
         if self.tarballs is None:
             raise RuntimeError("no S3 credentials (FHIRSCHEMA_S3_*): package tarballs cannot be read")
         data = await self.tarballs.aget_bytes(stored.object.bucket, stored.object.key)
@@ -119,6 +127,7 @@ class RepositorySync:
                 stored.package, f"tarball has sha256 {digest}, the repository says {stored.sha256}"
             )
         pkg: Package = await self.blocking(load_tgz, f"{stored.package}.tgz", data)
+        self._to_cache.append((stored.sha256, data))
         log.info("package %s loaded (%d resources)", stored.package, len(pkg.entries))
         return pkg
 
@@ -173,6 +182,13 @@ class RepositorySync:
             return Readiness(False, "; ".join(reasons), [*missing, *failed])
         return Readiness(True)
 
+    def write_cache(self, state: RepositoryState) -> None:
+        """After readiness was said: what was downloaded goes to the local cache (a thread)."""
+        for sha256, data in self._to_cache:
+            self.cache.save_later(sha256, data)
+        self._to_cache.clear()
+        self.cache.prune(p.sha256 for p in state.packages)
+
     async def follow(
         self, states: AsyncIterator[RepositoryState], publish: Callable[[Readiness], Awaitable[None]]
     ) -> None:
@@ -191,6 +207,7 @@ class RepositorySync:
                 changed.clear()
                 readiness, retry = await self.apply(latest[0])
                 await publish(readiness)
+                self.write_cache(latest[0])
                 if retry:
                     await asyncio.sleep(1.0)
                     changed.set()
