@@ -55,7 +55,12 @@ def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets]:
     out += full_url_findings(entries)
     if not (isinstance(kind, str) and kind in _NO_FULL_URL):  # (a malformed `type` may be a list)
         for i, entry in enumerate(entries):
-            if isinstance(entry, dict) and "resource" in entry and "fullUrl" not in entry:
+            if (
+                isinstance(entry, dict)
+                and "resource" in entry
+                and "fullUrl" not in entry
+                and not _outcome(entry)
+            ):
                 out.append(finding("fs1203", "an entry of this Bundle needs a fullUrl, the identity of its resource "
                                    "(only transactions and batches may omit it)", extra=("entry", i)))  # fmt: skip
     if kind == "document":
@@ -64,6 +69,14 @@ def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets]:
     for (name, _), hits in by_identity.items():  # every version of a Type/id: one target set
         targets.setdefault(name, set()).update(f for _, f in hits)
     return out, targets
+
+
+def _outcome(entry: dict[str, Any]) -> bool:
+    """A search's own OperationOutcome (`search.mode` outcome): a result of the operation that no
+    server stores, so it has no identity to give (R4 §2.36.4: "results from operations might
+    involve resources that are not identified")."""
+    search = entry.get("search")
+    return isinstance(search, dict) and search.get("mode") == "outcome"
 
 
 def _restful(full: Any) -> tuple[str, str, str] | None:
@@ -144,9 +157,30 @@ def _references(
                 _references(value, (*path, i), depth + 1, out)
 
 
+# The Composition's references that a document must hold (R4 §3.3.1: subject, author, encounter,
+# custodian, attester party, event detail; in every section, nested too, its author, focus and
+# entries) — the ones the reference validator resolves inside the Bundle. Other references of
+# a document (another entry's, an extension's) may point outside it: no error there.
+_COMPOSITION_LINKS = frozenset(("subject", "author", "encounter", "custodian"))
+_SECTION_LINKS = frozenset(("author", "focus", "entry"))
+
+
+def _composition_link(path: tuple[str | int, ...]) -> bool:
+    """Is `path` (below the Composition, to the Reference) one of `_COMPOSITION_LINKS`' kind?"""
+    keys = [p for p in path if isinstance(p, str)]
+    if len(keys) == 1:
+        return keys[0] in _COMPOSITION_LINKS
+    if keys in (["attester", "party"], ["event", "detail"]):
+        return True
+    if len(keys) < 2 or keys[0] != "section":
+        return False
+    *sections, last = keys
+    return last in _SECTION_LINKS and all(k == "section" for k in sections)
+
+
 def document_findings(entries: list[Any]) -> list[Finding]:
-    """A document's references resolve inside it, and every entry is reachable from the
-    Composition by following references forward or backward (R4 §3.3.1)."""
+    """A document's Composition references resolve inside it, and every entry is reachable from
+    the Composition by following references forward or backward (R4 §3.3.1)."""
     out: list[Finding] = []
     links: dict[int, set[int]] = {i: set() for i in range(len(entries))}
     for i, entry in enumerate(entries):
@@ -159,7 +193,7 @@ def document_findings(entries: list[Any]) -> list[Finding]:
             if target is not None:
                 links[i].add(target)
                 links[target].add(i)
-            elif ref.startswith("urn:") or "://" not in ref:
+            elif i == 0 and _composition_link(path) and (ref.startswith("urn:") or "://" not in ref):
                 out.append(finding("fs1204", f"{ref} cannot be found in the document Bundle",
                                    extra=("entry", i, "resource", *path, "reference")))  # fmt: skip
     reached = {0}

@@ -41,22 +41,47 @@ def check_reference(
         )
         if ref != "#" and contained and ref[1:] not in ids:
             out.append(finding("fs1002", f"{ref} does not name a contained resource", extra=_AT_REFERENCE))
+        elif allowed is not None and root is not None and ref != "#":
+            # A resolved target is judged by its real type (the reference checks contained targets).
+            target = contained_resource(root, ref[1:])
+            kind = target.get("resourceType") if target is not None else None
+            if isinstance(kind, str) and is_type(kind) and kind not in allowed:
+                out.append(_wrong_type(kind, allowed, "error"))
         return out
     m = REFERENCE.match(ref)
     target_type = m.group("type") if m else None
     # Only judge real resource types: `.../Network/x` (an IG's own URL scheme) says nothing.
     known = m is not None and target_type is not None and (not m.group("base") or is_type(target_type))
-    if allowed is not None and known and target_type not in allowed:
-        out.append(finding(
-            "fs1001", f"reference to {target_type} is not allowed here ({', '.join(sorted(allowed))})",
-            extra=_AT_REFERENCE,
-        ))  # fmt: skip
+    exists = resolver.exists(ref) if resolver is not None and not ref.startswith("urn:") else None
+    if allowed is not None and known and target_type is not None and target_type not in allowed:
+        # The reference validator judges a literal reference's type only when the reference
+        # resolves (a Bundle entry, a contained or fetched resource); an unresolved one with a type
+        # outside the allowed ones is no error there (fhir-test-cases type-ref-unchecked): a warning.
+        resolved = exists is True or (m is not None and _in_bundle(ref, m, bundle_targets))
+        out.append(_wrong_type(target_type, allowed, "error" if resolved else "warning"))
     if m and not m.group("base") and len(bundle_targets.get(ref, ())) > 1:
         out.append(finding("fs1004", f"{ref} matches several Bundle entries with different fullUrls",
                            severity="warning", extra=_AT_REFERENCE))  # fmt: skip
-    if resolver is not None and not ref.startswith("urn:") and resolver.exists(ref) is False:
+    if exists is False:
         out.append(finding("fs1002", f"{ref} cannot be resolved", severity="warning", extra=_AT_REFERENCE))
     return out
+
+
+def _wrong_type(target_type: str, allowed: set[str], severity: str) -> Finding:
+    unresolved = "" if severity == "error" else " (not resolved here, so not an error)"
+    return finding(
+        "fs1001", f"reference to {target_type} is not allowed here ({', '.join(sorted(allowed))}){unresolved}",
+        severity, extra=_AT_REFERENCE,
+    )  # fmt: skip
+
+
+def _in_bundle(ref: str, m: re.Match[str], bundle_targets: dict[str, set[str | None]]) -> bool:
+    """Does `ref` name an entry of the Bundle at hand (`Type/id`, or an entry's absolute fullUrl)?"""
+    name = f"{m.group('type')}/{m.group('id')}"
+    fulls = bundle_targets.get(name)
+    if not fulls:
+        return False
+    return not m.group("base") or ref.split("/_history/", 1)[0] in fulls
 
 
 def reference_findings(
@@ -73,15 +98,24 @@ def reference_findings(
         return ()
     # A plain reference's verdict depends on the string alone, unless it names several Bundle
     # entries or a resolver is in play: remembered per element (real data repeats references).
-    memo = (
-        ref[:1] != "#" and resolver is None and (not bundle_targets or len(bundle_targets.get(ref, ())) <= 1)
-    )
-    if memo and (verdict := ep.verdicts.get(ref)) is not None:
+    key: str | None = ref
+    if ref[:1] == "#" or resolver is not None:
+        key = None
+    elif bundle_targets:
+        # Inside a Bundle the verdict also depends on its entries (a resolved target's wrong type
+        # is an error, an unresolved one's a warning): a `Type/id` the Bundle holds once is
+        # remembered apart; absolute and versioned references are not remembered there.
+        targets = bundle_targets.get(ref)
+        if targets is not None:
+            key = "\x00" + ref if len(targets) <= 1 else None
+        elif "://" in ref or "/_history/" in ref:
+            key = None
+    if key is not None and (verdict := ep.verdicts.get(key)) is not None:
         found: Findings = verdict
         return found
     found = tuple(check_reference(ref, ep.ref_types(), is_type, root, bundle_targets, resolver))
-    if memo and len(ep.verdicts) < MEMO_SIZE:
-        ep.verdicts[ref] = found
+    if key is not None and len(ep.verdicts) < MEMO_SIZE:
+        ep.verdicts[key] = found
     return found
 
 
