@@ -337,6 +337,10 @@ class ScheduleRuns(BaseModel):
     last_run: datetime | None = None  # the cron tick last run (not the wall-clock start)
     last_job: str | None = None
     last_success: datetime | None = None
+    # The claimed tick's request, and whether it was published (a leader that died between the
+    # claim and the publish leaves False: the next leader publishes it, same message id).
+    request: IngestRequest | None = None
+    published: bool = True
 
 
 class ScheduleView(IngestSchedule):
@@ -358,6 +362,26 @@ class ScheduleReply(BaseModel):
     schedule: ScheduleView | None = None
     error: str | None = None
     status: int = 200
+
+
+class RetentionRequest(BaseModel):
+    """Request/reply INGEST_RETENTION: remove all but the newest `keep` versions of every package
+    (default FHIRSCHEMA_IG_KEEP_VERSIONS; 0 keeps all); pinned versions and what kept packages
+    depend on stay. `dry_run`: only list what would go."""
+
+    keep: int | None = None
+    dry_run: bool = False
+
+
+class RetentionReport(BaseModel):
+    """Reply to INGEST_RETENTION: `removed` (or, dry, would be), their schema records dropped."""
+
+    keep: int
+    dry_run: bool
+    kept: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    schemas: int = 0
+    errors: list[str] = Field(default_factory=list)
 
 
 class IngestFailure(BaseModel):

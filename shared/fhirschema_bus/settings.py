@@ -183,6 +183,10 @@ class IngestSettings(Section):
     concurrency: int = 4  # packages downloaded and converted at once per job
     convert_chunk: int = 100  # StructureDefinitions per converter request
     keep_versions: int = 0  # retention: newest N versions per package (0: keep all)
+    # The schedule: every replica looks this often; the leader's lease is taken over by another
+    # replica after it went unrenewed this long (renewed every poll: keep it several polls long).
+    schedule_poll_seconds: float = 5.0
+    lease_seconds: float = 30.0
     webhook_url: str = ""  # failures are POSTed here as JSON (retried), when set
     webhook_token: SecretStr | None = None  # sent as a bearer token to the webhook
     webhook_attempts: int = 5

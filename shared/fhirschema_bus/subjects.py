@@ -51,6 +51,7 @@ STORAGE_REMOVE_PACKAGE = f"{PREFIX}.storage.unindex"  # RemovePackage -> Package
 # The IG schedule (ig-ingest, core NATS, any replica answers): ScheduleGet / IngestSchedule -> ScheduleReply.
 INGEST_SCHEDULE_GET = f"{PREFIX}.schedule.get"
 INGEST_SCHEDULE_PUT = f"{PREFIX}.schedule.put"
+INGEST_RETENTION = f"{PREFIX}.retention.run"  # RetentionRequest -> RetentionReport (ig-ingest, core NATS)
 INGEST_REGISTRY = f"{PREFIX}.registry.search"  # not under .ingest.> (a stream): RegistryQuery -> RegistryAnswer (ig-ingest, core NATS)
 SERVICE_HEARTBEAT = f"{PREFIX}.heartbeat"  # + ".<service>"
 

@@ -76,6 +76,16 @@ async def stack(
 
 
 @pytest.fixture
+async def storage(nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer) -> AsyncIterator[Any]:
+    """The storage service in-process on the module's servers (a module may define its own)."""
+    from tests.services.test_storage_service import start_storage
+
+    st = await start_storage(nats_server, s3_server, redis_server)
+    yield st
+    await st.app.stop()
+
+
+@pytest.fixture
 async def client(stack: Any) -> AsyncIterator[Any]:
     """An httpx client of the module's gateway stack."""
     async with stack.client() as c:

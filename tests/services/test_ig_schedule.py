@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -16,7 +15,6 @@ from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import IngestSchedule, ScheduleReply
 from fhirschema_bus.servers import RunningServer
 from tests.services.test_ig_ingest import run_ingest
-from tests.services.test_storage_service import start_storage
 
 T0 = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 
@@ -47,15 +45,6 @@ def test_next_and_due_ticks_in_the_schedule_timezone() -> None:
     assert due_tick(berlin.model_copy(update={"updated": T0 - timedelta(hours=1)}), None, T0) is None
     assert due_tick(berlin.model_copy(update={"enabled": False}), None, T0) is None
     assert run_id(due) == run_id(due.astimezone(UTC)) == f"sched-{int(due.timestamp())}"
-
-
-@pytest.fixture
-async def storage(
-    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
-) -> AsyncIterator[Storage]:
-    st = await start_storage(nats_server, s3_server, redis_server)
-    yield st
-    await st.app.stop()
 
 
 async def ask(nc: Client, subject: str, body: bytes) -> ScheduleReply:

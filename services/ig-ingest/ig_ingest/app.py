@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,15 +19,21 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsMessage, PullSub
 
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import HEADER_MSG_ID, IngestJob, IngestRequest, RegistryQuery
+from fhirschema_bus.contracts import HEADER_MSG_ID, IngestJob, IngestRequest, RegistryQuery, now
 from fhirschema_bus.object_store import ObjectStore
 from fhirschema_bus.settings import IngestSettings, NatsSettings, PackageSettings, S3Settings
 from fhirschema_bus.worker import Worker, WorkerSettings
 from ig_ingest.bus import NatsSink
-from ig_ingest.configured import make_registries
+from ig_ingest.configured import http_limits, make_registries
+from ig_ingest.discovery import Discovery
+from ig_ingest.lease import Lease
+from ig_ingest.notify import Notifier
+from ig_ingest.outcomes import after_job, handle_retention
 from ig_ingest.pipeline import Pipeline
 from ig_ingest.resolver import Registries
+from ig_ingest.retention import Retention, pinned_versions
 from ig_ingest.schedule import ScheduleStore, handle_get, handle_put
+from ig_ingest.scheduler import Scheduler
 from ig_ingest.search import search
 from ig_ingest.status import IngestStatus
 
@@ -59,17 +66,34 @@ def bootstrap(
     async def wire() -> None:
         status = await IngestStatus.open(worker.js)
         state["status"] = status
+        state["ack_wait"] = worker.nats.ack_wait_seconds
         state["schedule"] = ScheduleStore(status.kv)
         sink = NatsSink(worker.connection, worker.js)
         state["pipeline"] = Pipeline(
             registries, store, s3.bucket_packages, sink, status, concurrency=ingest.concurrency
         )
         state["startup"] = asyncio.create_task(queue_startup_packages())
+        lease = Lease(status.kv, worker.instance, ttl=ingest.lease_seconds)
+        discover = Discovery(configured, ingest.feeds_url, http_limits(ingest))
+        scheduler = Scheduler(state["schedule"], lease, publish_request, discover, poll_seconds=ingest.schedule_poll_seconds)
+        state["scheduler"] = scheduler
+        state["scheduling"] = asyncio.create_task(scheduler.run_forever())
+        pinned = pinned_versions(packages.package_list())
+        state["retention"] = Retention(sink, store, status, ingest.keep_versions, pinned)
+        token = ingest.webhook_token.get_secret_value() if ingest.webhook_token else None
+        state["notifier"] = Notifier(publish_event, ingest.webhook_url, token, ingest.webhook_attempts)
         # The failures are how the gateway's /ready and `make up` tell why a package is missing.
         worker.details = lambda: {
             "packages": sorted(state.get("loaded", ())), "failed": dict(state.get("failed", {}))
         }  # fmt: skip
         state["beat"] = worker.beat
+
+    async def publish_request(req: IngestRequest) -> None:
+        # The message id is the job id: a request published twice (two leaders, a retry) is kept once.
+        await worker.js.publish(s.INGEST_PACKAGE, req.model_dump_json().encode(), headers={HEADER_MSG_ID: req.job_id})
+
+    async def publish_event(subject: str, body: bytes, headers: dict[str, str]) -> None:
+        await worker.js.publish(subject, body, headers=headers)
 
     async def queue_startup_packages() -> None:
         specs = packages.package_list()
@@ -87,10 +111,13 @@ def bootstrap(
         log.info("queued %s (job %s)", ", ".join(specs), job_id)
 
     async def close() -> None:
-        if (task := state.get("startup")) is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if (notifier := state.get("notifier")) is not None:
+            await notifier.aclose()
+        for name in ("startup", "scheduling"):  # the scheduler releases its lease as it stops
+            if (task := state.get(name)) is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     worker.on_startup(wire)
     worker.on_shutdown(close)
@@ -126,6 +153,13 @@ def register_subscribers(worker: Worker, state: dict[str, Any]) -> None:
         # The raw body: a bad schedule is answered with why (400), not dropped by the decoder.
         return (await handle_put(state["schedule"], msg.raw_message.data)).model_dump_json().encode()
 
+    @worker.broker.subscriber(
+        s.INGEST_RETENTION, queue=SERVICE, title="retention",
+        description="RetentionRequest -> RetentionReport: drop all but the newest N versions per package (dry_run lists them).",
+    )  # fmt: skip
+    async def retention(body: Any, msg: NatsMessage) -> bytes:
+        return (await handle_retention(state, msg.raw_message.data)).model_dump_json().encode()
+
     @worker.broker.subscriber(s.INGEST_REGISTRY, queue=SERVICE, title="registry-search")
     async def registry_search(query: RegistryQuery) -> bytes:
         answer = await search(state["registries"], query)
@@ -140,7 +174,20 @@ async def handle_ingest(state: dict[str, Any], req: IngestRequest, msg: NatsMess
             with contextlib.suppress(Exception):
                 await msg.raw_message.in_progress()
 
-    job = await pipeline.run(req, tick=tick)
+    async def keep_alive() -> None:
+        # Also while one download or conversion outlasts the ack wait: else JetStream gives the
+        # job to another replica while this one still runs it.
+        while True:
+            await asyncio.sleep(state.get("ack_wait", 30.0) / 3)
+            await tick()
+
+    started, since = time.monotonic(), now()
+    alive = asyncio.create_task(keep_alive())
+    try:
+        job = await pipeline.run(req, tick=tick)
+    finally:
+        alive.cancel()
+    await after_job(state, req, job, since, time.monotonic() - started)
     loaded: set[str] = state.setdefault("loaded", set())  # shown by the gateway's GET /info
     failed: dict[str, str] = state.setdefault("failed", {})
     for p in job.packages:

@@ -7,7 +7,15 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import HEADER_MSG_ID, IndexPackage, PutSchema, RepositoryState, SchemaQuery
+from fhirschema_bus.contracts import (
+    HEADER_MSG_ID,
+    IndexPackage,
+    PackageRemoved,
+    PutSchema,
+    RemovePackage,
+    RepositoryState,
+    SchemaQuery,
+)
 from fhirschema_bus.repository import read_state, repository_kv
 from fhirschema_bus.storage import StorageClient, StorageFailed, nats_request
 
@@ -37,6 +45,12 @@ class NatsSink:
         except StorageFailed as e:
             raise StorageUnavailable(f"storage could not list {package}: {e.message}") from e
         return listed.total
+
+    async def remove_package(self, req: RemovePackage) -> PackageRemoved:
+        try:
+            return await self.storage.remove_package(req)
+        except StorageFailed as e:
+            raise StorageUnavailable(f"storage could not remove {req.package}: {e.message}") from e
 
     async def repository(self) -> RepositoryState:
         state, _ = await read_state(await repository_kv(self.js))

@@ -194,6 +194,7 @@ class _Run:
             return None
         self.seen.add(resolved)
         fetched = await self.regs.fetch(res)
+        metrics.INGEST_BYTES.inc(len(fetched.verified.tgz))
         st.sha256, st.source = fetched.verified.sha256, fetched.source
         return fetched.verified
 

@@ -27,6 +27,7 @@ from fhirschema_bus.contracts import IngestSchedule, ScheduleReply, ScheduleRuns
 log = logging.getLogger("ig_ingest.schedule")
 SCHEDULE_KEY = "schedule"
 RUNS_KEY = "schedule-runs"
+SCHEDULED = "sched-"  # the job id prefix of scheduled runs
 
 
 class StoredSchedule(IngestSchedule):
@@ -55,7 +56,7 @@ def due_tick(sched: StoredSchedule, last_run: datetime | None, at: datetime) -> 
 def run_id(tick: datetime) -> str:
     """The job id of a tick's run: derived from the scheduled time alone, so that every replica
     (and a restart) names the same run the same way and JetStream de-duplicates its request."""
-    return f"sched-{int(tick.timestamp())}"
+    return f"{SCHEDULED}{int(tick.timestamp())}"
 
 
 class ScheduleStore:

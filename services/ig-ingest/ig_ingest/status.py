@@ -48,6 +48,9 @@ class IngestStatus:
             return None
         return IngestedPackage.model_validate_json(entry.value) if entry.value else None
 
+    async def delete_package(self, pid: PackageId) -> None:
+        await self.kv.delete(package_key(pid))
+
     async def _keys(self, prefix: str) -> list[str]:
         try:
             return [k for k in await self.kv.keys() if k.startswith(prefix)]
