@@ -1,8 +1,11 @@
 """Offline checks of the deployment manifests (no cluster, no Docker): `python k8s/check.py`.
 
 Kubernetes: every document parses, has apiVersion/kind/metadata.name/namespace, Deployment and
-StatefulSet selectors match their pod labels, every Service selects some workload, env refs
-(ConfigMap/Secret) exist, the HPA targets an existing Deployment. Compose: every service has an
+StatefulSet selectors match their pod labels and pin their images, every Service selects some
+workload, env refs (ConfigMap/Secret) exist or are Secrets the operator creates, the HPA targets an
+existing Deployment; what production needs (k8s/production.py: no inlined secret, requests,
+limits and probes, PDBs, KEDA triggers on the service's own consumers, ServiceMonitors,
+NetworkPolicies) and KEDA / Prometheus Operator objects against their CRDs' models. Compose: every service has an
 image or a build whose Dockerfile exists, depends_on names defined services, and host names in
 the environment URLs are services. Dockerfiles (services/*/Dockerfile): what COPY takes from the
 context exists, COPY --from names an earlier stage, the last stage runs as a non-root USER with an
@@ -20,12 +23,21 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+for _path in (ROOT / "k8s", ROOT / "shared"):  # production.py; fhirschema_bus (subject names)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from production import EXTERNAL_SECRETS, check_production, validate_custom_resource  # noqa: E402
+
+CRD_GROUPS = {"keda.sh", "monitoring.coreos.com"}
 WORKLOADS = {"Deployment", "StatefulSet"}
 
 
 def load_k8s(root: Path = ROOT / "k8s") -> list[dict[str, Any]]:
+    """The manifests `kubectl apply -f k8s/` would apply would be every *.yaml; the numbered files
+    are the manifests (nats-values.yaml is the NATS Helm chart's values, not a manifest)."""
     docs = []
-    for f in sorted(root.glob("*.yaml")):
+    for f in sorted(root.glob("[0-9]*.yaml")):
         docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
     return docs
 
@@ -52,15 +64,15 @@ def check_k8s(docs: list[dict[str, Any]]) -> list[str]:
                 errs.append(f"{kind}/{name}: selector {sel} does not match pod labels {labels}")
             pod_labels.append(labels)
             for c in spec["template"]["spec"]["containers"]:
-                if not c.get("image"):
-                    errs.append(f"{kind}/{name}: container {c.get('name')} has no image")
+                if not c.get("image") or c["image"].endswith(":latest"):
+                    errs.append(f"{kind}/{name}: container {c.get('name')} has no pinned image")
                 for ref in c.get("envFrom", []):
                     for key, k in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
-                        if key in ref and ref[key]["name"] not in by_kind.get(k, {}):
+                        if key in ref and ref[key]["name"] not in {**by_kind.get(k, {}), **external(k)}:
                             errs.append(f"{kind}/{name}: {k} {ref[key]['name']} not defined")
                 for env in c.get("env", []):
                     src = (env.get("valueFrom") or {}).get("secretKeyRef")
-                    if src and src["name"] not in by_kind.get("Secret", {}):
+                    if src and src["name"] not in {**by_kind.get("Secret", {}), **EXTERNAL_SECRETS}:
                         errs.append(f"{kind}/{name}: Secret {src['name']} not defined")
     for name, svc in by_kind.get("Service", {}).items():
         sel = svc["spec"].get("selector", {})
@@ -72,7 +84,20 @@ def check_k8s(docs: list[dict[str, Any]]) -> list[str]:
             errs.append(f"HPA/{name}: target {ref['kind']}/{ref['name']} not defined")
         if hpa["spec"].get("minReplicas", 1) > hpa["spec"]["maxReplicas"]:
             errs.append(f"HPA/{name}: minReplicas > maxReplicas")
-    return errs
+    return errs + check_production(docs)
+
+
+def external(kind: str) -> dict[str, set[str]]:
+    return EXTERNAL_SECRETS if kind == "Secret" else {}
+
+
+def custom_resources(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents the Kubernetes schemas do not cover (KEDA, Prometheus Operator)."""
+    return [d for d in docs if d["apiVersion"].split("/")[0] in CRD_GROUPS]
+
+
+def check_custom_resources(docs: list[dict[str, Any]]) -> list[str]:
+    return [e for d in custom_resources(docs) for e in validate_custom_resource(d)]
 
 
 def check_compose(path: Path = ROOT / "docker-compose.yml") -> tuple[list[str], list[str]]:
@@ -167,7 +192,8 @@ def check_dockerfiles(root: Path = ROOT / "services") -> list[str]:
 
 
 def main() -> int:
-    errs = check_k8s(load_k8s())
+    docs = load_k8s()
+    errs = check_k8s(docs) + check_custom_resources(docs)
     cerrs, missing = check_compose()
     cerrs += check_dockerfiles()
     for e in [*errs, *cerrs]:
