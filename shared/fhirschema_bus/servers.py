@@ -39,8 +39,12 @@ S3_SECRET_KEY = "fhirschema-secret"
 # --- servers ---------------------------------------------------------------------------------
 
 
-def start_nats(base_dir: Path, port: int | None = None, monitor_port: int | None = None) -> RunningServer:
-    """nats-server with JetStream; ready when /healthz?js-enabled-only=true answers 200."""
+def start_nats(
+    base_dir: Path, port: int | None = None, monitor_port: int | None = None, config: Path | None = None
+) -> RunningServer:
+    """nats-server with JetStream; ready when /healthz?js-enabled-only=true answers 200.
+    `config`: a configuration file (users and permissions: nats_permissions.py; TLS), loaded
+    with the flags (which win where both set something)."""
     binary = find_binary(("nats-server",), "NATS_SERVER_BIN")
     data_dir = Path(base_dir) / "nats"
 
@@ -48,6 +52,8 @@ def start_nats(base_dir: Path, port: int | None = None, monitor_port: int | None
         p, m = port or free_port(), monitor_port or free_port()
         cmd = [binary, "-js", "-sd", str(data_dir / "jetstream"), "-a", HOST, "-p", str(p), "-m", str(m)]
         cmd += ["-n", f"fhirschema-{p}"]
+        if config is not None:
+            cmd += ["-c", str(config)]
 
         def ready() -> bool:
             return _tcp_banner(p).startswith(b"INFO ") and (

@@ -40,6 +40,20 @@ class NatsSettings(Section):
     backoff_seconds: list[float] = Field(default_factory=list)
     # Delays between retries of a failed message: the worker NAKs with these (one per delivery).
     retry_delays_seconds: list[float] = Field(default_factory=lambda: [0.5, 2.0, 5.0, 15.0])
+    # Credentials (fhirschema_bus/credentials.py), one kind: a user and password (the user is the
+    # service's in the permissions nats_permissions.py generates), or a .creds file (JWT + NKey
+    # seed: decentralised auth), or an NKey seed file. The password only from the environment or
+    # a secret file; the files are paths (mounted Secrets). Never in the URL: URLs are logged.
+    user: str = ""
+    password: SecretStr | None = None
+    creds_file: str = ""
+    nkey_seed_file: str = ""
+    # TLS: on with a tls:// URL or any file below. A private CA's bundle (else the system's); a
+    # client certificate and key for mutual TLS; the name to verify when it is not the URL's host.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_hostname: str = ""
 
 
 class S3Settings(Section):
@@ -61,7 +75,13 @@ class RedisSettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_REDIS_")
     section = "redis"
 
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS; no password in it (URLs are logged)
+    username: str = ""  # an ACL user (Redis 6+); empty: the default user
+    password: SecretStr | None = None  # only from the environment or a secret file
+    # TLS (rediss://): a private CA's bundle (else the system's); a client certificate for mutual TLS.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 class StorageSettings(Section):

@@ -61,6 +61,7 @@ DURABLE_VALIDATOR_BATCH = "validator-batch"
 DURABLE_CONVERTER = "converter"
 DURABLE_INGEST = "ig-ingest"
 DURABLE_STORAGE = "storage"
+DURABLE_STORAGE_RESULTS = "storage-results"  # on STREAM_EVENTS: finished jobs' results assembled
 
 # --- KV buckets ---
 KV_JOBS = "fhirschema_jobs"  # job id -> JobStatus JSON

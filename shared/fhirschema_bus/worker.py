@@ -46,6 +46,7 @@ from fhirschema_bus import metrics as m
 from fhirschema_bus import subjects as s
 from fhirschema_bus.config import Section
 from fhirschema_bus.contracts import Heartbeat
+from fhirschema_bus.credentials import nats_security
 from fhirschema_bus.dead_letters import send_to_dead_letters
 from fhirschema_bus.jetstream_stats import poll as poll_jetstream
 from fhirschema_bus.probes import ProbeServer, Readiness
@@ -110,6 +111,7 @@ class Worker:
         self.reloads = Reloads()  # what the service applies without a restart (reload.py)
         self.broker = NatsBroker(
             self.nats.url,
+            security=nats_security(self.nats),  # credentials and TLS (credentials.py)
             middlewares=[self._middleware],
             log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at debug
             max_reconnect_attempts=-1,

@@ -146,32 +146,44 @@ async def gateway_stack(
     packages: str = "hl7.fhir.r4.core#4.0.1",
     ingest_sources: str | None = None,
     wait: bool = True,
+    nats_passwords: dict[str, str] | None = None,
     **gw: Any,
 ) -> AsyncIterator[Stack]:
     """`gw`: GatewaySettings fields for the in-process gateway. `ingest_sources`: validators in
     repository mode, fed by an ig-ingest service that loads `packages` (FHIRSCHEMA_PACKAGES) from
     these sources (FHIRSCHEMA_PACKAGE_SOURCES); else each validator loads R4 core from its file.
-    `wait`: return once /ready says ready (and a first validation answered)."""
+    `wait`: return once /ready says ready (and a first validation answered). `nats_passwords`:
+    each service connects as its own NATS user (nats_permissions.py), the test as `admin`."""
     port = free_port()
     st = settings_for(nats_server.url, s3_server, redis_server.url, port, **gw)
     st.packages = PackageSettings(packages=packages, package_sources=ingest_sources or "")
-    nc = await nats.connect(st.nats.url)
+    users = nats_passwords or {}
+    admin = {"user": "admin", "password": users["admin"]} if users else {}
+    nc = await nats.connect(st.nats.url, **admin)
     js = nc.jetstream()
     await ensure_topology(js, st.nats)
     jobs = await JobStore.open(js)
     env = service_env(st, repository=ingest_sources is not None)
-    procs = {"storage": start_service("storage_service", env, logs / "storage.log")}
+
+    def as_user(service: str, base: dict[str, str]) -> dict[str, str]:
+        if not users:
+            return base
+        return {**base, "FHIRSCHEMA_NATS_USER": service, "FHIRSCHEMA_NATS_PASSWORD": users[service]}
+
+    procs = {"storage": start_service("storage_service", as_user("storage", env), logs / "storage.log")}
     for n in range(validators):
         name = "validator" if n == 0 else f"validator-{n}"
-        procs[name] = start_service("validator_service", env, logs / f"{name}.log")
+        procs[name] = start_service("validator_service", as_user("validator", env), logs / f"{name}.log")
     if ingest_sources is not None:
         ingest_env = {**env, "FHIRSCHEMA_PACKAGE_SOURCES": ingest_sources}
-        procs["ig-ingest"] = start_service("ig_ingest", ingest_env, logs / "ig-ingest.log")
+        procs["ig-ingest"] = start_service("ig_ingest", as_user("ig-ingest", ingest_env), logs / "ig-ingest.log")
     if (ROOT / "services" / "converter" / "converter_service" / "__main__.py").is_file():
-        procs["converter"] = start_service("converter_service", env, logs / "converter.log")
+        procs["converter"] = start_service("converter_service", as_user("converter", env), logs / "converter.log")
         converter = None
     else:  # until the converter service exists: the real engine behind the shared durable
         converter = asyncio.create_task(fake_converter(js, nc, jobs))
+    if users:
+        st.nats = NatsSettings(url=st.nats.url, user="gateway", password=users["gateway"])
     app = create_app(st)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())

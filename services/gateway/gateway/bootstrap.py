@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from fhirschema_bus.credentials import redact_url, redis_options
 from fhirschema_bus.jobs import JobStore as SharedJobStore
 from fhirschema_bus.reload import Reloads
 from fhirschema_bus.settings import (
@@ -103,7 +104,7 @@ class Container:
         try:
             await self.redis.ping()
         except Exception as e:
-            raise BusUnavailable(f"Redis at {self.settings.redis.url}: {e or type(e).__name__}") from e
+            raise BusUnavailable(f"Redis at {redact_url(self.settings.redis.url)}: {e or type(e).__name__}") from e
 
 
 def bootstrap(settings: Settings | None = None) -> Container:
@@ -130,7 +131,9 @@ def bootstrap(settings: Settings | None = None) -> Container:
         bus=bus,
         metrics=metrics,
         objects=objects,
-        redis=aioredis.from_url(settings.redis.url, socket_connect_timeout=2, socket_timeout=2),
+        redis=aioredis.from_url(
+            settings.redis.url, socket_connect_timeout=2, socket_timeout=2, **redis_options(settings.redis)
+        ),
         jobs=jobs,
         dead_letters=StreamDeadLetters(bus),
         schemas=schemas,

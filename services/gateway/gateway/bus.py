@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from fhirschema_bus.contracts import HEADER_CORRELATION_ID, HEADER_MSG_ID
+from fhirschema_bus.credentials import nats_options, redact_url
 from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import ensure_topology
 from gateway.errors import BusUnavailable
@@ -101,7 +102,9 @@ class Bus:
         try:
             await self._connect()
         except NATS_ERRORS as e:
-            log.warning("NATS not reachable at %s (%s); retrying in the background", self.settings.url, e)
+            log.warning(
+                "NATS not reachable at %s (%s); retrying in the background", redact_url(self.settings.url), e
+            )
             self._retry = asyncio.create_task(self._connect_loop())
 
     async def _connect_loop(self) -> None:
@@ -116,6 +119,7 @@ class Bus:
     async def _connect(self) -> None:
         nc = await nats.connect(
             self.settings.url,
+            **nats_options(self.settings),  # credentials and TLS (fhirschema_bus/credentials.py)
             name=self.name,
             connect_timeout=2,
             reconnect_time_wait=1,

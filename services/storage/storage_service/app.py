@@ -17,6 +17,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobEvent, PutSchema
+from fhirschema_bus.credentials import redis_options
 from fhirschema_bus.object_store import ObjectStore
 from fhirschema_bus.probes import Readiness
 from fhirschema_bus.settings import NatsSettings, RedisSettings, S3Settings, StorageSettings
@@ -29,7 +30,7 @@ from storage_service.state import KvState, StateStore
 
 log = logging.getLogger("storage")
 SERVICE = "storage"
-DURABLE_RESULTS = "storage-results"  # events consumer shared by storage replicas
+DURABLE_RESULTS = s.DURABLE_STORAGE_RESULTS  # events consumer shared by storage replicas
 
 
 @dataclass
@@ -63,7 +64,7 @@ def bootstrap(
     s3 = s3 or S3Settings()  # type: ignore[call-arg]  # credentials come from the environment
     redis = redis or RedisSettings()
     store = store or ObjectStore(s3)
-    index = index or SchemaIndex.from_url(redis.url, settings or StorageSettings())
+    index = index or SchemaIndex.from_url(redis.url, settings or StorageSettings(), **redis_options(redis))
     worker = Worker(SERVICE, nats=nats, settings=worker_settings)
 
     async def index_readiness(reason: str | None) -> None:

@@ -81,8 +81,9 @@ class SchemaIndex:
         self._reachable = True
 
     @classmethod
-    def from_url(cls, url: str, settings: StorageSettings | None = None) -> SchemaIndex:
-        client = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    def from_url(cls, url: str, settings: StorageSettings | None = None, **options: Any) -> SchemaIndex:
+        """`options`: credentials and TLS (fhirschema_bus.credentials.redis_options)."""
+        client = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0, **options)
         return cls(client, settings=settings)
 
     # --- lifecycle ----------------------------------------------------------------------------
