@@ -21,8 +21,14 @@ from collections.abc import Iterable
 from typing import Any
 
 # Secrets the operator creates (never in the manifests): name -> keys the workloads read.
+# scripts/k8s_secrets.py generates exactly these (a test holds them together).
 EXTERNAL_SECRETS: dict[str, set[str]] = {
     "fhirschema-s3": {"FHIRSCHEMA_S3_ACCESS_KEY", "FHIRSCHEMA_S3_SECRET_KEY"},
+    "fhirschema-redis": {"FHIRSCHEMA_REDIS_PASSWORD"},
+    **{
+        f"fhirschema-nats-{svc}": {"FHIRSCHEMA_NATS_USER", "FHIRSCHEMA_NATS_PASSWORD"}
+        for svc in ("gateway", "validator", "converter", "storage", "ig-ingest")
+    },
 }
 SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL|NKEY|SEED)", re.I)
 # Pods the NATS Helm release `nats` creates (k8s/nats-values.yaml).

@@ -15,6 +15,7 @@ import functools
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from fhirschema_bus import processes
+from fhirschema_bus import nats_permissions, processes
 from fhirschema_bus import servers as srv
 from fhirschema_bus.startup_watch import StartupWatch
 
@@ -91,6 +92,7 @@ class Stack:
     servers: dict[str, srv.RunningServer] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    nats_passwords: dict[str, str] = field(default_factory=dict)  # per-run, one user per service
     gateway_url: str = ""
     guard: subprocess.Popen[bytes] | None = None
 
@@ -109,7 +111,7 @@ class Stack:
             "redis": pick_port("Redis", "FHIRSCHEMA_DEVSTACK_REDIS_PORT", 6379),
         }
         starters: dict[str, Callable[..., srv.RunningServer]] = {
-            "nats": srv.start_nats, "s3": srv.start_s3,
+            "nats": functools.partial(srv.start_nats, config=self.nats_config()), "s3": srv.start_s3,
             # Redis' index is rebuilt from S3 when lost; kept across restarts, no rebuild needed.
             "redis": functools.partial(srv.start_redis, persistent=True),
         }  # fmt: skip
@@ -138,6 +140,25 @@ class Stack:
                 )
         if errors:
             raise srv.ServerStartError("\n".join(errors))
+
+    def nats_config(self) -> Path:
+        """Each service its own NATS user with the permissions Kubernetes uses (fresh passwords
+        each run; `admin`'s in .devstack/nats-admin-password, for the nats CLI)."""
+        self.nats_passwords = {u: secrets.token_urlsafe(24) for u in (*nats_permissions.SERVICES, "admin")}
+        conf = self.base / "nats-auth.conf"
+        for path, text in ((conf, nats_permissions.config(self.nats_passwords)),
+                           (self.base / "nats-admin-password", self.nats_passwords["admin"] + "\n")):  # fmt: skip
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(text)
+        say(f"NATS: a user per service with its subject permissions ({conf}); admin password in "
+            f"{self.base / 'nats-admin-password'}")  # fmt: skip
+        return conf
+
+    def nats_env(self, service: str) -> dict[str, str]:
+        if service not in self.nats_passwords:
+            return {}
+        return {"FHIRSCHEMA_NATS_USER": service, "FHIRSCHEMA_NATS_PASSWORD": self.nats_passwords[service]}
 
     def service_env(self) -> dict[str, str]:
         gw_port = pick_port("gateway", "FHIRSCHEMA_GATEWAY_PORT", 8080) or srv.free_port()
@@ -173,7 +194,7 @@ class Stack:
             with open(log, "ab") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", module], stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                    stderr=subprocess.STDOUT, env={**self.env, **self.nats_env(name)}, start_new_session=True,
                 )  # fmt: skip
             self.children.append(Child(name, proc, log))
             self.watch(proc.pid)
