@@ -25,6 +25,8 @@ ADMIN = "admin"  # operators (the nats CLI), dead-letter tooling, the tests' own
 _STORAGE_REQUESTS = [s.STORAGE_GET_SCHEMA, s.STORAGE_LIST, s.STORAGE_DELETE, s.STORAGE_UPSERT,
                      s.STORAGE_INDEX_PACKAGE, s.STORAGE_REMOVE_PACKAGE]  # fmt: skip
 _EVENTS = f"{s.JOB_EVENTS}.>"
+# ig-ingest's core NATS requests (the gateway's /ig routes): schedule and retention.
+_INGEST_REQUESTS = [s.INGEST_SCHEDULE_GET, s.INGEST_SCHEDULE_PUT, s.INGEST_RETENTION]
 
 # Application subjects each service publishes (core NATS and JetStream).
 PUBLISH: dict[str, list[str]] = {
@@ -40,6 +42,7 @@ PUBLISH: dict[str, list[str]] = {
         *_STORAGE_REQUESTS,
         s.INGEST_REGISTRY,
         s.STORAGE_PUT_SCHEMA,
+        *_INGEST_REQUESTS,
     ],
     "validator": [f"{s.VALIDATE_RESULT}.>", _EVENTS, s.STORAGE_GET_SCHEMA, s.STORAGE_LIST],
     "converter": [f"{s.CONVERT_RESULT}.>", _EVENTS, s.STORAGE_PUT_SCHEMA],
@@ -52,7 +55,7 @@ SERVE: dict[str, list[str]] = {
     "validator": [],
     "converter": [],
     "storage": _STORAGE_REQUESTS,
-    "ig-ingest": [s.INGEST_REGISTRY],
+    "ig-ingest": [s.INGEST_REGISTRY, *_INGEST_REQUESTS],
 }
 # Durable consumers each service pulls from.
 PULLS: dict[str, list[str]] = {
