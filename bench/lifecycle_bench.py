@@ -163,6 +163,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         nats, redis, s3 = start_nats(base), start_redis(base), start_s3(base)
+        storage: subprocess.Popen[bytes] | None = None
+        helper: subprocess.Popen[bytes] | None = None
         try:
             clean = {k: v for k, v in os.environ.items() if not k.startswith("FHIRSCHEMA_")}
             env = {
@@ -170,7 +172,6 @@ def main() -> int:
                 "FHIRSCHEMA_REDIS_URL": redis.url, "FHIRSCHEMA_S3_ACCESS_KEY": S3_ACCESS_KEY,
                 "FHIRSCHEMA_S3_SECRET_KEY": S3_SECRET_KEY, "FHIRSCHEMA_AUTH": "off", "FHIRSCHEMA_S3_ENDPOINT": f"127.0.0.1:{s3.port}", "FHIRSCHEMA_VALIDATOR_PACKAGES": str(r4),
             }  # fmt: skip
-            storage = helper = None
             if "validator_repository" in args.services:
                 storage = register_core(env, r4, base / "storage.log")
             print(f"{'service':<22}{'ready s':>9}{'CPU s':>7}{'load s':>9}{'after load':>12}{'stop s':>9}")
@@ -212,11 +213,15 @@ def main() -> int:
                         label = f"validator ({'cached' if cached else 'from S3'})"
                     print(f"{label:<22}{r['ready']:>9.2f}{r['cpu']:>7.2f}{r['load']:>9.2f}{r['ready_after_load']:>12.2f}"
                           f"{r['stop']:>9.2f}  exit {r['rc']:.0f}")  # fmt: skip
-            for proc in (helper, storage):
+        finally:
+            for proc in (helper, storage):  # also when a run failed: nothing left behind
                 if proc is not None:
                     proc.terminate()
-                    proc.wait(30)
-        finally:
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
             for server in (nats, redis, s3):
                 server.stop()
     return 0
