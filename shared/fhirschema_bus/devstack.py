@@ -179,6 +179,8 @@ class Stack:
         }
         # Unpacked package tarballs kept with the stack's data: a restart does not unpack R4 core again.
         env.setdefault("FHIRSCHEMA_VALIDATOR_CACHE_DIR", str(self.base / "validator-cache"))
+        # Logs go to files a person reads (tail -f): text, unless the environment says otherwise.
+        env.setdefault("FHIRSCHEMA_LOG_FORMAT", "text")
         return env
 
     def start_services(self) -> None:

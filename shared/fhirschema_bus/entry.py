@@ -5,16 +5,14 @@ until SIGTERM/SIGINT. The services' `__main__` modules are this plus their `Serv
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from fhirschema_bus import logs
 from fhirschema_bus.config import ConfigError, LoadedConfig, ServiceConfig
 from fhirschema_bus.reload import ConfigWatcher, Reloads
 from fhirschema_bus.settings import LogSettings
 from fhirschema_bus.worker import Worker
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def load(config: ServiceConfig, argv: Sequence[str] | None = None) -> LoadedConfig:
@@ -24,8 +22,14 @@ def load(config: ServiceConfig, argv: Sequence[str] | None = None) -> LoadedConf
     except ConfigError as e:
         print(f"{config.service}: {e}", file=sys.stderr)
         raise SystemExit(2) from e
-    logging.basicConfig(level=loaded.get(LogSettings).level, format=LOG_FORMAT)
+    log = loaded.get(LogSettings)
+    logs.setup(service_name(config.service), log.level, log.format)
     return loaded
+
+
+def service_name(module: str) -> str:
+    """`validator_service` → `validator`, `ig_ingest` → `ig-ingest`: as the workers call themselves."""
+    return module.removesuffix("_service").replace("_", "-")
 
 
 def watch(loaded: LoadedConfig, reloads: Reloads) -> ConfigWatcher:

@@ -21,6 +21,9 @@ class LogSettings(Section):
     reloadable = frozenset({"level"})
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"  # of every logger
+    # json: one object per line (time, level, service, message, trace/span/request/job ids; logs.py);
+    # text: for people; auto: text when stderr is a terminal, else json (containers, log files).
+    format: Literal["auto", "json", "text"] = "auto"
 
     def apply(self) -> None:
         """The level on the root logger (a reload callback, and at start)."""

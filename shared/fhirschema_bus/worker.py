@@ -49,6 +49,7 @@ from fhirschema_bus.contracts import Heartbeat
 from fhirschema_bus.credentials import nats_security
 from fhirschema_bus.dead_letters import send_to_dead_letters
 from fhirschema_bus.jetstream_stats import poll as poll_jetstream
+from fhirschema_bus.logs import IdleFetchFilter
 from fhirschema_bus.probes import ProbeServer, Readiness
 from fhirschema_bus.reload import Reloads
 from fhirschema_bus.settings import NatsSettings
@@ -109,16 +110,22 @@ class Worker:
         self.details: Callable[[], dict[str, Any]] = dict  # extra heartbeat detail
         self.state: dict[str, Any] = {}  # what the service's bootstrap wires at start-up
         self.reloads = Reloads()  # what the service applies without a restart (reload.py)
+        broker_log = logging.getLogger("fhirschema.broker")
+        if not any(isinstance(f, IdleFetchFilter) for f in broker_log.filters):  # once per process
+            broker_log.addFilter(IdleFetchFilter())
         self.broker = NatsBroker(
             self.nats.url,
             security=nats_security(self.nats),  # credentials and TLS (credentials.py)
             middlewares=[self._middleware],
             log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at debug
+            # Ours, not FastStream's own (coloured, on stdout): they go through the root handler.
+            logger=broker_log,
             max_reconnect_attempts=-1,
             graceful_timeout=self.settings.drain_seconds,
         )
         self.app = FastStream(
             self.broker,
+            logger=logging.getLogger("fhirschema.app"),
             on_startup=[self._on_startup],
             after_startup=[self._started],
             on_shutdown=[self._on_shutdown],

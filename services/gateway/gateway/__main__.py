@@ -41,7 +41,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     container = _bootstrap(settings)
     server = uvicorn.Server(uvicorn.Config(
         create_app(container=container), host=settings.gateway.host, port=settings.gateway.port,
-        log_level="warning", access_log=False, timeout_graceful_shutdown=settings.gateway.drain_seconds,
+        # log_config=None: uvicorn's loggers go through our root handler (logs.py), not its own
+        # coloured ones; the access log is ours (gateway/access.py: route template, request id).
+        log_level="warning", log_config=None, access_log=False,
+        timeout_graceful_shutdown=settings.gateway.drain_seconds,
     ))  # fmt: skip
 
     async def serve() -> None:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from gateway import __version__
+from gateway.access import AccessLog
 from gateway.bootstrap import Container, Settings, bootstrap
 from gateway.errors import install_error_handlers
 from gateway.metrics import MetricsMiddleware
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     for r in (validate, fhir, stream, convert, schemas, jobs, dead_letters, ops):
         app.include_router(r.router)
     app.add_middleware(MetricsMiddleware, metrics=container.metrics)
+    app.add_middleware(AccessLog)  # outermost: its request id is bound for all that runs inside
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):  # tracing only when a collector is configured
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
