@@ -21,6 +21,10 @@ HEADER_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication (effect-once on publis
 # FastStream's correlation id; publishers set it (to the message id) so that consumers need not
 # mint a uuid4 per message (a getrandom syscall each, expensive in sandboxed kernels).
 HEADER_CORRELATION_ID = "correlation_id"
+# The ids a message's handler logs with (tracing.outgoing / incoming_ids): the gateway request
+# that caused it and its job.
+HEADER_REQUEST_ID = "Fhirschema-Request-Id"
+HEADER_JOB_ID = "Fhirschema-Job-Id"
 
 
 def now() -> datetime:

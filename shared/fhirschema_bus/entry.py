@@ -8,7 +8,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 
-from fhirschema_bus import logs
+from fhirschema_bus import logs, tracing
 from fhirschema_bus.config import ConfigError, LoadedConfig, ServiceConfig
 from fhirschema_bus.reload import ConfigWatcher, Reloads
 from fhirschema_bus.settings import LogSettings
@@ -24,6 +24,7 @@ def load(config: ServiceConfig, argv: Sequence[str] | None = None) -> LoadedConf
         raise SystemExit(2) from e
     log = loaded.get(LogSettings)
     logs.setup(service_name(config.service), log.level, log.format)
+    tracing.configure(service_name(config.service))  # off unless OTEL_* say where traces go
     return loaded
 
 

@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobEvent, JobKind, JobState, JobStatus, Outcome, now
+from fhirschema_bus.tracing import outgoing
 
 MAX_CONFLICT_RETRIES = 200  # two replicas x a few hundred items in flight on one key
 PENDING, COUNTED = b"pending", b"counted"
@@ -226,7 +227,8 @@ class JobStore:
             job_id=job.id, state=job.state, total=job.total, done=job.done,
             valid=job.valid, invalid=job.invalid, failed=job.failed,
         )  # fmt: skip
-        await self._js.publish(s.job_result_subject(s.JOB_EVENTS, job.id), event.model_dump_json().encode())
+        subject = s.job_result_subject(s.JOB_EVENTS, job.id)
+        await self._js.publish(subject, event.model_dump_json().encode(), headers=outgoing())
 
 
 def _add_index(ranges: list[list[int]], i: int) -> bool:

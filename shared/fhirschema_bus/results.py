@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from fhirschema_bus.contracts import HEADER_MSG_ID
+from fhirschema_bus.tracing import outgoing
 
 
 class NatsResults:
@@ -15,16 +16,18 @@ class NatsResults:
         self._nc, self._js = nc, js
 
     async def reply(self, subject: str, data: bytes) -> None:
-        await self._nc.publish(subject, data)
+        await self._nc.publish(subject, data, headers=outgoing())
 
     async def store(self, subject: str, data: bytes, msg_id: str) -> None:
         """Stored once: JetStream drops a second publish with the same `Nats-Msg-Id`."""
-        await self._js.publish(subject, data, headers={HEADER_MSG_ID: msg_id})
+        await self._js.publish(subject, data, headers=outgoing({HEADER_MSG_ID: msg_id}))
 
     async def store_many(self, subject: str, items: list[tuple[bytes, str]], timeout: float = 30.0) -> None:
         """Pipelined: all publishes sent, then all stream acks awaited."""
         acks = [
-            await self._js.publish_async(subject, data, headers={HEADER_MSG_ID: msg_id}, wait_stall=timeout)
+            await self._js.publish_async(
+                subject, data, headers=outgoing({HEADER_MSG_ID: msg_id}), wait_stall=timeout
+            )
             for data, msg_id in items
         ]
         await asyncio.wait_for(asyncio.gather(*acks), timeout)

@@ -30,6 +30,7 @@ from fhirschema_bus.contracts import (
     StorageFault,
     StorageReply,
 )
+from fhirschema_bus.tracing import outgoing
 
 M = TypeVar("M", bound=BaseModel)
 Request = Callable[[str, bytes, float], Awaitable[bytes]]  # (subject, payload, timeout) -> reply body
@@ -75,7 +76,7 @@ def nats_request(nc: Client) -> Request:
 
     async def request(subject: str, payload: bytes, timeout: float) -> bytes:
         try:
-            return (await nc.request(subject, payload, timeout=timeout)).data
+            return (await nc.request(subject, payload, timeout=timeout, headers=outgoing())).data
         except nats.errors.NoRespondersError as e:
             raise StorageFailed(503, f"no storage service answers on {subject}: is it running?") from e
         except (TimeoutError, nats.errors.Error) as e:

@@ -42,6 +42,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
+from fhirschema_bus import logs, tracing
 from fhirschema_bus import metrics as m
 from fhirschema_bus import subjects as s
 from fhirschema_bus.config import Section
@@ -56,6 +57,7 @@ from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import ensure_topology
 
 log = logging.getLogger("fhirschema.worker")
+
 
 class WorkerSettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_WORKER_")
@@ -88,6 +90,11 @@ class WorkerSettings(Section):
         return re.sub(r"[^A-Za-z0-9_=-]", "-", raw)  # a valid KV key part
 
 
+def telemetry() -> list[Any]:
+    provider = tracing.provider()
+    return [] if provider is None else [tracing.telemetry_middleware(provider)]
+
+
 class PermanentError(Exception):
     """Retrying cannot help (e.g. a referenced payload that is not JSON): dead-letter at once."""
 
@@ -116,7 +123,9 @@ class Worker:
         self.broker = NatsBroker(
             self.nats.url,
             security=nats_security(self.nats),  # credentials and TLS (credentials.py)
-            middlewares=[self._middleware],
+            # Outermost: the consume span (continuing the message's traceparent) is current while
+            # our policy acks, retries or dead-letters it.
+            middlewares=[*telemetry(), self._middleware],
             log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at debug
             # Ours, not FastStream's own (coloured, on stdout): they go through the root handler.
             logger=broker_log,
@@ -295,10 +304,17 @@ class ReliableConsume(BaseMiddleware):
         self, call_next: Callable[[Any], Awaitable[Any]], stream_msg: StreamMessage[Any]
     ) -> Any:
         raw = stream_msg.raw_message
-        try:
-            deliveries = raw.metadata.num_delivered
-        except Exception:
-            return await call_next(stream_msg)  # core NATS request/reply: FastStream's own handling
+        with logs.bound(**tracing.incoming_ids(raw.headers)):
+            try:
+                deliveries = raw.metadata.num_delivered
+            except Exception:
+                return await call_next(stream_msg)  # core NATS request/reply: FastStream's own handling
+            return await self._consume(call_next, stream_msg, deliveries)
+
+    async def _consume(
+        self, call_next: Callable[[Any], Awaitable[Any]], stream_msg: StreamMessage[Any], deliveries: int
+    ) -> Any:
+        raw = stream_msg.raw_message
         msg = cast(NatsMessage, stream_msg)  # a JetStream message: it has metadata
         w, subject = self.worker, raw.subject
         # By durable, not subject: subjects of job events carry the job id (unbounded).

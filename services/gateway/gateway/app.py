@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
+from fhirschema_bus import tracing
 from gateway import __version__
 from gateway.access import AccessLog
 from gateway.bootstrap import Container, Settings, bootstrap
@@ -52,8 +52,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         app.include_router(r.router)
     app.add_middleware(MetricsMiddleware, metrics=container.metrics)
     app.add_middleware(AccessLog)  # outermost: its request id is bound for all that runs inside
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):  # tracing only when a collector is configured
+    if (provider := tracing.provider()) is not None:  # OTEL_* configured (tracing.configure)
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(app, excluded_urls="health,metrics")
+        # A server span per request, continuing the caller's traceparent; probes are not traced.
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=provider, excluded_urls="health,ready,metrics"
+        )
     return app

@@ -25,6 +25,7 @@ from fhirschema_bus.contracts import HEADER_CORRELATION_ID, HEADER_MSG_ID
 from fhirschema_bus.credentials import nats_options, redact_url
 from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import ensure_topology
+from fhirschema_bus.tracing import outgoing
 from gateway.errors import BusUnavailable
 
 log = logging.getLogger("gateway.bus")
@@ -231,7 +232,7 @@ class Bus:
     async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
         """Core NATS request/reply (storage lookups)."""
         try:
-            msg = await self.client.request(subject, payload, timeout=timeout)
+            msg = await self.client.request(subject, payload, timeout=timeout, headers=outgoing())
         except nats.errors.NoRespondersError as e:
             raise BusUnavailable(f"no service answers on {subject}") from e
         except (TimeoutError, *NATS_ERRORS) as e:
@@ -250,4 +251,5 @@ def _acked(ack: asyncio.Future[Any] | None) -> bool:
 
 
 def _headers(msg_id: str) -> dict[str, str]:
-    return {HEADER_MSG_ID: msg_id, HEADER_CORRELATION_ID: msg_id}
+    # The request's trace context and ids travel with it (tracing.outgoing).
+    return outgoing({HEADER_MSG_ID: msg_id, HEADER_CORRELATION_ID: msg_id})

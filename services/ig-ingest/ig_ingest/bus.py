@@ -18,6 +18,7 @@ from fhirschema_bus.contracts import (
 )
 from fhirschema_bus.repository import read_state, repository_kv
 from fhirschema_bus.storage import StorageClient, StorageFailed, nats_request
+from fhirschema_bus.tracing import outgoing
 
 
 class StorageUnavailable(RuntimeError):
@@ -31,7 +32,7 @@ class NatsSink:
 
     async def put_schema(self, put: PutSchema, msg_id: str) -> None:
         body = put.model_dump_json(by_alias=True).encode()
-        await self.js.publish(s.STORAGE_PUT_SCHEMA, body, headers={HEADER_MSG_ID: msg_id[:250]})
+        await self.js.publish(s.STORAGE_PUT_SCHEMA, body, headers=outgoing({HEADER_MSG_ID: msg_id[:250]}))
 
     async def index_package(self, req: IndexPackage) -> int:
         try:

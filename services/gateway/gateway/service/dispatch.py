@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from fhirschema_bus import logs
 from fhirschema_bus.contracts import INLINE_LIMIT, ObjectRef
 from gateway.bus import Bus
 from gateway.ports import JobStore, ObjectStore
@@ -17,7 +18,11 @@ JobsProvider = Callable[[], Awaitable[JobStore]]
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """A new job's id, bound for the logs of the request that creates it (and, through the
+    messages' headers, of the workers that handle them)."""
+    job_id = uuid.uuid4().hex
+    logs.job_id.set(job_id)  # in this request's context only (each request runs in its own)
+    return job_id
 
 
 class ReplyTimeout(Exception):

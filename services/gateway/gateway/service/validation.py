@@ -26,6 +26,7 @@ from fhirschema_bus.contracts import (
     ValidateResult,
     result_items,
 )
+from fhirschema_bus.tracing import outgoing
 from gateway.bodies import Item
 from gateway.bus import RETRY_AFTER_SECONDS
 from gateway.errors import BadRequest, BusUnavailable, Timeout
@@ -149,7 +150,9 @@ class ValidationService:
         except ValueError:
             return  # e.g. a conversion reply after its caller gave up: nothing to keep
         subject = s.job_result_subject(s.VALIDATE_RESULT, job_id)
-        await self.d.bus.js.publish(subject, data, headers={HEADER_MSG_ID: f"{job_id}.{result.index}"})
+        await self.d.bus.js.publish(
+            subject, data, headers=outgoing({HEADER_MSG_ID: f"{job_id}.{result.index}"})
+        )
         outcome: Outcome = "failed" if result.error else ("valid" if result.valid else "invalid")
         jobs = await self.d.jobs()
         await jobs.record(job_id, result.index, outcome)
