@@ -94,6 +94,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     nats_passwords: dict[str, str] = field(default_factory=dict)  # per-run, one user per service
     gateway_url: str = ""
+    metrics: dict[str, str] = field(default_factory=dict)  # service -> its /metrics URL
     guard: subprocess.Popen[bytes] | None = None
 
     def watch(self, pid: int) -> None:
@@ -193,14 +194,25 @@ class Stack:
                 say(f"{name:9} MISSING: module {module} (or its __main__) is not importable; not started")
                 continue
             log = logs / f"{name}.log"
+            env = self.env
+            if name == "gateway":  # its API port serves /metrics too
+                self.metrics[name] = f"{self.gateway_url}/metrics"
+            else:  # each worker its own /health, /ready, /metrics port (probes.py)
+                port = srv.free_port()
+                env = {
+                    **self.env,
+                    "FHIRSCHEMA_WORKER_HTTP_HOST": srv.HOST,
+                    "FHIRSCHEMA_WORKER_HTTP_PORT": str(port),
+                }
+                self.metrics[name] = f"http://{srv.HOST}:{port}/metrics"
             with open(log, "ab") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", module], stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, env={**self.env, **self.nats_env(name)}, start_new_session=True,
+                    stderr=subprocess.STDOUT, env={**env, **self.nats_env(name)}, start_new_session=True,
                 )  # fmt: skip
             self.children.append(Child(name, proc, log))
             self.watch(proc.pid)
-            say(f"{name:9} started (pid {proc.pid}, log {log})")
+            say(f"{name:9} started (pid {proc.pid}, log {log}, metrics {self.metrics[name]})")
         self.write_state()
 
     def write_state(self) -> None:
@@ -210,6 +222,7 @@ class Stack:
             "servers": {k: s.pid for k, s in self.servers.items()},
             "services": {c.name: c.proc.pid for c in self.children},
             "gateway": self.gateway_url,
+            "metrics": self.metrics,
         }
         (self.base / "state.json").write_text(json.dumps(state, indent=2))
 

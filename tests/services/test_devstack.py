@@ -87,6 +87,18 @@ class Devstack:
         return time.monotonic() - t0
 
 
+def read_when_up(url: str, timeout: float = 60.0) -> str:
+    """A worker's endpoint starts once it is connected and its start-up hooks ran."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return str(r.read().decode())
+        except OSError:
+            assert time.monotonic() < deadline, f"{url} does not answer"
+            time.sleep(0.2)
+
+
 @pytest.fixture
 def start_devstack(tmp_path: Path) -> Iterator[Callable[..., Devstack]]:
     """Starts `make up` with these environment overrides (each stack in a folder of its own)."""
@@ -121,6 +133,11 @@ def test_devstack_up_and_down(devstack: Devstack) -> None:
         assert r.status == 200
     state = json.loads((devstack.dir / "state.json").read_text())
     assert {"storage", "ig-ingest", "gateway"} <= set(state["services"])
+    # Every service's metrics port is on the console and answers with its build info.
+    assert set(state["metrics"]) == set(state["services"])
+    for name, url in state["metrics"].items():
+        assert f"metrics {url}" in devstack.text(), name
+        assert "fhirschema_build_info{" in read_when_up(url), name
     assert len(devstack.left()) >= 8  # 3 servers, 5 services, the guard
     # A second and a third signal while stopping (the old supervisor crashed on those).
     elapsed = devstack.stop(signal.SIGTERM, signal.SIGINT, signal.SIGTERM)
