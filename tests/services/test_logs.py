@@ -108,6 +108,7 @@ async def test_every_line_of_a_worker_and_the_gateway_is_json(
         nats_server, FHIRSCHEMA_LOG_FORMAT="json", FHIRSCHEMA_S3_ACCESS_KEY="k", FHIRSCHEMA_S3_SECRET_KEY="s",
         FHIRSCHEMA_GATEWAY_PORT=str(gw_port), FHIRSCHEMA_WORKER_HTTP_PORT=str(worker_port),
         FHIRSCHEMA_WORKER_STATS_SECONDS="1",
+        FHIRSCHEMA_AUTH="off",  # (auth has its own tests)
     )  # fmt: skip
     procs: dict[str, subprocess.Popen[bytes]] = {}
     outputs: dict[str, tuple[Path, Path]] = {}

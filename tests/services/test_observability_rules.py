@@ -34,6 +34,8 @@ BOUNDED = {
     "method",
     "kind",
     "reason",  # storage's index rebuild causes
+    "scheduled",  # ig-ingest job by the schedule or not (true / false)
+    "channel",  # ig-ingest failure notices: how they were sent (a closed set)
     "version",
     "engine",
     "python",
