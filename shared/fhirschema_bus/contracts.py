@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fhirschema.ids import PackageId
 from fhirschema.validator.issues import Issue
 
 INLINE_LIMIT = 512 * 1024  # bytes of JSON; bigger payloads go by S3 reference
@@ -207,6 +208,31 @@ class IngestRequest(BaseModel):
     dependencies: bool = True
     registry: str | None = None  # only this configured registry (base URL) is asked
     sources: list[str] = Field(default_factory=list)  # override FHIRSCHEMA_PACKAGE_SOURCES (tests, ops)
+
+
+class IngestProcess(BaseModel):
+    """POST /ig/process (the HTTP contract): `packages` as `name`, `name#1.2.3`, `name#1.2.x` or
+    `name#current`; `registry`, when given, must be a configured registry's base URL (checked by
+    the gateway: 400 otherwise; ig-ingest contacts configured registries only, whatever it gets)."""
+
+    packages: list[str] = Field(min_length=1, max_length=1000)
+    dependencies: bool = True
+    registry: str | None = None
+
+    @field_validator("packages")
+    @classmethod
+    def _specs(cls, specs: list[str]) -> list[str]:
+        for spec in specs:
+            name, version = PackageId.split(spec)
+            PackageId(name, version or "latest")  # ValueError naming the bad name or version
+        return [spec.strip() for spec in specs]
+
+
+class IngestAccepted(BaseModel):
+    """The 202 of POST /ig/process: the job id and where its status is (also `Location`)."""
+
+    job: str
+    status: str
 
 
 class PackageState(StrEnum):

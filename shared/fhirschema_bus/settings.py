@@ -117,6 +117,10 @@ class PackageSettings(Section):
     def package_list(self) -> list[str]:
         return [p.strip() for p in self.packages.split(",") if p.strip()]
 
+    def registry_names(self) -> list[str]:
+        """The registries as ig-ingest names them: what a request's `registry` may say."""
+        return [s.removeprefix("npm+").rstrip("/") for s in self.source_list()]
+
 
 class GatewaySettings(Section):
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_GATEWAY_")

@@ -15,7 +15,7 @@ from gateway.access import AccessLog
 from gateway.bootstrap import Container, Settings, bootstrap
 from gateway.errors import install_error_handlers
 from gateway.metrics import MetricsMiddleware
-from gateway.routers import convert, dead_letters, fhir, jobs, ops, schemas, stream, validate
+from gateway.routers import convert, dead_letters, fhir, ig, jobs, ops, schemas, stream, validate
 
 DESCRIPTION = """HTTP front of the FHIRSchema services. Every request travels over NATS JetStream
 to independent validator, converter and storage services; programs may also publish straight to
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     app.state.container = container
     install_error_handlers(app)
-    for r in (validate, fhir, stream, convert, schemas, jobs, dead_letters, ops):
+    for r in (validate, fhir, stream, convert, schemas, jobs, dead_letters, ig, ops):
         app.include_router(r.router)
     app.add_middleware(MetricsMiddleware, metrics=container.metrics)
     app.add_middleware(AccessLog)  # outermost: its request id is bound for all that runs inside

@@ -22,6 +22,7 @@ from fhirschema_bus.settings import (
     S3Settings,
 )
 from gateway.adapters.dead_letters import StreamDeadLetters
+from gateway.adapters.ingest import NatsIngest
 from gateway.adapters.key_file import KeyFile
 from gateway.adapters.objects import SharedObjectStore
 from gateway.adapters.oidc import OidcVerifier
@@ -34,6 +35,7 @@ from gateway.ports import JobStore
 from gateway.service.auth import Authenticator
 from gateway.service.conversion import ConversionService
 from gateway.service.dispatch import Dispatcher
+from gateway.service.ingest import IngestService
 from gateway.service.readiness import ReadinessGate
 from gateway.service.validation import ValidationService
 
@@ -80,6 +82,7 @@ class Container:
     conversion: ConversionService
     auth: Authenticator
     key_file: KeyFile | None
+    ingest: IngestService
     # What the gateway applies without a restart (reload.py): register with reloads.on(...).
     reloads: Reloads = field(default_factory=Reloads)
 
@@ -116,6 +119,7 @@ def bootstrap(settings: Settings | None = None) -> Container:
     jobs = Jobs(bus)
     dispatch = Dispatcher(bus, objects, settings.s3.bucket_payloads, jobs)
     schemas = NatsSchemaRepository(bus)
+    ingest = NatsIngest(bus)
     timeout = settings.gateway.sync_timeout_seconds
     readiness = ReadinessGate(
         KvReadiness(bus), settings.packages.package_list(), wait_seconds=settings.gateway.ready_wait_seconds
@@ -147,4 +151,5 @@ def bootstrap(settings: Settings | None = None) -> Container:
         ),
         key_file=key_file,
         reloads=reloads,
+        ingest=IngestService(ingest, ingest, settings.packages.registry_names()),
     )

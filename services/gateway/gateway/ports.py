@@ -7,10 +7,15 @@ from typing import Any, Protocol
 
 from fhirschema_bus.contracts import (
     DeadLetter,
+    IngestedPackage,
+    IngestJob,
+    IngestRequest,
     JobKind,
     JobStatus,
     ObjectRef,
     Outcome,
+    RegistryAnswer,
+    RegistryQuery,
     SchemaList,
     SchemaRecord,
 )
@@ -56,3 +61,19 @@ class SchemaRepository(Protocol):
 
 class Probe(Protocol):
     async def __call__(self) -> None: ...
+
+
+class IngestJobs(Protocol):
+    """The IG pipeline's state and queue (adapters.ingest.NatsIngest): KV_INGEST and the
+    ingest subject, written by ig-ingest."""
+
+    async def queue(self, req: IngestRequest, job: IngestJob) -> None: ...  # recorded, then published
+    async def job(self, job_id: str) -> IngestJob | None: ...
+    async def jobs(self, limit: int) -> list[IngestJob]: ...
+    async def packages(self) -> list[IngestedPackage]: ...
+
+
+class RegistrySearch(Protocol):
+    """ig-ingest's search of its configured registries (request/reply)."""
+
+    async def search(self, query: RegistryQuery) -> RegistryAnswer: ...

@@ -20,6 +20,7 @@ from faststream.nats import JStream, NatsMessage, PullSub
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import HEADER_MSG_ID, IngestJob, IngestRequest, RegistryQuery, now
+from fhirschema_bus.ingest_status import IngestStatus
 from fhirschema_bus.object_store import ObjectStore
 from fhirschema_bus.settings import IngestSettings, NatsSettings, PackageSettings, S3Settings
 from fhirschema_bus.worker import Worker, WorkerSettings
@@ -35,7 +36,6 @@ from ig_ingest.retention import Retention, pinned_versions
 from ig_ingest.schedule import ScheduleStore, handle_get, handle_put
 from ig_ingest.scheduler import Scheduler
 from ig_ingest.search import search
-from ig_ingest.status import IngestStatus
 
 log = logging.getLogger("ig_ingest")
 SERVICE = "ig-ingest"

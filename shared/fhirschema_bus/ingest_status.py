@@ -1,4 +1,5 @@
 """Per-job and per-package ingest status in JetStream KV (KV_INGEST): what GET /ig/status shows.
+Written by ig-ingest (and by the gateway for a job it queues), read by the gateway.
 
 One replica runs a job (one IngestRequest message), so a job's record has one writer; package
 records are the last writer's (the same name, version and SHA-256 whoever writes them).
