@@ -48,7 +48,11 @@ def build() -> dict:
             f"`{subjects.JOB_EVENTS}.<job>`; dead letters: `{subjects.DEAD_LETTER}.<subject>`. "
             f"Storage replies (`{subjects.PREFIX}.storage.*`) are StorageReply envelopes; the repository "
             f"state is KV `{subjects.KV_REPOSITORY}` key `{subjects.REPOSITORY_STATE_KEY}` (RepositoryState). "
-            f"Resources over {contracts.INLINE_LIMIT} bytes travel by S3 reference (`resource_ref`)."
+            f"Resources over {contracts.INLINE_LIMIT} bytes travel by S3 reference (`resource_ref`). "
+            f"IG ingest (as POST /ig/process): an IngestRequest on `{subjects.INGEST_PACKAGE}`; its "
+            f"progress and outcome in KV `{subjects.KV_INGEST}` key `job.<job_id>` (IngestJob, as "
+            f"GET /ig/status/<job>), what is ingested under `pkg.<name>.<version>` (IngestedPackage); "
+            f"`{subjects.INGEST_REGISTRY}` (RegistryQuery, request/reply) answers a RegistryAnswer."
         ),
     )
     schema = spec.to_specification().to_jsonable()
@@ -72,6 +76,10 @@ def build() -> dict:
                 contracts.PackageIndexed,
                 contracts.PackageRemoved,
                 contracts.RepositoryState,
+                # ig-ingest: job status and ingested packages (KV), the registry search's reply
+                contracts.IngestJob,
+                contracts.IngestedPackage,
+                contracts.RegistryAnswer,
             )
         }
     )

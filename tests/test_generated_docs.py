@@ -37,3 +37,14 @@ def test_configuration_reference_is_current() -> None:
     assert result.returncode == 0, (
         result.stderr + "\nregenerate: .venv/bin/python scripts/config_reference.py"
     )
+
+
+def test_asyncapi_describes_the_ingest_messages() -> None:
+    """Direct NATS publishers of IngestRequest read the job's IngestJob and the search's reply."""
+    import json
+
+    doc = json.loads((ROOT / "docs" / "asyncapi.json").read_text())
+    schemas = doc["components"]["schemas"]
+    for model in ("IngestRequest", "IngestJob", "IngestedPackage", "RegistryQuery", "RegistryAnswer"):
+        assert model in schemas, sorted(schemas)
+    assert "fhirschema_ingest" in doc["info"]["description"]

@@ -82,9 +82,10 @@ Verdict = tuple[bool, Any]  # (valid, OperationOutcome)
 # --- the CLI ------------------------------------------------------------------------------------
 
 
-def cli(corpus: Corpus, workdir: Path, *, batch: bool = False) -> list[Verdict]:
+def cli(corpus: Corpus, workdir: Path, *, batch: bool = False, packages: Path = PACKAGES) -> list[Verdict]:
     """`fhirschema validate --package <tgz>` over the corpus' items: as files (one per item), or
-    (batch) one NDJSON file of them. Verdicts in input order."""
+    (batch) one NDJSON file of them; the package and its dependencies from the folder `packages`.
+    Verdicts in input order."""
     workdir.mkdir(parents=True, exist_ok=True)
     if batch:
         path = workdir / f"{corpus.name}.ndjson"
@@ -99,7 +100,7 @@ def cli(corpus: Corpus, workdir: Path, *, batch: bool = False) -> list[Verdict]:
     cache = workdir / "empty-cache"
     cache.mkdir(exist_ok=True)
     exe = Path(sys.executable).with_name("fhirschema")
-    cmd = [str(exe), "validate", "--cache", str(cache), "--package", str(PACKAGES / f"{corpus.package}.tgz")]
+    cmd = [str(exe), "validate", "--cache", str(cache), "--package", str(packages / f"{corpus.package}.tgz")]
     proc = subprocess.run(
         [*cmd, *map(str, paths)],
         capture_output=True,
