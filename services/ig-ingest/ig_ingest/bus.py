@@ -3,6 +3,8 @@ a request/reply to storage (answers once the package is in the repository state)
 
 from __future__ import annotations
 
+import asyncio
+
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -20,6 +22,8 @@ from fhirschema_bus.repository import read_state, repository_kv
 from fhirschema_bus.storage import StorageClient, StorageFailed, nats_request
 from fhirschema_bus.tracing import outgoing
 
+ACK_TIMEOUT = 60.0  # for the acks of one chunk of puts
+
 
 class StorageUnavailable(RuntimeError):
     pass
@@ -30,9 +34,17 @@ class NatsSink:
         self.js = js
         self.storage = StorageClient(nats_request(nc), timeout)
 
-    async def put_schema(self, put: PutSchema, msg_id: str) -> None:
-        body = put.model_dump_json(by_alias=True).encode()
-        await self.js.publish(s.STORAGE_PUT_SCHEMA, body, headers=outgoing({HEADER_MSG_ID: msg_id[:250]}))
+    async def put_schemas(self, puts: list[tuple[PutSchema, str]]) -> None:
+        """Published without waiting for each ack; returns once the stream acked them all (the
+        first failure raised: the package fails, a rerun stores nothing twice)."""
+        acks = []
+        for put, msg_id in puts:
+            body = put.model_dump_json(by_alias=True).encode()
+            headers = outgoing({HEADER_MSG_ID: msg_id[:250]})
+            acks.append(
+                await self.js.publish_async(s.STORAGE_PUT_SCHEMA, body, headers=headers, wait_stall=30.0)
+            )
+        await asyncio.wait_for(asyncio.gather(*acks), ACK_TIMEOUT)
 
     async def index_package(self, req: IndexPackage) -> int:
         try:

@@ -43,6 +43,7 @@ from ig_ingest.tarballs import PackageRejected, Verified
 
 log = logging.getLogger("ig_ingest")
 MAX_MESSAGE = 1024 * 1024 - 16 * 1024  # NATS default max_payload, minus headers
+CONVERT_CHUNK = 64  # StructureDefinitions per worker-thread call and per round of acks
 STORED_WAIT_SECONDS = 120.0  # storage listing a package's schemas before it is registered
 
 
@@ -53,7 +54,7 @@ class NotStored(RuntimeError):
 class SchemaSink(Protocol):
     """How schemas and package registrations reach the storage service (bus.NatsSink)."""
 
-    async def put_schema(self, put: PutSchema, msg_id: str) -> None: ...
+    async def put_schemas(self, puts: list[tuple[PutSchema, str]]) -> None: ...  # (put, msg id), all acked
     async def index_package(self, req: IndexPackage) -> int: ...
     async def repository(self) -> RepositoryState: ...
     async def stored_schemas(self, package: str) -> int: ...
@@ -110,7 +111,9 @@ class Pipeline:
             p for p in job.packages
             if p.state is PackageState.FAILED and (p.requested, p.dependency_of) not in missing
         ]  # fmt: skip
-        return await self._finish(job, f"{len(failed)} of {len(job.packages)} packages failed" if failed else None)
+        return await self._finish(
+            job, f"{len(failed)} of {len(job.packages)} packages failed" if failed else None
+        )
 
     async def _finish(self, job: IngestJob, error: str | None) -> IngestJob:
         job.state = JobState.FAILED if error else JobState.SUCCEEDED
@@ -211,29 +214,31 @@ class _Run:
         await self.save()  # the count is visible while the package converts
         errors: list[str] = []
         published: set[tuple[Any, Any]] = set()  # distinct url|version: what storage will list
-        for i, entry in enumerate(sds):
-            try:
-                schema = await asyncio.to_thread(_convert, pkg, entry)
-            except (ConversionError, PackageError) as e:
-                errors.append(f"{entry.filename}: {e}")
-                continue
-            if len(orjson.dumps(schema)) > MAX_MESSAGE:
-                errors.append(f"{entry.filename}: its schema exceeds the 1 MB message limit")
-                continue
-            put = PutSchema(schema_=schema, package=spec, origin="package")
-            # De-duplicated per job: its redelivery (a crash, the other replica) stores nothing
-            # twice; another job may store the package again (storage lost it).
-            msg_id = f"{self.job.job}|{spec}|{v.sha256[:16]}|{entry.url}|{entry.version or ''}"
-            await self.p.sink.put_schema(put, msg_id=msg_id)
-            published.add((schema.get("url"), schema.get("version")))
-            st.schemas += 1
-            if i % 100 == 99:
-                await self.save()
+        # Converted CONVERT_CHUNK at a time in one worker thread and published pipelined (a
+        # chunk's acks awaited together): an ack round trip per schema was most of the time.
+        for start in range(0, len(sds), CONVERT_CHUNK):
+            chunk = sds[start : start + CONVERT_CHUNK]
+            converted = await asyncio.to_thread(_convert_chunk, pkg, chunk)
+            puts = []
+            for entry, schema in zip(chunk, converted, strict=True):
+                if isinstance(schema, str):
+                    errors.append(f"{entry.filename}: {schema}")
+                    continue
+                put = PutSchema(schema_=schema, package=spec, origin="package")
+                # De-duplicated per job: its redelivery (a crash, the other replica) stores nothing
+                # twice; another job may store the package again (storage lost it).
+                puts.append((put, f"{self.job.job}|{spec}|{v.sha256[:16]}|{entry.url}|{entry.version or ''}"))
+                published.add((schema.get("url"), schema.get("version")))
+            await self.p.sink.put_schemas(puts)
+            st.schemas += len(puts)
+            await self.save()
         if errors:
             log.warning("%s: %d StructureDefinitions not converted: %s", spec, len(errors), errors[:3])
         await self.until_stored(spec, len(published))
         # Registering is the repository change: validators load the package from now on.
-        await self.p.sink.index_package(IndexPackage(package=spec, object=ref, sha256=v.sha256, source=st.source))
+        await self.p.sink.index_package(
+            IndexPackage(package=spec, object=ref, sha256=v.sha256, source=st.source)
+        )
         await self.p.status.put_package(
             IngestedPackage(name=v.pid.name, version=v.pid.version, schemas=st.schemas, sha256=v.sha256,
                             source=st.source, job=self.job.job)
@@ -264,8 +269,18 @@ class _Run:
         return held >= known.schemas
 
 
-def _convert(pkg: Package, entry: Any) -> dict[str, Any]:
-    return convert(pkg.read(entry), package=pkg)
+def _convert_chunk(pkg: Package, entries: list[Any]) -> list[dict[str, Any] | str]:
+    """Each entry's FHIRSchema, or why it has none (runs in a worker thread)."""
+    out: list[dict[str, Any] | str] = []
+    for entry in entries:
+        try:
+            schema = convert(pkg.read(entry), package=pkg)
+        except (ConversionError, PackageError) as e:
+            out.append(str(e))
+            continue
+        too_big = len(orjson.dumps(schema)) > MAX_MESSAGE
+        out.append("its schema exceeds the 1 MB message limit" if too_big else schema)
+    return out
 
 
 def _observe(st: IngestPackageStatus, seconds: float) -> None:
