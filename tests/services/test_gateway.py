@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import re
 import tarfile
 import time
@@ -478,11 +479,17 @@ async def serving(app: Any, port: int) -> AsyncIterator[str]:
         await task
 
 
-async def test_auth_required(nats_server, s3_server, redis_server, stack: Stack, tmp_path: Path) -> None:
+async def test_auth_required(
+    nats_server, s3_server, redis_server, stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A second gateway with a key file over the module's stack: no key 401, a key without the
-    scope 403, the right key the engine's verdict; on HTTP and WebSocket; a revoked key 401."""
+    scope 403, the right key the engine's verdict; on HTTP and WebSocket (headers, or the
+    subprotocols a browser sets; refusals closed 4401 / 4403); the keys never logged; a revoked
+    key 401."""
     from gateway.app import create_app
     from gateway.service.auth import digest_of
+
+    caplog.set_level(logging.INFO)
 
     keys = tmp_path / "keys"
     keys.write_text(f"{digest_of('validator-key')} validate validator\n{digest_of('reader-key')} schemas:read reader\n")
@@ -504,12 +511,29 @@ async def test_auth_required(nats_server, s3_server, redis_server, stack: Stack,
             async with websockets.connect(f"ws://{host}/validate/stream"):
                 pass
         assert denied.value.response.status_code == 401
-        for url, headers in [(f"ws://{host}/validate/stream", {"X-API-Key": "validator-key"}),
-                             (f"ws://{host}/validate/stream?api_key=validator-key", {})]:  # fmt: skip
-            async with websockets.connect(url, additional_headers=headers) as ws:
+        # Headers (programs), or the subprotocols a browser can set: only fhirschema.v1 echoed.
+        url = f"ws://{host}/validate/stream"
+        for headers, protocols in [({"X-API-Key": "validator-key"}, None),
+                                   ({}, ["fhirschema.v1", "apikey.validator-key"])]:  # fmt: skip
+            async with websockets.connect(url, additional_headers=headers, subprotocols=protocols) as ws:
+                assert ws.response.headers.get("Sec-WebSocket-Protocol") == (protocols and protocols[0])
                 await ws.send(orjson.dumps(BAD_PATIENT).decode())
                 frame = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
                 assert frame["index"] == 0 and frame["valid"] is False
+        for protocols, code in [(["fhirschema.v1"], 4401), (["fhirschema.v1", "apikey.reader-key"], 4403)]:
+            async with websockets.connect(url, subprotocols=protocols) as ws:  # a browser's refusal
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+                assert closed.value.rcvd.reason  # says why: a browser sees no HTTP status
+        with pytest.raises(websockets.InvalidStatus) as denied:  # never in the query string
+            async with websockets.connect(f"{url}?api_key=validator-key"):
+                pass
+        assert denied.value.response.status_code == 401
+        server_side = [r for r in caplog.records if not r.name.startswith("websockets")]  # not our client's
+        assert not [
+            r for r in server_side if "validator-key" in r.getMessage() or "reader-key" in r.getMessage()
+        ]
 
         keys.write_text(f"{digest_of('reader-key')} schemas:read reader\n")  # the validator key revoked
         deadline = time.monotonic() + 5

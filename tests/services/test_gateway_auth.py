@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import threading
 import time
@@ -25,6 +26,7 @@ from gateway.bootstrap import Settings
 from gateway.service.auth import SCOPES, ApiKeys, KeyFileError, digest_of
 from jwt.algorithms import RSAAlgorithm
 from starlette.testclient import WebSocketDenialResponse
+from starlette.websockets import WebSocketDisconnect
 
 from fhirschema_bus.config import ServiceConfig
 from fhirschema_bus.reload import ConfigWatcher, Reloads
@@ -217,23 +219,67 @@ def test_openapi_names_the_scheme_and_scopes(app: FastAPI) -> None:
 
 
 def test_websocket_authenticates_before_it_is_accepted(app: FastAPI) -> None:
+    """Headers (non-browser clients): refused with the HTTP answer (a denial response)."""
     with TestClient(app) as tc:
-        for headers, url in [({}, "/validate/stream"), ({"X-API-Key": "r-key-2"}, "/validate/stream"),
-                             ({}, "/validate/stream?api_key=wrong")]:  # fmt: skip
-            with pytest.raises(WebSocketDenialResponse) as denied, tc.websocket_connect(url, headers=headers):
+        for headers in [{}, {"X-API-Key": "r-key-2"}, {"X-API-Key": "wrong"}]:
+            with (
+                pytest.raises(WebSocketDenialResponse) as denied,
+                tc.websocket_connect("/validate/stream", headers=headers),
+            ):
                 pass
             response = denied.value
             assert response.status_code in (401, 403)
             assert response.json()["resourceType"] == "OperationOutcome"
             if response.status_code == 401:
                 assert response.headers["www-authenticate"].startswith("ApiKey")
-        for headers, url in [
-            ({"X-API-Key": "v-key-1"}, "/validate/stream"),
-            ({}, "/validate/stream?api_key=v-key-1"),
-        ]:
-            with tc.websocket_connect(url, headers=headers) as ws:
-                ws.send_text('{"subscribe": "no-such-job"}')
-                assert "error" in ws.receive_json()  # accepted: NATS is what is missing here
+        with tc.websocket_connect("/validate/stream", headers={"X-API-Key": "v-key-1"}) as ws:
+            assert ws.accepted_subprotocol is None
+            ws.send_text('{"subscribe": "no-such-job"}')
+            assert "error" in ws.receive_json()  # accepted: NATS is what is missing here
+
+
+def closed_with(tc: TestClient, protocols: list[str]) -> tuple[int, str]:
+    """The close code and reason of a handshake accepted only to be refused (a browser's view)."""
+    with tc.websocket_connect("/validate/stream", subprotocols=protocols) as ws:
+        assert ws.accepted_subprotocol == "fhirschema.v1"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    return closed.value.code, closed.value.reason
+
+
+def test_websocket_credential_in_the_subprotocols(app: FastAPI, caplog: pytest.LogCaptureFixture) -> None:
+    """Browsers: `fhirschema.v1` + `apikey.<key>`; only `fhirschema.v1` is echoed; a refusal is a
+    close with 4401 / 4403 and the reason; the query string is refused; the key never logged."""
+    caplog.set_level(logging.DEBUG)
+    with TestClient(app) as tc:
+        with tc.websocket_connect("/validate/stream", subprotocols=["fhirschema.v1", "apikey.v-key-1"]) as ws:
+            assert ws.accepted_subprotocol == "fhirschema.v1"
+            ws.send_text('{"subscribe": "no-such-job"}')
+            assert "error" in ws.receive_json()
+        code, reason = closed_with(tc, ["fhirschema.v1"])
+        assert code == 4401 and "authentication required" in reason
+        code, reason = closed_with(tc, ["fhirschema.v1", "apikey.v-key-1x"])
+        assert code == 4401 and "not valid" in reason
+        code, reason = closed_with(tc, ["apikey.r-key-2", "fhirschema.v1"])
+        assert code == 4403 and "'validate'" in reason and len(reason.encode()) <= 123
+        # The credential without the protocol: echoing it would hand the secret back; 400.
+        with (
+            pytest.raises(WebSocketDenialResponse) as denied,
+            tc.websocket_connect("/validate/stream", subprotocols=["apikey.v-key-1"]),
+        ):
+            pass
+        assert denied.value.status_code == 400 and "fhirschema.v1" in denied.value.text
+        # Never the query string, not even a valid key: it lands in access logs.
+        for query in ("api_key=v-key-1", "access_token=v-key-1"):
+            with (
+                pytest.raises(WebSocketDenialResponse) as denied,
+                tc.websocket_connect(f"/validate/stream?{query}", headers={"X-API-Key": "v-key-1"}),
+            ):
+                pass
+            assert denied.value.status_code == 401 and "query string" in denied.value.text
+    logged = caplog.text + " ".join(str(r.args) for r in caplog.records)
+    assert "gateway.access" in {r.name for r in caplog.records}  # the handshakes were logged
+    assert "v-key-1" not in logged and "r-key-2" not in logged
 
 
 # --- OIDC bearer tokens ---------------------------------------------------------------------------
@@ -357,14 +403,24 @@ async def test_bearer_tokens(tmp_path: Path, issuer: Issuer) -> None:
             ).status_code == 200
         assert issuer.fetches == fetched
 
-    with TestClient(app) as tc:  # a WebSocket: Authorization header or ?access_token=
+    with TestClient(app) as tc:  # a WebSocket: the Authorization header or `bearer.<JWT>`
         with tc.websocket_connect(
             "/validate/stream", headers={"Authorization": f"Bearer {issuer.token(kid='k2')}"}
         ):
             pass
-        with tc.websocket_connect(f"/validate/stream?access_token={issuer.token(kid='k2')}"):
-            pass
-        with pytest.raises(WebSocketDenialResponse), tc.websocket_connect("/validate/stream?access_token=x"):
+        token = issuer.token(kid="k2")
+        with tc.websocket_connect(
+            "/validate/stream", subprotocols=["fhirschema.v1", f"bearer.{token}"]
+        ) as ws:
+            assert ws.accepted_subprotocol == "fhirschema.v1"
+        code, reason = closed_with(tc, ["fhirschema.v1", f"bearer.{token}x"])
+        assert code == 4401 and "token" in reason, reason
+        code, reason = closed_with(tc, ["fhirschema.v1", f"bearer.{issuer.token(scope='convert')}"])
+        assert code == 4403 and "'validate'" in reason
+        with (
+            pytest.raises(WebSocketDenialResponse),
+            tc.websocket_connect(f"/validate/stream?access_token={token}"),
+        ):
             pass
 
 

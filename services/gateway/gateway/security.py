@@ -8,9 +8,10 @@ the CapabilityStatement before it authenticates), /docs, /redoc and /openapi(.js
 description, no data). /info needs a credential, with any scope: it names the instances.
 
 A WebSocket authenticates the same way, before it is accepted: the X-API-Key or Authorization
-header, or `?api_key=` / `?access_token=` for clients that cannot set headers on a WebSocket
-(browsers). A refused WebSocket
-gets the same 401 / 403 OperationOutcome as HTTP (a denial response).
+header, or for browsers (which cannot set headers on a WebSocket) the subprotocols
+`fhirschema.v1` + `apikey.<key>` / `bearer.<JWT>` (gateway.websocket_auth); never the query
+string. A refused WebSocket gets the same 401 / 403 OperationOutcome as HTTP (a denial response),
+or, offered `fhirschema.v1`, an accept closed at once with 4401 / 4403 and the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
-from gateway.errors import GatewayError, error_response
+from gateway import websocket_auth
+from gateway.errors import GatewayError
 from gateway.service.auth import SCOPE_DESCRIPTIONS, Authenticator, Principal
 
 API_KEY = APIKeyHeader(
@@ -77,18 +79,19 @@ def require(*scopes: str) -> Any:
 
 
 async def accept_websocket(ws: WebSocket, *scopes: str) -> Principal | None:
-    """Authenticate a WebSocket before accepting it; None when refused (the 401/403 is sent)."""
-    api_key = ws.headers.get("x-api-key") or ws.query_params.get("api_key")
-    scheme, _, token = ws.headers.get("authorization", "").partition(" ")
-    bearer = token.strip() if scheme.lower() == "bearer" else ws.query_params.get("access_token")
+    """Authenticate a WebSocket before accepting it; None when refused (the 401/403 is sent).
+    The credential: headers, or `Sec-WebSocket-Protocol` for browsers (gateway.websocket_auth)."""
     try:
-        found = await check(ws, list(scopes), api_key, bearer or None)
+        creds = websocket_auth.offered(ws)
+        if creds.in_query and _authenticator(ws).required:
+            raise _authenticator(ws).unauthorized(
+                "a credential in the query string is not accepted (URLs land in access logs): send "
+                f"Sec-WebSocket-Protocol: {websocket_auth.PROTOCOL}, apikey.<key> (or bearer.<token>), "
+                "or the X-API-Key / Authorization header"
+            )
+        found = await check(ws, list(scopes), creds.api_key, creds.bearer)
     except GatewayError as e:
-        response = error_response(e.message, e.status, headers=e.headers)
-        if "websocket.http.response" in ws.scope.get("extensions", {}):
-            await ws.send_denial_response(response)
-        else:  # a server without denial responses: the handshake fails (HTTP 403)
-            await ws.close(code=1008, reason=e.message[:120])
+        await websocket_auth.refuse(ws, e)
         return None
-    await ws.accept()
+    await ws.accept(subprotocol=creds.protocol)
     return found
