@@ -2,8 +2,9 @@
 
 Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
 `OTEL_TRACES_EXPORTER` (`otlp`, `console`; `none` is off) is set, and never with
-`OTEL_SDK_DISABLED=true`. The OTLP exporter is HTTP/protobuf and reads its own variables
-(endpoint, headers, timeout, compression); the sampler is `OTEL_TRACES_SAMPLER`; the resource is
+`OTEL_SDK_DISABLED=true`. The OTLP exporter is HTTP/protobuf, or gRPC with
+`OTEL_EXPORTER_OTLP_PROTOCOL=grpc` when the extra `otlp-grpc` is installed; it reads its own
+variables (endpoint, headers, timeout, compression); the sampler is `OTEL_TRACES_SAMPLER`; the resource is
 `OTEL_SERVICE_NAME` (default: the service's name) and `OTEL_RESOURCE_ATTRIBUTES`.
 
 Propagation: every NATS publish and request carries the current context as W3C `traceparent`
@@ -26,6 +27,7 @@ from fhirschema_bus.contracts import HEADER_JOB_ID, HEADER_REQUEST_ID
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is on (start-up time)
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("fhirschema.tracing")
 ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -53,12 +55,7 @@ def configure(service: str, env: Mapping[str, str] = os.environ) -> TracerProvid
     provider = TracerProvider(resource=Resource.create(attributes))
     for name in (e.strip().lower() for e in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",")):
         if name == "otlp":
-            protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            if protocol and protocol != "http/protobuf":
-                log.warning("OTLP protocol %s is not installed: traces are sent as http/protobuf", protocol)
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            provider.add_span_processor(BatchSpanProcessor(otlp_exporter(env)))
         elif name == "console":  # one JSON object per line, as the logs
             console = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
             provider.add_span_processor(SimpleSpanProcessor(console))
@@ -67,6 +64,37 @@ def configure(service: str, env: Mapping[str, str] = os.environ) -> TracerProvid
     trace.set_tracer_provider(provider)  # also for libraries that use the global one
     use(provider)
     return provider
+
+
+def otlp_protocol(env: Mapping[str, str] = os.environ) -> str:
+    """The OTLP protocol for traces, as the SDK reads it (the traces variable first)."""
+    raw = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    return (raw or "http/protobuf").strip().lower()
+
+
+def otlp_exporter(env: Mapping[str, str] = os.environ) -> SpanExporter:
+    """The OTLP span exporter for the protocol asked for. `grpc` needs the optional gRPC exporter
+    (the extra `otlp-grpc`: grpcio is ~18 MB, so the images carry HTTP only); without it, or for
+    a protocol the Python SDK lacks (http/json), traces go as http/protobuf, said loudly. Each
+    exporter reads its own OTEL_EXPORTER_OTLP_* variables (endpoint, headers, TLS, timeout)."""
+    protocol = otlp_protocol(env)
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+        except ImportError:
+            log.error(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc, but the gRPC exporter is not installed "
+                "(pip install 'fhirschema-service[otlp-grpc]'): traces are sent as http/protobuf"
+            )
+        else:
+            return Grpc()
+    elif protocol != "http/protobuf":
+        log.warning(
+            "OTLP protocol %s is not supported (grpc, http/protobuf): traces go as http/protobuf", protocol
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+    return Http()
 
 
 def use(provider: TracerProvider | None) -> TracerProvider | None:

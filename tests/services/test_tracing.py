@@ -71,15 +71,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                req = ExportTraceServiceRequest.FromString(body)
-                for rs in req.resource_spans:
-                    attrs = {a.key: a.value.string_value for a in rs.resource.attributes}
-                    for ss in rs.scope_spans:
-                        for sp in ss.spans:
-                            receiver.spans.append(Span(
-                                attrs.get("service.name", ""), sp.name, sp.trace_id.hex(),
-                                sp.span_id.hex(), sp.parent_span_id.hex(),
-                            ))  # fmt: skip
+                receiver.take(ExportTraceServiceRequest.FromString(body))
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.end_headers()
@@ -90,6 +82,16 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def take(self, req: ExportTraceServiceRequest) -> None:
+        for rs in req.resource_spans:
+            attrs = {a.key: a.value.string_value for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for sp in ss.spans:
+                    self.spans.append(Span(
+                        attrs.get("service.name", ""), sp.name, sp.trace_id.hex(),
+                        sp.span_id.hex(), sp.parent_span_id.hex(),
+                    ))  # fmt: skip
 
     def of_trace(self, trace_id: str) -> list[Span]:
         return [sp for sp in self.spans if sp.trace_id == trace_id]
