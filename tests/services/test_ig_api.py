@@ -1,9 +1,11 @@
 """The gateway's /ig routes (issue 11 §4) on fakes: the fixed contract's names, shapes and
-statuses, the `registry` check (configured registries only) and bad package specs."""
+statuses, the `registry` check (configured registries only), bad package specs and the
+schedule (GET/PUT /ig/schedule: 400 naming the field, 503 with Retry-After)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,10 +16,13 @@ from fhirschema_bus.contracts import (
     IngestedPackage,
     IngestJob,
     IngestRequest,
+    IngestSchedule,
     JobState,
     RegistryAnswer,
     RegistryPackage,
     RegistryQuery,
+    ScheduleReply,
+    ScheduleView,
 )
 from fhirschema_bus.settings import AuthSettings, PackageSettings, S3Settings
 from tests.services.test_gateway_support import create_app  # puts the services on sys.path
@@ -30,7 +35,7 @@ FOLDER = "/srv/packages"
 
 
 class FakeIngest:
-    """KV_INGEST, the ingest subject and ig-ingest's search, in memory."""
+    """KV_INGEST, the ingest subject and ig-ingest's search and schedule, in memory."""
 
     def __init__(self) -> None:
         self.queued: list[IngestRequest] = []
@@ -38,6 +43,8 @@ class FakeIngest:
         self.ingested: list[IngestedPackage] = []
         self.answer = RegistryAnswer()
         self.queries: list[RegistryQuery] = []
+        self.schedule: IngestSchedule | None = None
+        self.refusal: ScheduleReply | None = None  # what ig-ingest answers instead (400, 503)
 
     async def queue(self, req: IngestRequest, job: IngestJob) -> None:
         self.records[job.job] = job
@@ -56,6 +63,20 @@ class FakeIngest:
         self.queries.append(query)
         return self.answer
 
+    async def get_schedule(self) -> ScheduleReply:
+        return self.refusal or ScheduleReply(schedule=self._view())
+
+    async def put_schedule(self, schedule: IngestSchedule) -> ScheduleReply:
+        if self.refusal is not None:
+            return self.refusal
+        self.schedule = schedule
+        return ScheduleReply(schedule=self._view())
+
+    def _view(self) -> ScheduleView | None:
+        if self.schedule is None:
+            return None
+        return ScheduleView(**self.schedule.model_dump(), next_run=datetime(2026, 12, 4, 3, 17, tzinfo=UTC))
+
 
 @pytest.fixture
 def fake() -> FakeIngest:
@@ -70,7 +91,7 @@ async def api(fake: FakeIngest) -> AsyncIterator[httpx.AsyncClient]:
         auth=AuthSettings(auth="off"),  # the ig:admin scope: tests/services/test_gateway_auth.py
     )
     container = bootstrap(settings)  # connects nothing: the app's lifespan is not run here
-    container.ingest = IngestService(fake, fake, settings.packages.registry_names())
+    container.ingest = IngestService(fake, fake, settings.packages.registry_names(), fake)
     app = create_app(settings, container)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
         yield c
@@ -191,3 +212,63 @@ async def test_registry_search(api: httpx.AsyncClient, fake: FakeIngest) -> None
     assert r.status_code == 502 and "timed out" in r.text
     fake.answer = RegistryAnswer()
     assert (await api.get("/ig/registry", params={"name": "nothing"})).json() == []
+
+
+SCHEDULE = {"cron": "17 3 * * *", "timezone": "UTC", "packages": ["hl7.fhir.us.core#6.1.0"],
+            "masks": ["hl7.fhir.us.*"], "enabled": True}  # fmt: skip
+
+
+async def test_schedule_put_then_get(api: httpx.AsyncClient, fake: FakeIngest) -> None:
+    assert (await api.get("/ig/schedule")).status_code == 404  # none stored yet
+    r = await api.put("/ig/schedule", json=SCHEDULE)
+    assert r.status_code == 200, r.text
+    assert {k: r.json()[k] for k in SCHEDULE} == SCHEDULE
+    assert fake.schedule == IngestSchedule(**SCHEDULE)  # passed on as the contract, not a dict
+    got = (await api.get("/ig/schedule")).json()
+    assert {k: got[k] for k in SCHEDULE} == SCHEDULE
+    assert got["next_run"].startswith("2026-12-04T03:17") and {"last_run", "last_job"} <= set(got)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"cron": "61 3 * * *"}, "cron"),
+        ({"cron": "* * *"}, "cron"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"masks": ["hl7 fhir"]}, "masks"),
+        ({"masks": [""]}, "masks"),
+        ({"enabled": "sometimes"}, "enabled"),
+        ({"packages": "hl7.fhir.us.core"}, "packages"),
+    ],
+)
+async def test_bad_schedules_are_400s_naming_the_field(
+    api: httpx.AsyncClient, fake: FakeIngest, change: dict[str, Any], field: str
+) -> None:
+    r = await api.put("/ig/schedule", json={**SCHEDULE, **change})
+    assert r.status_code == 400, r.text
+    outcome = r.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert f"body.{field}" in outcome["issue"][0]["diagnostics"], outcome
+    assert fake.schedule is None
+
+
+async def test_ig_ingest_refusing_a_schedule_is_passed_on(api: httpx.AsyncClient, fake: FakeIngest) -> None:
+    fake.refusal = ScheduleReply(error="cron: too frequent", status=400)
+    r = await api.put("/ig/schedule", json=SCHEDULE)
+    assert r.status_code == 400 and "cron: too frequent" in r.json()["issue"][0]["diagnostics"]
+    fake.refusal = ScheduleReply(error="the schedule cannot be read: KV timed out", status=503)
+    for r in (await api.get("/ig/schedule"), await api.put("/ig/schedule", json=SCHEDULE)):
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert "KV timed out" in r.json()["issue"][0]["diagnostics"]
+
+
+async def test_schedule_without_nats_is_503_with_retry_after() -> None:
+    """The gateway's own adapter, NATS never connected: 503 + Retry-After, not a 500."""
+    settings = Settings(
+        s3=S3Settings(access_key=SecretStr("k"), secret_key=SecretStr("s")), auth=AuthSettings(auth="off")
+    )
+    app = create_app(settings, bootstrap(settings))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
+        for r in (await c.get("/ig/schedule"), await c.put("/ig/schedule", json=SCHEDULE)):
+            assert r.status_code == 503 and r.headers["retry-after"], r.text
+            assert r.json()["resourceType"] == "OperationOutcome"

@@ -1,7 +1,8 @@
 """The /ig routes on real servers (issue 11 §4): the gateway, ig-ingest and storage on a real
 NATS, S3 and Redis, packages from the local registry server. POST /ig/process queues a job
 that ig-ingest runs; GET /ig/status/{job} lists its closure; GET /ig/status what is ingested;
-GET /ig/registry searches the configured registry through ig-ingest."""
+GET /ig/registry searches the configured registry through ig-ingest; GET/PUT /ig/schedule are
+answered by ig-ingest from KV_INGEST (and 503 + Retry-After while no ig-ingest runs)."""
 
 from __future__ import annotations
 
@@ -133,3 +134,34 @@ async def test_registry_search_through_ig_ingest(api: httpx.AsyncClient, registr
         found["example.terms"]
     )
     assert (await api.get("/ig/status/not-a-job")).status_code == 404
+
+
+async def test_schedule_through_ig_ingest(api: httpx.AsyncClient) -> None:
+    sched = {"cron": "17 3 * * *", "timezone": "Europe/Berlin", "packages": ["example.profiles"],
+             "masks": ["example.*"], "enabled": True}  # fmt: skip
+    r = await api.put("/ig/schedule", json=sched)
+    assert r.status_code == 200, r.text
+    got = (await api.get("/ig/schedule")).json()
+    assert {k: got[k] for k in sched} == sched and got["last_run"] is None
+    # 03:17 in Berlin is 02:17 UTC in December: the next tick evaluated in the schedule's zone
+    assert got["next_run"][11:16] == "03:17" and got["next_run"].endswith("+01:00"), got
+    bad = await api.put("/ig/schedule", json={**sched, "cron": "17 25 * * *"})
+    assert bad.status_code == 400 and "body.cron" in bad.json()["issue"][0]["diagnostics"], bad.text
+    # disabled (nothing runs in this module's later tests): no next run, the rest kept
+    off = (await api.put("/ig/schedule", json={**sched, "enabled": False})).json()
+    assert off["enabled"] is False and off["next_run"] is None and off["packages"] == ["example.profiles"]
+    assert (await api.get("/ig/schedule")).json() == off
+
+
+async def test_schedule_without_ig_ingest_is_503(
+    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
+) -> None:
+    app = create_app(settings_for(nats_server.url, s3_server, redis_server.url))
+    await app.state.container.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
+            for r in (await c.get("/ig/schedule"), await c.put("/ig/schedule", json={"cron": "0 1 * * *"})):
+                assert r.status_code == 503 and r.headers["retry-after"], r.text
+                assert "fhirschema.schedule" in r.json()["issue"][0]["diagnostics"]
+    finally:
+        await app.state.container.stop()

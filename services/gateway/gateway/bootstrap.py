@@ -151,5 +151,5 @@ def bootstrap(settings: Settings | None = None) -> Container:
         ),
         key_file=key_file,
         reloads=reloads,
-        ingest=IngestService(ingest, ingest, settings.packages.registry_names()),
+        ingest=IngestService(ingest, ingest, settings.packages.registry_names(), ingest),
     )

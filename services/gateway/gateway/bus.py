@@ -230,13 +230,17 @@ class Bus:
                 await self.wait_connected(remaining)
 
     async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
-        """Core NATS request/reply (storage lookups)."""
+        """Core NATS request/reply (storage lookups, ig-ingest's schedule and search). No
+        responder (the service is not running) and a time-out are 503s a client may retry."""
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         try:
             msg = await self.client.request(subject, payload, timeout=timeout, headers=outgoing())
         except nats.errors.NoRespondersError as e:
-            raise BusUnavailable(f"no service answers on {subject}") from e
+            raise BusUnavailable(f"no service answers on {subject}", headers=retry) from e
         except (TimeoutError, *NATS_ERRORS) as e:
-            raise BusUnavailable(f"request on {subject} failed: {e or type(e).__name__}") from e
+            raise BusUnavailable(
+                f"request on {subject} failed: {e or type(e).__name__}", headers=retry
+            ) from e
         return msg.data
 
     async def ping(self) -> None:

@@ -10,12 +10,14 @@ from fhirschema_bus.contracts import (
     IngestedPackage,
     IngestJob,
     IngestRequest,
+    IngestSchedule,
     JobKind,
     JobStatus,
     ObjectRef,
     Outcome,
     RegistryAnswer,
     RegistryQuery,
+    ScheduleReply,
     SchemaList,
     SchemaRecord,
 )
@@ -77,3 +79,11 @@ class RegistrySearch(Protocol):
     """ig-ingest's search of its configured registries (request/reply)."""
 
     async def search(self, query: RegistryQuery) -> RegistryAnswer: ...
+
+
+class IngestSchedules(Protocol):
+    """ig-ingest's IG schedule (request/reply INGEST_SCHEDULE_GET / _PUT): the stored schedule,
+    or why it was refused (ScheduleReply.status)."""
+
+    async def get_schedule(self) -> ScheduleReply: ...
+    async def put_schedule(self, schedule: IngestSchedule) -> ScheduleReply: ...

@@ -1,16 +1,27 @@
 """The IG pipeline's state and queue on NATS: KV_INGEST (fhirschema_bus.ingest_status, the same
 records ig-ingest writes), the ingest subject (JetStream, de-duplicated by the job id) and
-ig-ingest's registry search (core NATS request/reply)."""
+ig-ingest's registry search and schedule (core NATS request/reply)."""
 
 from __future__ import annotations
 
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import IngestedPackage, IngestJob, IngestRequest, RegistryAnswer, RegistryQuery
+from fhirschema_bus.contracts import (
+    IngestedPackage,
+    IngestJob,
+    IngestRequest,
+    IngestSchedule,
+    RegistryAnswer,
+    RegistryQuery,
+    ScheduleGet,
+    ScheduleReply,
+)
 from fhirschema_bus.ingest_status import IngestStatus
 from gateway.bus import Bus
 
 # A search asks every configured registry for its catalog and up to 50 listings.
 SEARCH_TIMEOUT = 60.0
+# The schedule is one KV read or write at ig-ingest.
+SCHEDULE_TIMEOUT = 10.0
 
 
 class NatsIngest:
@@ -45,3 +56,15 @@ class NatsIngest:
             s.INGEST_REGISTRY, query.model_dump_json().encode(), self.search_timeout
         )
         return RegistryAnswer.model_validate_json(data)
+
+    async def get_schedule(self) -> ScheduleReply:
+        data = await self.bus.request(
+            s.INGEST_SCHEDULE_GET, ScheduleGet().model_dump_json().encode(), SCHEDULE_TIMEOUT
+        )
+        return ScheduleReply.model_validate_json(data)
+
+    async def put_schedule(self, schedule: IngestSchedule) -> ScheduleReply:
+        data = await self.bus.request(
+            s.INGEST_SCHEDULE_PUT, schedule.model_dump_json().encode(), SCHEDULE_TIMEOUT
+        )
+        return ScheduleReply.model_validate_json(data)

@@ -1,5 +1,5 @@
 """The IG pipeline (issue 11 §4, a fixed contract): POST /ig/process, GET /ig/status/{job},
-GET /ig/status, GET /ig/registry; scope ig:admin (docs/security.md). The same operations over
+GET /ig/status, GET /ig/registry, GET and PUT /ig/schedule; scope ig:admin (docs/security.md). The same operations over
 NATS: docs/asyncapi.json."""
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from fhirschema_bus.contracts import (
     IngestJob,
     IngestOverview,
     IngestProcess,
+    IngestSchedule,
     RegistryPackage,
     RegistryQuery,
+    ScheduleView,
 )
 from gateway.deps import IngestDep
 from gateway.routers.validate import ERRORS
@@ -60,3 +62,26 @@ async def registry(
 ) -> list[RegistryPackage]:
     """Packages of the configured registries (merged), each with its versions."""
     return await ingest.search(RegistryQuery(name=name, canonical=canonical, fhirversion=fhirversion))
+
+
+SCHEDULE_ERRORS: dict[int | str, dict[str, str]] = {
+    400: {"description": "a bad cron, time zone or mask (OperationOutcome naming the field)"},
+    503: {"description": "NATS or ig-ingest unavailable (Retry-After)"},
+}
+
+
+@router.get(
+    "/schedule",
+    response_model=ScheduleView,
+    responses={**SCHEDULE_ERRORS, 404: {"description": "no schedule stored yet"}},
+)
+async def get_schedule(ingest: IngestDep) -> ScheduleView:
+    """The stored schedule with `next_run`, `last_run` and `last_job`."""
+    return await ingest.schedule()
+
+
+@router.put("/schedule", response_model=ScheduleView, responses=SCHEDULE_ERRORS)
+async def put_schedule(body: IngestSchedule, ingest: IngestDep) -> ScheduleView:
+    """Store the schedule (`cron`: five fields, or six with seconds last; `timezone`: an IANA
+    name; `masks` such as `hl7.fhir.us.*`); every ig-ingest replica follows it within a poll."""
+    return await ingest.put_schedule(body)

@@ -1,5 +1,5 @@
 """The IG pipeline over HTTP (issue 11 §4): queue an ingest job, show its status and what is
-ingested, search the configured registries. ig-ingest does the work; this layer checks the
+ingested, search the configured registries, read and set the schedule. ig-ingest does the work; this layer checks the
 request against the configuration and shapes the answers of the fixed HTTP contract."""
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ from fhirschema_bus.contracts import (
     IngestPackageStatus,
     IngestProcess,
     IngestRequest,
+    IngestSchedule,
     RegistryPackage,
     RegistryQuery,
+    ScheduleReply,
+    ScheduleView,
 )
-from gateway.errors import BadRequest, GatewayError, NotFound
-from gateway.ports import IngestJobs, RegistrySearch
+from gateway.bus import RETRY_AFTER_SECONDS
+from gateway.errors import BadRequest, BusUnavailable, GatewayError, NotFound
+from gateway.ports import IngestJobs, IngestSchedules, RegistrySearch
 from gateway.service.dispatch import new_job_id
 
 log = logging.getLogger("gateway.ingest")
@@ -33,8 +37,10 @@ class RegistriesUnavailable(GatewayError):
 
 
 class IngestService:
-    def __init__(self, jobs: IngestJobs, registries: RegistrySearch, configured: list[str]) -> None:
-        self.jobs, self.registries = jobs, registries
+    def __init__(
+        self, jobs: IngestJobs, registries: RegistrySearch, configured: list[str], schedules: IngestSchedules
+    ) -> None:
+        self.jobs, self.registries, self.schedules = jobs, registries, schedules
         self.configured = configured  # registry names (PackageSettings.registry_names)
 
     def registry(self, base: str) -> str:
@@ -78,3 +84,24 @@ class IngestService:
                 "registry search %s: %s", query.model_dump(exclude_none=True), "; ".join(answer.errors)
             )
         return answer.packages
+
+    async def schedule(self) -> ScheduleView:
+        return self._schedule(await self.schedules.get_schedule())
+
+    async def put_schedule(self, schedule: IngestSchedule) -> ScheduleView:
+        # Checked here already (the body model: 400 naming the field); ig-ingest checks again,
+        # for direct NATS publishers, and its 400 is passed on as it says it.
+        return self._schedule(await self.schedules.put_schedule(schedule))
+
+    @staticmethod
+    def _schedule(reply: ScheduleReply) -> ScheduleView:
+        if reply.status == 400:
+            raise BadRequest(reply.error or "the schedule was refused")
+        if reply.status >= 500:  # KV unavailable at ig-ingest: retry, like NATS being down
+            raise BusUnavailable(
+                reply.error or "the schedule is unavailable",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        if reply.schedule is None:
+            raise NotFound("no IG schedule is stored yet: PUT /ig/schedule stores one")
+        return reply.schedule
