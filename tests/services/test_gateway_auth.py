@@ -184,6 +184,8 @@ async def test_every_route_but_the_open_ones_needs_a_key(app: FastAPI) -> None:
         ("POST", "/dead-letters/1/replay", "dead-letters:admin"),
         ("POST", "/ig/process", "ig:admin"),
         ("GET", "/ig/status", "ig:admin"),
+        ("GET", "/ig/schedule", "ig:admin"),
+        ("PUT", "/ig/schedule", "ig:admin"),
     ],
 )
 async def test_a_key_without_the_scope_is_403_naming_it(
