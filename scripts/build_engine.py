@@ -38,6 +38,7 @@ COMPILED = [
     "fhirschema/validator/temporal.py",
     "fhirschema/validator/values.py",
     "fhirschema/validator/walk.py",
+    "fhirschema/validator/walkconfig.py",
 ]
 # Not compiled, but mypyc builds their signatures into the compiled modules: part of the manifest.
 DEPENDS = ["fhirschema/fastpath/__init__.py", "fhirschema/slicing.py", "fhirschema/validator/__init__.py"]

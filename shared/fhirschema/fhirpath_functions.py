@@ -32,6 +32,37 @@ def _true(ctx: dict, inputs: list, *args: object) -> list:
     return [True] if inputs else []
 
 
+# The variable under which an evaluation gets the validator's terminology (a name no FHIRPath
+# expression can write, so data cannot reach it).
+TERMINOLOGY_VAR = "terminology service"
+
+
+def _member_of(ctx: dict, inputs: list, value_set: object) -> list:
+    """memberOf(vs) on a code, Coding or CodeableConcept, by the offline terminology: true when
+    one code is in the value set, false when every code is known not to be, else empty (a value
+    set that cannot be expanded offline, or no terminology: not judged)."""
+    terminology = ctx["vars"].get(TERMINOLOGY_VAR)
+    urls = [get_data(v) for v in (value_set if isinstance(value_set, list) else [value_set])]
+    if terminology is None or len(urls) != 1 or not isinstance(urls[0], str) or len(inputs) != 1:
+        return [True] if inputs else []
+    data = get_data(inputs[0])
+    if isinstance(data, str):
+        codes: list[tuple[object, object]] = [(None, data)]
+    elif isinstance(data, dict):
+        codings = data.get("coding") if "coding" in data else [data]
+        codes = [(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)]
+    else:
+        return []
+    statuses = {
+        terminology.check(urls[0], system if isinstance(system, str) else None, code).status
+        for system, code in codes
+        if isinstance(code, str)
+    }
+    if "member" in statuses:
+        return [True]
+    return [False] if statuses == {"not-member"} else []
+
+
 def _empty(ctx: dict, inputs: list, *args: object) -> list:
     """Unknown offline (e.g. subsumption): empty, which an invariant treats as success."""
     return []
@@ -159,7 +190,7 @@ FHIR_FUNCTIONS: dict[str, dict] = {
     "getValue": {"fn": _get_value},
     "htmlChecks": {"fn": _true},
     "conformsTo": {"fn": _true, "arity": _ONE_ARG},
-    "memberOf": {"fn": _true, "arity": _ONE_ARG},
+    "memberOf": {"fn": _member_of, "arity": _ONE_ARG},
     "subsumes": {"fn": _empty, "arity": _ONE_ARG},
     "subsumedBy": {"fn": _empty, "arity": _ONE_ARG},
     "resolve": {"fn": _resolve},

@@ -31,7 +31,7 @@ from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from fhirschema.fastpath import compile_subset, guard
-from fhirschema.fhirpath_functions import FHIR_FUNCTIONS
+from fhirschema.fhirpath_functions import FHIR_FUNCTIONS, TERMINOLOGY_VAR
 
 __all__ = ["InvariantResult", "InvariantSyntaxError", "Invariants"]
 
@@ -148,9 +148,10 @@ class Invariants:
         root: dict | None = None,
         path: str | None = None,
         bundle: dict | None = None,
+        terminology: Any = None,
     ) -> InvariantResult:
         """`root` is %rootResource; `bundle` the Bundle the resource is an entry of, where
-        resolve() finds other entries."""
+        resolve() finds other entries; `terminology` (a `Terminology`) answers memberOf()."""
         fast = compile_subset(expression)
         if fast is not None:  # the common subset, natively (see fastpath.py); None → full engine
             verdict = fast(node, {"root": root if root is not None else resource, "resource": resource})
@@ -167,7 +168,7 @@ class Invariants:
             path = "Element"
         focus = ResourceNode.create_node(node, self._model_path(path)) if path else node
         try:
-            result = self._run(compiled.ast, focus, resource, root, bundle)
+            result = self._run(compiled.ast, focus, resource, root, bundle, terminology)
         except RecursionError:
             return InvariantResult(None, "expression too deeply nested to evaluate")
         except Exception as exc:  # fhirpathpy raises bare Exceptions for type errors etc.
@@ -176,7 +177,13 @@ class Invariants:
         return _as_result(result)
 
     def _run(
-        self, ast: dict, focus: object, resource: dict, root: dict | None, bundle: dict | None = None
+        self,
+        ast: dict,
+        focus: object,
+        resource: dict,
+        root: dict | None,
+        bundle: dict | None = None,
+        terminology: Any = None,
     ) -> Any:
         ctx = {
             "dataRoot": [focus],
@@ -187,6 +194,7 @@ class Invariants:
                 "resource": resource,
                 "rootResource": root if root is not None else resource,
                 "bundle": bundle,
+                TERMINOLOGY_VAR: terminology,
             },
             "model": self.model,
             "userInvocationTable": self.functions,

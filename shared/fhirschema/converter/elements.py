@@ -7,6 +7,8 @@ from typing import Any
 BINDING_NAME_EXT = "http://hl7.org/fhir/StructureDefinition/elementdefinition-bindingName"
 DEFAULT_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/elementdefinition-defaulttype"
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+# On a type profile: the element of that profile the value conforms to (a library of slices).
+PROFILE_ELEMENT_EXT = "http://hl7.org/fhir/StructureDefinition/elementdefinition-profile-element"
 # ElementDefinition extensions that constrain values (R5 elements carried into R4 profiles).
 MIN_LENGTH_EXT = "http://hl7.org/fhir/StructureDefinition/minLength"
 _R5_ELEMENT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ElementDefinition."
@@ -108,6 +110,9 @@ def transform(el: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
                 out["url"] = profiles[0]
             else:
                 out["profiles"] = list(profiles)
+                elements = _profile_elements(profiles, first.get("_profile"))
+                if elements:
+                    out["profileElements"] = elements
         if sd.get("kind") == "logical":
             for ext in el.get("extension") or ():
                 if ext.get("url") == DEFAULT_TYPE_EXT and "valueCanonical" in ext:
@@ -116,6 +121,19 @@ def transform(el: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
         out["type"] = out["pattern"]["type"]
     _value_rules(el, out)
     _cardinality(el, out)
+    return out
+
+
+def _profile_elements(profiles: list[Any], extras: Any) -> dict[str, str]:
+    """`profile` url -> the element of it named by its `elementdefinition-profile-element`."""
+    out: dict[str, str] = {}
+    for url, extra in zip(profiles, extras if isinstance(extras, list) else (), strict=False):
+        if not isinstance(url, str) or not isinstance(extra, dict):
+            continue
+        for ext in extra.get("extension") or ():
+            value = ext.get("valueString") if isinstance(ext, dict) else None
+            if isinstance(ext, dict) and ext.get("url") == PROFILE_ELEMENT_EXT and isinstance(value, str):
+                out[url] = value
     return out
 
 

@@ -31,7 +31,7 @@ def walk_companion(run: Run, data: dict[str, Any], key: str, value: Any, plan: P
             return
         if isinstance(value, list) and isinstance(main, list) and len(value) != len(main):
             run.issue("fs402", f"{key} has {len(value)} items but {base} has {len(main)}")
-        element_plan = run.v.compiler.element_plan()
+        element_plan = run.config.compiler.element_plan()
         for i, item in enumerate(items):
             if item is None:
                 continue

@@ -11,10 +11,10 @@ if TYPE_CHECKING:
 
 
 def check_constraints(data: Any, plan: Plan, invariants: Any, resources: list[dict[str, Any]], root: Any,
-                      path: list[str | int], start: int) -> list[Finding]:  # fmt: skip
+                      path: list[str | int], start: int, terminology: Any = None) -> list[Finding]:  # fmt: skip
     """The plan's FHIRPath constraints on `data`: the native subset first, fhirpathpy (`invariants`)
     for the rest. `resources` enclose `data` (outermost first), `root` is %rootResource;
-    `path[start:]` leads from the innermost one to `data`."""
+    `path[start:]` leads from the innermost one to `data`; `terminology` answers memberOf()."""
     out: list[Finding] = []
     resource = resources[-1] if resources else data
     env = {"root": root, "resource": resource, "groups": plan.groups}
@@ -29,9 +29,27 @@ def check_constraints(data: Any, plan: Plan, invariants: Any, resources: list[di
                 type_name = _type_name(plan, resource, bool(resources), path[start:])
             bundle = resources[0] if resources and resources[0].get("resourceType") == "Bundle" else None
             verdict = invariants.evaluate(
-                c["expression"], data, resource=resource, root=root, path=type_name, bundle=bundle
-            ).ok
+                c["expression"], data, resource=resource, root=root, path=type_name, bundle=bundle,
+                terminology=terminology,
+            ).ok  # fmt: skip
         if verdict is False:
+            severity = "warning" if c.get("severity") == "warning" else "error"
+            out.append(finding("fs601", f"constraint {key} failed: {c.get('human') or c['expression']}",
+                               severity=severity, profile=origin))  # fmt: skip
+    return out
+
+
+def primitive_constraints(value: Any, constraints: list[tuple[str, dict[str, Any], str | None]],
+                          invariants: Any, resource: dict[str, Any], root: Any,
+                          terminology: Any = None) -> list[Finding]:  # fmt: skip
+    """Constraints declared on a primitive element, on one of its values (the reference evaluates
+    them as every element's: a profile's invariant on `HumanName.given`)."""
+    out: list[Finding] = []
+    for key, c, origin in constraints:
+        verdict = invariants.evaluate(
+            c["expression"], value, resource=resource, root=root, terminology=terminology
+        )
+        if verdict.ok is False:
             severity = "warning" if c.get("severity") == "warning" else "error"
             out.append(finding("fs601", f"constraint {key} failed: {c.get('human') or c['expression']}",
                                severity=severity, profile=origin))  # fmt: skip

@@ -11,6 +11,7 @@ from fhirschema.validator.issues import Issue, ValidationResult
 from fhirschema.validator.plans import Compiler, Plan
 from fhirschema.validator.references import ReferenceResolver
 from fhirschema.validator.walk import Run
+from fhirschema.validator.walkconfig import WalkConfig
 
 __all__ = ["ReferenceResolver", "SchemaSource", "Validator"]
 
@@ -51,10 +52,23 @@ class Validator:
         # extension url -> (its schema chain, its StructureDefinition for the context rules)
         self._extensions: dict[str, tuple[tuple[dict[str, Any], ...], dict[str, Any] | None]] = {}
         self._code_memo: dict[tuple[str, str | None, str, str | None], Any] = {}
+        # What a walk reads (the walk knows no Validator: calls go one way, Validator -> walk).
+        self.walk_config = WalkConfig(
+            compiler=self.compiler,
+            invariants=invariants,
+            terminology=terminology,
+            references=references,
+            unknown_severity=self.unknown_severity,
+            anonymous=self.anonymous,
+            resource_plan=self.resource_plan,
+            extension=self.extension,
+            context_allowed=self.context_allowed,
+            check_code=self.check_code,
+        )
 
     def validate(self, resource: Any, profiles: Sequence[str] = ()) -> ValidationResult:
         issues: list[Issue] = []
-        run = Run(self, issues)
+        run = Run(self.walk_config, issues)
         try:
             run.resource(resource, tuple(profiles))
         except RecursionError:

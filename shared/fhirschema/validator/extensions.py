@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhirschema.validator.findings import Finding, finding
+
+if TYPE_CHECKING:
+    from fhirschema.validator.walkconfig import WalkConfig
 
 # Contexts that admit any element at all.
 _ANYWHERE = frozenset(("Element", "Base"))
@@ -101,3 +104,60 @@ def failed_invariant(url: str, expression: str) -> Finding:
 
 def undefined_sub_extension(url: str, host: str) -> Finding:
     return finding("fs1104", f"sub-extension {url!r} is not defined by the extension {host}")
+
+
+Schemas = tuple[dict[str, Any], ...]
+
+
+def extension_findings(
+    url: Any,
+    modifier: bool,
+    extra: Schemas,
+    host_url: str | None,
+    parent: tuple[str | None, Any, str | None] | None,
+    path: str,
+    resource: dict[str, Any] | None,
+    root: dict[str, Any] | None,
+    config: WalkConfig,
+) -> tuple[Schemas, list[Finding]]:
+    """An extension with `url` (a `modifierExtension` when `modifier`), matched to a slice with
+    schemas `extra` (or none), inside the extension `host_url`; `parent` is (type, element, url
+    of the extension it is in) of the element it sits on, at element `path` (`Patient.name`),
+    in `resource` with %rootResource `root`. Its definition's schemas (empty when unknown or a
+    sub-extension) and the findings: an undefined url or sub-extension, a misplaced use, a failed
+    context invariant."""
+    if not isinstance(url, str) or ("://" not in url and not url.startswith("urn:")):
+        # Relative urls name sub-extensions: the enclosing extension's slices define them.
+        if isinstance(url, str) and not extra and host_url is not None and config.extension(host_url)[0]:
+            return (), [undefined_sub_extension(url, host_url)]
+        return (), []
+    schemas, definition = config.extension(url)
+    if not schemas:
+        return (), ([] if extra else [unknown_extension(url, modifier)])
+    if definition is None or parent is None:
+        return schemas, []
+    return schemas, context_findings(url, definition, parent, path, resource, root, config)
+
+
+def context_findings(url: str, definition: dict[str, Any], parent: tuple[str | None, Any, str | None],
+                     path: str, resource: dict[str, Any] | None, root: dict[str, Any] | None,
+                     config: WalkConfig) -> list[Finding]:  # fmt: skip
+    """Is the extension `url` used where its definition's `context` allows (R4 §2.28.4)?"""
+    parent_type, host, host_url = parent
+    ok, fhirpath = config.context_allowed(url, definition, parent_type, path, host_url)
+    invariants = config.invariants
+    focus = resource if resource is not None else host
+    if not ok and fhirpath and invariants is not None:
+        # FHIRPath contexts: the element must be among what the expression selects.
+        top = root if root is not None else host
+        ok = any(invariants.selects(e, host, resource=focus, root=top) for e in fhirpath)
+    elif not ok and fhirpath:
+        ok = True  # cannot evaluate FHIRPath here: not judged
+    if not ok:
+        return [misplaced_extension(url, definition, path)]
+    out: list[Finding] = []
+    if invariants is not None:
+        for expression in context_invariants(definition):
+            if invariants.evaluate(expression, host, resource=focus).ok is False:
+                out.append(failed_invariant(url, expression))
+    return out

@@ -55,7 +55,9 @@ class ElementPlan:
         "choice_of",
         "choices",
         "compiler",
+        "constraints",
         "defs",
+        "element_profiles",
         "fixed",
         "hot",
         "is_extension",
@@ -142,11 +144,38 @@ class ElementPlan:
         # repeat. Definitions that declare the type (the base always does) decide.
         typed = [el for el, _ in defs if el.get("type")]
         self.array = any(el.get("array") for el in (typed or [el for el, _ in defs]))
+        # Type profiles that name one of their elements (a library of slices): that element's
+        # schema applies, not the profile's root (a Composition's, for a section).
+        self.element_profiles: list[dict[str, Any]] = []
+        for el, _ in defs:
+            for url, path in (el.get("profileElements") or {}).items():
+                found = compiler.profile_element(url, path)
+                if found is not None:
+                    self.element_profiles.append(found)
+                if url in self.profiles:
+                    self.profiles.remove(url)
         if self.slicing is not None:
+            for sl in self.slicing.slices.values():
+                for schema in list(sl.schemas):
+                    for url, path in (schema.get("profileElements") or {}).items():
+                        found = compiler.profile_element(url, path)
+                        if found is not None:
+                            sl.schemas.append(found)
             self.slicing.finish(key)
         self.is_resource = self.type in RESOURCE_SLOTS
         self.is_primitive = self.type in PRIMITIVES or (self.type is not None and self.type[:1].islower())
         self.prim: Primitive | None = checker(self.type) if self.is_primitive and self.type else None
+        # A primitive's own constraints (a complex value's are its child plan's): the most specific
+        # definition of each key wins, as in Plan. The narrative's are checked natively (xhtml).
+        self.constraints: list[tuple[str, dict[str, Any], str | None]] = []
+        if self.prim is not None and self.type != "xhtml":
+            seen: set[str] = set()
+            # `rule`, not `c`: compiled, a name keeps the type of its first use (a set above)
+            for el, origin in defs:
+                for name, rule in (el.get("constraint") or {}).items():
+                    if name not in seen and name not in STRUCTURAL_CONSTRAINTS and rule.get("expression"):
+                        seen.add(name)
+                        self.constraints.append((name, rule, origin))
         # xhtml: the narrative's constraints (txt-1, txt-2) are checked with the value
         self.value_checks = bool(
             self.fixed
@@ -154,6 +183,7 @@ class ElementPlan:
             or self.binding is not None
             or self.limits is not None
             or self.type == "xhtml"
+            or bool(self.constraints)
         )
         # A binding the validator judges: a strength with a severity, on a type that carries codes.
         self.bound = (
@@ -208,6 +238,7 @@ class ElementPlan:
                             schemas += self.compiler.chain(t)
             if len(self.profiles) == 1:  # several are alternatives: the walk picks one (Run.pick_profile)
                 schemas += self.compiler.chain(self.profiles[0])
+            schemas += [(s, None) for s in self.element_profiles]
             plan = self._children[key] = self.compiler.plan(schemas)
         if not extra:
             self._child0 = plan
@@ -232,12 +263,18 @@ class ElementPlan:
         return allowed
 
 
+def _required_slices(slicing: Any) -> bool:
+    if not isinstance(slicing, dict) or not isinstance(slicing.get("slices"), dict):
+        return False
+    return any(isinstance(sl, dict) and (sl.get("min") or 0) > 0 for sl in slicing["slices"].values())
+
+
 class Plan:
     """The merged view of a schema set at one node."""
 
     __slots__ = (
         "_checks", "_elements", "compiler", "constraints", "excluded", "groups", "has_constraints", "has_required",
-        "keys", "required", "schemas", "type_name",
+        "keys", "required", "schemas", "sliced", "type_name",
     )  # fmt: skip
 
     def __init__(self, schemas: list[tuple[dict[str, Any], str | None]], compiler: Compiler) -> None:
@@ -260,7 +297,12 @@ class Plan:
             for key, c in (schema.get("constraint") or {}).items():
                 if key not in STRUCTURAL_CONSTRAINTS and c.get("expression"):
                     self.constraints.setdefault(key, (c, origin))
-        self.has_required = bool(self.required)
+        # Elements with slices of min >= 1: absent, each such slice is missing (as the reference says)
+        self.sliced = [
+            key for key, defs in self.keys.items()
+            if any(_required_slices(el.get("slicing")) for el, _ in defs)
+        ]  # fmt: skip
+        self.has_required = bool(self.required) or bool(self.sliced)
         self.has_constraints = bool(self.constraints)
         self._elements: dict[str, ElementPlan | None] = {}
         self._checks: list[tuple[str, dict[str, Any], str | None, Any, Any]] | None = None
@@ -375,6 +417,22 @@ class Compiler:
                 found.add(url.rsplit("/", 1)[-1])
             self._types[url] = found
         return found
+
+    def profile_element(self, url: str, path: str) -> dict[str, Any] | None:
+        """The schema of element `path` (`Composition.section:codeA`) of profile `url`: its
+        elements by name, `:name` for a slice; None when it is not there."""
+        node = self.source.schema(url)
+        for part in path.split(".")[1:]:
+            if node is None:
+                return None
+            name, _, slice_name = part.partition(":")
+            elements = node.get("elements")
+            node = elements.get(name) if isinstance(elements, dict) else None
+            if slice_name and isinstance(node, dict):
+                slices = (node.get("slicing") or {}).get("slices") or {}
+                entry = slices.get(slice_name)
+                node = entry.get("schema") if isinstance(entry, dict) else None
+        return node if isinstance(node, dict) and node is not self.source.schema(url) else None
 
     def element_plan(self) -> Plan:
         """The plan for `_x` companions of primitives: Element (id, extension)."""

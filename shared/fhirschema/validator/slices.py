@@ -66,7 +66,13 @@ class Slicing:
             if sl.match not in (None, {}) or not sl.schemas:
                 continue
             schema = sl.schemas[0]
-            match = build_match(self.discriminators, schema) if self.discriminators else {}
+            match = {}
+            for candidate in sl.schemas if self.discriminators else ():
+                # the first schema that fixes the discriminators (a slice restated by a profile
+                # element: the library's slice has them)
+                match = build_match(self.discriminators, candidate)
+                if match:
+                    break
             if not match and key in ("extension", "modifierExtension"):
                 match = build_match([{"type": "value", "path": "url"}], schema)
             binding = schema.get("binding") or {}
@@ -161,6 +167,15 @@ def assign_slices(
         if sl.max is not None and n > sl.max:
             out.append(finding("fs902", f"slice {sl.name!r} allows at most {sl.max} item(s), found {n}"))
     return extras, out
+
+
+def absent_slices(key: str, slicing: Slicing) -> list[Finding]:
+    """`key` is absent: every slice that needs items is missing (a reslice counts within its slice)."""
+    return [
+        finding("fs902", f"slice {sl.name!r} needs at least {sl.min} item(s), found 0", extra=(key,))
+        for sl in slicing.slices.values()
+        if sl.min > 0 and "/" not in sl.name
+    ]
 
 
 def _in_value_set(terminology: Any, data: Any, value_set: str) -> bool:

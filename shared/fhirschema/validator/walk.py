@@ -8,14 +8,8 @@ from typing import TYPE_CHECKING, Any, Final
 from fhirschema.validator.bindings import binding_findings
 from fhirschema.validator.bundles import check_bundle
 from fhirschema.validator.companions import walk_companion
-from fhirschema.validator.constraints import check_constraints
-from fhirschema.validator.extensions import (
-    context_invariants,
-    failed_invariant,
-    misplaced_extension,
-    undefined_sub_extension,
-    unknown_extension,
-)
+from fhirschema.validator.constraints import check_constraints, primitive_constraints
+from fhirschema.validator.extensions import extension_findings
 from fhirschema.validator.findings import Finding
 from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
@@ -27,18 +21,18 @@ from fhirschema.validator.references import (
     no_profile_matches,
     reference_findings,
 )
-from fhirschema.validator.slices import assign_slices
+from fhirschema.validator.slices import absent_slices, assign_slices
 from fhirschema.validator.values import absent_value_findings, limit_findings
 
 if TYPE_CHECKING:
-    from fhirschema.validator.engine import Validator
+    from fhirschema.validator.walkconfig import WalkConfig
 
 MAX_DEPTH: Final = 200  # deeper data is reported, not walked (no RecursionError, bounded work)
 
 
 class Run:
-    def __init__(self, validator: Validator, issues: list[Issue]) -> None:
-        self.v = validator
+    def __init__(self, config: WalkConfig, issues: list[Issue]) -> None:
+        self.config = config
         self.issues = issues
         self.path: list[str | int] = []
         self.depth = 0
@@ -82,12 +76,12 @@ class Run:
         if (
             not profiles
             and type(rtype) is str
-            and not self.v.anonymous
+            and not self.config.anonymous
             and not (type(meta) is dict and "profile" in meta)
         ):
-            plan = self.v.compiler.type_plan(rtype)  # the commonest case: the type's own plan
+            plan = self.config.compiler.type_plan(rtype)  # the commonest case: the type's own plan
         if plan is None:
-            plan, findings = self.v.resource_plan(data, rtype, meta, profiles, not self.resources)
+            plan, findings = self.config.resource_plan(data, rtype, meta, profiles, not self.resources)
             self.report(findings)
             if plan is None:
                 return
@@ -108,11 +102,11 @@ class Run:
 
     def conforms(self, data: dict[str, Any], url: str) -> bool:
         """Does `data` validate without errors against profile `url` (a slice's profile)?"""
-        chain = self.v.compiler.chain(url)
+        chain = self.config.compiler.chain(url)
         if not chain or chain[0][0].get("type") not in (None, data.get("resourceType")):
             return False
         issues: list[Issue] = []
-        walk = Run(self.v, issues)
+        walk = Run(self.config, issues)
         walk.depth = self.depth  # within the same depth bound: compiled, recursion is C's
         walk.resource(data, (url,))
         return not any(i.severity in ("error", "fatal") for i in issues)
@@ -257,12 +251,20 @@ class Run:
             for key, origin in plan.excluded.items():
                 if key in present_groups:
                     self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
-        if self.v.invariants is not None and plan.has_constraints and not self.too_deep:
+        if self.config.invariants is not None and plan.has_constraints and not self.too_deep:
             start = self.starts[-1] if self.starts else 0
             root = self.roots[-1] if self.roots else data
-            self.report(
-                check_constraints(data, plan, self.v.invariants, self.resources, root, self.path, start)
+            found = check_constraints(
+                data,
+                plan,
+                self.config.invariants,
+                self.resources,
+                root,
+                self.path,
+                start,
+                self.config.terminology,
             )
+            self.report(found)
         self.depth -= 1
 
     def missing(self, data: dict[str, Any], plan: Plan, present_groups: dict[str, list[str]] | None) -> None:
@@ -277,6 +279,12 @@ class Run:
                     self.issue("fs501", f"{key} needs a code from {ep.binding[0]['valueSet']}", extra=[key])
                 continue
             self.issue("fs301", f"required element {key!r} is missing", extra=[key], profile=origin)
+        for key in plan.sliced:
+            # Absent, its required slices are missing too; once, as fs301, when it is itself required.
+            ep = plan.element(key)
+            absent = key not in data and "_" + key not in data and key not in plan.required
+            if absent and ep is not None and ep.slicing is not None:
+                self.report(absent_slices(key, ep.slicing))
 
     def element_path(self) -> str:
         """`Patient.name` for an extension at Patient.name[0].extension[2] (indices dropped)."""
@@ -312,7 +320,9 @@ class Run:
                 self.issue("fs302", f"at most {ep.max} item(s) allowed, found {len(items)}")
             extras = None
             if ep.slicing is not None:
-                extras, findings = assign_slices(items, ep, self.conforms, self.v.terminology, self.resolve)
+                extras, findings = assign_slices(
+                    items, ep, self.conforms, self.config.terminology, self.resolve
+                )
                 self.report(findings)
             path = self.path
             for i, item in enumerate(items):
@@ -354,13 +364,13 @@ class Run:
                 return
             if ep.is_extension:
                 extra = self.extension_schemas(item, ep, extra)
-                if not extra and not self.v.compiler.chain("Extension"):
+                if not extra and not self.config.compiler.chain("Extension"):
                     return  # no Extension definition loaded: nothing to check the item against
             if len(ep.profiles) > 1 and not ep.is_extension:
                 extra = extra + self.pick_profile(item, ep, extra)
             child = ep.child(extra)
             if ep.type_missing:
-                self.issue("fs701", f"type {ep.type} is not loaded", severity=self.v.unknown_severity)
+                self.issue("fs701", f"type {ep.type} is not loaded", severity=self.config.unknown_severity)
             if ep.is_extension:
                 url = item.get("url")
                 absolute = isinstance(url, str) and ("://" in url or url.startswith("urn:"))
@@ -372,7 +382,7 @@ class Run:
             if ep.is_reference:
                 root = self.roots[-1] if self.roots else None
                 self.report(reference_findings(item, ep, self.is_type, root, self.bundle_targets,
-                                               self.v.references))  # fmt: skip
+                                               self.config.references))  # fmt: skip
         if ep.value_checks:
             self.value_checks(item, ep)
 
@@ -384,7 +394,7 @@ class Run:
         for pattern, origin in ep.patterns:
             if not matches(pattern, item):
                 self.issue("fs205", f"value must match the pattern {_short(pattern)}", profile=origin)
-        if ep.type == "xhtml" and self.v.invariants is not None and isinstance(item, str):
+        if ep.type == "xhtml" and self.config.invariants is not None and isinstance(item, str):
             self.report(constraint_findings(item))
         limits = ep.limits
         if limits is not None:
@@ -394,55 +404,37 @@ class Run:
                 self.report(
                     control_findings(item, limits.narrative_source, limits.narrative_language, language)
                 )
-        if ep.bound and self.v.terminology is not None:
-            self.report(binding_findings(item, ep, self.v.check_code))
+        if ep.bound and self.config.terminology is not None:
+            self.report(binding_findings(item, ep, self.config.check_code))
+        if ep.constraints and self.config.invariants is not None and not self.too_deep:
+            resource = self.resources[-1] if self.resources else {}
+            root = self.roots[-1] if self.roots else resource
+            self.report(primitive_constraints(item, ep.constraints, self.config.invariants, resource, root,
+                                              self.config.terminology))  # fmt: skip
 
     def extension_schemas(self, item: dict[str, Any], ep: ElementPlan,
                           extra: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:  # fmt: skip
-        url = item.get("url")
-        if not isinstance(url, str) or ("://" not in url and not url.startswith("urn:")):
-            # Relative urls name sub-extensions: the enclosing extension's slices define them.
-            host = self.ext_urls[-1] if self.ext_urls else None
-            if isinstance(url, str) and not extra and host is not None and self.v.extension(host)[0]:
-                self.report((undefined_sub_extension(url, host),))
-            return extra
-        schemas, definition = self.v.extension(url)
-        if not schemas:
-            if not extra:
-                self.report((unknown_extension(url, ep.key == "modifierExtension"),))
-            return extra
-        if definition is not None and self.ext_parents:
-            self.check_context(url, definition)
+        """The schemas of extension `item` (its definition's, after the slice's `extra`); the
+        findings on its url and where it is used are reported."""
+        host_url = self.ext_urls[-1] if self.ext_urls else None
+        parents = self.ext_parents[-1] if self.ext_parents else None
+        resource = self.resources[-1] if self.resources else None
+        root = self.roots[-1] if self.roots else None
+        path = self.element_path() if parents is not None else ""
+        schemas, findings = extension_findings(
+            item.get("url"), ep.key == "modifierExtension", extra, host_url, parents, path, resource, root,
+            self.config,
+        )  # fmt: skip
+        self.report(findings)
         return extra + schemas
-
-    def check_context(self, url: str, definition: dict[str, Any]) -> None:
-        """Is the extension `url` used where its definition's `context` allows (R4 §2.28.4)?"""
-        parent_type, host, host_url = self.ext_parents[-1]
-        path = self.element_path()
-        ok, fhirpath = self.v.context_allowed(url, definition, parent_type, path, host_url)
-        invariants = self.v.invariants
-        resource = self.resources[-1] if self.resources else host
-        if not ok and fhirpath and invariants is not None:
-            # FHIRPath contexts: the element must be among what the expression selects.
-            root = self.roots[-1] if self.roots else host
-            ok = any(invariants.selects(e, host, resource=resource, root=root) for e in fhirpath)
-        elif not ok and fhirpath:
-            ok = True  # cannot evaluate FHIRPath here: not judged
-        if not ok:
-            self.report((misplaced_extension(url, definition, path),))
-            return
-        if invariants is not None:
-            for expression in context_invariants(definition):
-                if invariants.evaluate(expression, host, resource=resource).ok is False:
-                    self.report((failed_invariant(url, expression),))
 
     def pick_profile(self, item: dict[str, Any], ep: ElementPlan,
                      extra: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:  # fmt: skip
         """type.profile lists alternatives: the schemas of the first one `item` conforms to (or of
         the first, reported as matching none)."""
-        chains = [tuple(s for s, _ in self.v.compiler.chain(p)) for p in ep.profiles]
+        chains = [tuple(s for s, _ in self.config.compiler.chain(p)) for p in ep.profiles]
         for chain in chains:
-            trial = Run(self.v, [])
+            trial = Run(self.config, [])
             trial.depth = self.depth  # within the same depth bound
             trial.resources = list(self.resources)
             trial.roots = list(self.roots)
@@ -465,7 +457,7 @@ class Run:
         return bundle_entry(self.bundle, ref) if self.bundle is not None else None
 
     def is_type(self, name: str) -> bool:
-        return bool(self.v.compiler.chain(name))
+        return bool(self.config.compiler.chain(name))
 
 
 def _fits(ep: ElementPlan, value: Any) -> bool:
