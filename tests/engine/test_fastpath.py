@@ -22,7 +22,7 @@ class Recorder(Invariants):
         self.compared = 0
         self.disagreements: list[tuple[str, str, object, object]] = []
 
-    def evaluate(self, expression, node, *, resource, root=None, path=None, bundle=None):  # type: ignore[override]
+    def evaluate(self, expression, node, *, resource, root=None, path=None, bundle=None, terminology=None):  # type: ignore[override]
         fast = compile_subset(expression)
         verdict = (
             fast(node, {"root": root if root is not None else resource, "resource": resource})
@@ -34,7 +34,9 @@ class Recorder(Invariants):
             self.compared += 1
             if slow.ok is not None and slow.ok != verdict:
                 self.disagreements.append((expression, str(path), verdict, slow.ok))
-        return super().evaluate(expression, node, resource=resource, root=root, path=path, bundle=bundle)
+        return super().evaluate(
+            expression, node, resource=resource, root=root, path=path, bundle=bundle, terminology=terminology
+        )
 
     def slow(self, expression, node, **kw):
         import fhirschema.invariants as inv
