@@ -8,10 +8,11 @@ records are the last writer's (the same name, version and SHA-256 whoever writes
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from fhirschema.ids import PackageId
+from fhirschema_bus import kv_list
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import IngestedPackage, IngestJob
 
@@ -22,12 +23,13 @@ def package_key(pid: PackageId) -> str:
 
 
 class IngestStatus:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+        self.js = js
         self.kv = kv
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> IngestStatus:
-        return cls(await js.key_value(s.KV_INGEST))
+        return cls(js, await js.key_value(s.KV_INGEST))
 
     async def put_job(self, job: IngestJob) -> None:
         await self.kv.put(f"job.{job.job}", job.model_dump_json().encode())
@@ -52,27 +54,13 @@ class IngestStatus:
     async def delete_package(self, pid: PackageId) -> None:
         await self.kv.delete(package_key(pid))
 
-    async def _keys(self, prefix: str) -> list[str]:
-        try:
-            return [k for k in await self.kv.keys() if k.startswith(prefix)]
-        except NoKeysError:
-            return []
-
+    # Listing through kv_list: no consumer per call (kv.keys() left one for 5 minutes).
     async def packages(self) -> list[IngestedPackage]:
-        out = []
-        for key in await self._keys("pkg."):
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                continue
-            if entry.value:
-                out.append(IngestedPackage.model_validate_json(entry.value))
+        found = await kv_list.entries(self.js, s.KV_INGEST, "pkg.", kv=self.kv)
+        out = [IngestedPackage.model_validate_json(e.value) for e in found if e.value]
         return sorted(out, key=lambda p: PackageId(p.name, p.version).sort_key)
 
     async def jobs(self, limit: int = 20) -> list[IngestJob]:
-        out = []
-        for key in await self._keys("job."):
-            job = await self.job(key.removeprefix("job."))
-            if job is not None:
-                out.append(job)
+        found = await kv_list.entries(self.js, s.KV_INGEST, "job.", kv=self.kv)
+        out = [IngestJob.model_validate_json(e.value) for e in found if e.value]
         return sorted(out, key=lambda j: j.created, reverse=True)[:limit]

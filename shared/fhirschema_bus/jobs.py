@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from fhirschema_bus import kv_list
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobEvent, JobKind, JobState, JobStatus, Outcome, now
 from fhirschema_bus.tracing import outgoing
@@ -60,11 +61,9 @@ class JobStore:
         return JobStatus.model_validate_json(entry.value) if entry.value else None
 
     async def list_recent(self, limit: int = 50) -> list[JobStatus]:
-        try:
-            keys = await self._jobs.keys()
-        except NoKeysError:
-            return []
-        jobs = [j for j in await asyncio.gather(*(self.get(k) for k in keys)) if j is not None]
+        # kv_list: no consumer per call (kv.keys() left one for 5 minutes; GET /jobs is polled)
+        found = await kv_list.entries(self._js, s.KV_JOBS, kv=self._jobs)
+        jobs = [JobStatus.model_validate_json(e.value) for e in found if e.value]
         jobs.sort(key=lambda j: j.created, reverse=True)
         return jobs[:limit]
 
