@@ -10,7 +10,10 @@ the gateway, NATS and the validator.
 Also measured for the breakdown: GET /health through the same client (HTTP floor of the
 gateway) and the engine in-process on the same resource (validation floor).
 
-    .venv/bin/python bench/gateway_bench.py [--seconds 10] [--clients 32] [--json]
+    .venv/bin/python bench/gateway_bench.py [--seconds 10] [--clients 32] [--json] [--profile FILE]
+
+`--profile FILE`: py-spy samples the gateway during the POST /validate run and writes its
+collapsed stacks (`--format raw`: one "frame;frame;... count" line per stack) to FILE.
 
 Targets (issue 4 §7): p50 <= 5 ms, p99 <= 20 ms.
 """
@@ -22,6 +25,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -153,6 +157,13 @@ def cpu_shares(pids: dict[str, int], run: Any) -> tuple[Any, dict[str, float]]:
     return result, {k: round(cpu_seconds(p) - before[k], 2) for k, p in pids.items()}
 
 
+def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` for `seconds` (100 Hz: little CPU taken from the measured run)."""
+    cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "100",
+           "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def engine_floor(body: bytes, n: int = 2000) -> dict[str, Any]:
     from fhirschema.context import FhirContext
     from fhirschema.invariants import Invariants
@@ -176,6 +187,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the gateway under load")
     args = ap.parse_args()
     body = patient()
     report: dict[str, Any] = {"cpus": os.cpu_count(), "clients": args.clients, "resource_bytes": len(body)}
@@ -196,9 +208,12 @@ def main() -> None:
             report["health"] = asyncio.run(load(port, health, args.clients, args.seconds / 2))
             pids = {"gateway": procs[1].pid, "validator": procs[0].pid, "nats": servers["nats"].pid}
             pids["client"] = os.getpid()
+            spy = profile(procs[1].pid, args.seconds, args.profile) if args.profile else None
             report["validate"], cpu = cpu_shares(
                 pids, lambda: asyncio.run(load(port, validate, args.clients, args.seconds))
             )
+            if spy is not None:
+                spy.wait(30)
             n = report["validate"]["requests"]
             report["cpu_ms_per_request"] = {k: round(v * 1000 / n, 3) for k, v in cpu.items()}
             report["validate_1_client"] = asyncio.run(load(port, validate, 1, args.seconds / 2))

