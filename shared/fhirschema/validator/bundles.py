@@ -13,13 +13,54 @@ _NO_FULL_URL = frozenset(("transaction", "batch", "transaction-response", "batch
 Targets = dict[str, set[str | None]]  # `Type/id` -> the fullUrls of the entries that hold it
 
 
-def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets]:
+class BundleIndex:
+    """Where a Bundle's entries are found: by fullUrl (its version dropped) and by `Type/id` —
+    built once per Bundle, so that resolving a reference does not scan the entries."""
+
+    def __init__(self, entries: list[Any]) -> None:
+        self.entries = entries
+        self.by_url: dict[str, int] = {}
+        self.by_name: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            full = entry.get("fullUrl")
+            if isinstance(full, str):
+                self.by_url.setdefault(full.split("/_history/", 1)[0], i)
+            res = entry.get("resource")
+            if isinstance(res, dict) and isinstance(res.get("resourceType"), str) and isinstance(res.get("id"), str):
+                self.by_name.setdefault(f"{res['resourceType']}/{res['id']}", i)
+
+    def resolve(self, ref: str, from_full_url: Any) -> int | None:
+        """The entry a reference names, by R4 §2.36.4.1: absolute references and urns by fullUrl;
+        a relative `Type/id` against the base of the referring entry's RESTful fullUrl, from a
+        urn-named entry as `urn:uuid:id`, from an entry without fullUrl by type and id."""
+        ref = ref.split("/_history/", 1)[0]
+        if ref.startswith("urn:") or "://" in ref:
+            return self.by_url.get(ref)
+        m = REFERENCE.match(ref)
+        if m is None:
+            return None
+        base = _restful(from_full_url)
+        # From a urn-named entry, `Type/x` names the entry `urn:uuid:x` (as the reference resolves it).
+        found = self.by_url.get(f"{base[0]}/{ref}" if base is not None else f"urn:uuid:{m.group('id')}")
+        if found is None and from_full_url is None:
+            found = self.by_name.get(f"{m.group('type')}/{m.group('id')}")
+        return found
+
+    def resource(self, index: int) -> dict[str, Any] | None:
+        entry = self.entries[index]
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        return res if isinstance(res, dict) else None
+
+
+def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets, BundleIndex]:
     """Bundle rules (SPEC §3): fullUrl form, duplicate entries, document/message structure; and
-    the Bundle's reference targets."""
+    the Bundle's reference targets and index."""
     out: list[Finding] = []
     entries = data.get("entry")
     if not isinstance(entries, list):
-        return out, {}
+        return out, {}, BundleIndex([])
     by_identity: dict[tuple[str, str], list[tuple[int, str | None]]] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -63,12 +104,13 @@ def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets]:
             ):
                 out.append(finding("fs1203", "an entry of this Bundle needs a fullUrl, the identity of its resource "
                                    "(only transactions and batches may omit it)", extra=("entry", i)))  # fmt: skip
+    index = BundleIndex(entries)
     if kind == "document":
-        out += document_findings(entries)
+        out += document_findings(entries, index)
     targets: Targets = {}
     for (name, _), hits in by_identity.items():  # every version of a Type/id: one target set
         targets.setdefault(name, set()).update(f for _, f in hits)
-    return out, targets
+    return out, targets, index
 
 
 def _outcome(entry: dict[str, Any]) -> bool:
@@ -108,34 +150,6 @@ def full_url_findings(entries: list[Any]) -> list[Finding]:
                                f"with the resource's type and id ({res['resourceType']}/{res.get('id')})",
                                extra=("entry", i)))  # fmt: skip
     return out
-
-
-def resolve_in_bundle(entries: list[Any], ref: str, from_full_url: Any) -> int | None:
-    """The entry a reference names, by R4 §2.36.4.1: absolute references and urns by fullUrl;
-    a relative `Type/id` against the base of the referring entry's RESTful fullUrl, from a
-    urn-named entry as `urn:uuid:id`, from an entry without fullUrl by type and id."""
-    ref = ref.split("/_history/", 1)[0]
-    wanted: str | None = ref
-    by_id: tuple[str, str] | None = None
-    if not ref.startswith("urn:") and "://" not in ref:
-        m = REFERENCE.match(ref)
-        if m is None:
-            return None
-        base = _restful(from_full_url)
-        # From a urn-named entry, `Type/x` names the entry `urn:uuid:x` (as the reference resolves it).
-        wanted = f"{base[0]}/{ref}" if base is not None else f"urn:uuid:{m.group('id')}"
-        if from_full_url is None:
-            by_id = (m.group("type"), m.group("id"))
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            continue
-        full = entry.get("fullUrl")
-        if wanted is not None and isinstance(full, str) and full.split("/_history/", 1)[0] == wanted:
-            return i
-        res = entry.get("resource")
-        if by_id is not None and isinstance(res, dict) and (res.get("resourceType"), res.get("id")) == by_id:
-            return i
-    return None
 
 
 def _references(
@@ -178,7 +192,7 @@ def _composition_link(path: tuple[str | int, ...]) -> bool:
     return last in _SECTION_LINKS and all(k == "section" for k in sections)
 
 
-def document_findings(entries: list[Any]) -> list[Finding]:
+def document_findings(entries: list[Any], index: BundleIndex) -> list[Finding]:
     """A document's Composition references resolve inside it, and every entry is reachable from
     the Composition by following references forward or backward (R4 §3.3.1)."""
     out: list[Finding] = []
@@ -189,7 +203,7 @@ def document_findings(entries: list[Any]) -> list[Finding]:
         found: list[tuple[str, tuple[str | int, ...]]] = []
         _references(entry["resource"], (), 0, found)
         for ref, path in found:
-            target = resolve_in_bundle(entries, ref, entry.get("fullUrl"))
+            target = index.resolve(ref, entry.get("fullUrl"))
             if target is not None:
                 links[i].add(target)
                 links[target].add(i)

@@ -29,9 +29,11 @@ def check_reference(
     root: dict[str, Any] | None,
     bundle_targets: dict[str, set[str | None]],
     resolver: ReferenceResolver | None,
+    target_type: str | None = None,
 ) -> list[Finding]:
     """Findings on `Reference.reference` `ref`: `allowed` target types (None: any), `is_type` tells
-    a resource type from an IG's own URL scheme, `root` the outermost resource (its `contained`)."""
+    a resource type from an IG's own URL scheme, `root` the outermost resource (its `contained`),
+    `target_type` the type of the Bundle entry it resolves to (None: it resolves to none)."""
     out: list[Finding] = []
     if ref.startswith("#"):
         # Resolution against `contained` (ref-1); only judged when there is something contained.
@@ -49,16 +51,25 @@ def check_reference(
                 out.append(_wrong_type(kind, allowed, "error"))
         return out
     m = REFERENCE.match(ref)
-    target_type = m.group("type") if m else None
+    named = m.group("type") if m else None
     # Only judge real resource types: `.../Network/x` (an IG's own URL scheme) says nothing.
-    known = m is not None and target_type is not None and (not m.group("base") or is_type(target_type))
+    known = m is not None and named is not None and (not m.group("base") or is_type(named))
     exists = resolver.exists(ref) if resolver is not None and not ref.startswith("urn:") else None
-    if allowed is not None and known and target_type is not None and target_type not in allowed:
+    if target_type is not None:
+        # Resolved inside the Bundle (R4 §2.36.4.1), the target is judged by its real type, as a
+        # contained one is: a `Type/id` naming another type than its target's is wrong, whatever
+        # the allowed types (the reference: "Matching reference for reference ... has resourceType").
+        if known and named is not None and named != target_type:
+            out.append(finding("fs1001", f"{ref} resolves to a {target_type} in the Bundle, not a {named}",
+                               extra=_AT_REFERENCE))  # fmt: skip
+        elif allowed is not None and is_type(target_type) and target_type not in allowed:
+            out.append(_wrong_type(target_type, allowed, "error"))
+    elif allowed is not None and known and named is not None and named not in allowed:
         # The reference validator judges a literal reference's type only when the reference
         # resolves (a Bundle entry, a contained or fetched resource); an unresolved one with a type
         # outside the allowed ones is no error there (fhir-test-cases type-ref-unchecked): a warning.
         resolved = exists is True or (m is not None and _in_bundle(ref, m, bundle_targets))
-        out.append(_wrong_type(target_type, allowed, "error" if resolved else "warning"))
+        out.append(_wrong_type(named, allowed, "error" if resolved else "warning"))
     if m and not m.group("base") and len(bundle_targets.get(ref, ())) > 1:
         out.append(finding("fs1004", f"{ref} matches several Bundle entries with different fullUrls",
                            severity="warning", extra=_AT_REFERENCE))  # fmt: skip
@@ -91,15 +102,17 @@ def reference_findings(
     root: dict[str, Any] | None,
     bundle_targets: dict[str, set[str | None]],
     resolver: ReferenceResolver | None,
+    target_type: str | None = None,
 ) -> Findings:
     """Findings on a Reference value of element `ep` (see `check_reference`)."""
     ref = item.get("reference")
     if not isinstance(ref, str):
         return ()
     # A plain reference's verdict depends on the string alone, unless it names several Bundle
-    # entries or a resolver is in play: remembered per element (real data repeats references).
+    # entries, resolves to one, or a resolver is in play: remembered per element (real data
+    # repeats references).
     key: str | None = ref
-    if ref[:1] == "#" or resolver is not None:
+    if ref[:1] == "#" or resolver is not None or target_type is not None:
         key = None
     elif bundle_targets:
         # Inside a Bundle the verdict also depends on its entries (a resolved target's wrong type
@@ -113,7 +126,7 @@ def reference_findings(
     if key is not None and (verdict := ep.verdicts.get(key)) is not None:
         found: Findings = verdict
         return found
-    found = tuple(check_reference(ref, ep.ref_types(), is_type, root, bundle_targets, resolver))
+    found = tuple(check_reference(ref, ep.ref_types(), is_type, root, bundle_targets, resolver, target_type))
     if key is not None and len(ep.verdicts) < MEMO_SIZE:
         ep.verdicts[key] = found
     return found

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from fhirschema.validator.bindings import binding_findings
-from fhirschema.validator.bundles import check_bundle
+from fhirschema.validator.bundles import BundleIndex, check_bundle
 from fhirschema.validator.companions import walk_companion
 from fhirschema.validator.constraints import check_constraints, primitive_constraints
 from fhirschema.validator.extensions import extension_findings
@@ -49,6 +49,7 @@ class Run:
         self.companions: list[str | None] = []  # primitive types whose `_x` companion is walked
         self.bundle_targets: dict[str, set[str | None]] = {}
         self.bundle: dict[str, Any] | None = None  # the innermost Bundle walked
+        self.bundle_index: BundleIndex | None = None  # its entries by fullUrl and Type/id
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -89,9 +90,10 @@ class Run:
         self.roots.append(self.roots[-1] if contained else data)
         self.resources.append(data)
         self.starts.append(len(self.path))
+        outer = (self.bundle, self.bundle_targets, self.bundle_index) if rtype == "Bundle" else None
         try:
             if rtype == "Bundle":
-                findings, self.bundle_targets = check_bundle(data)
+                findings, self.bundle_targets, self.bundle_index = check_bundle(data)
                 self.bundle = data
                 self.report(findings)
             self.node(data, plan)
@@ -99,6 +101,8 @@ class Run:
             self.resources.pop()
             self.roots.pop()
             self.starts.pop()
+            if outer is not None:  # a Bundle inside an entry: the enclosing one's again
+                self.bundle, self.bundle_targets, self.bundle_index = outer
 
     def conforms(self, data: dict[str, Any], url: str) -> bool:
         """Does `data` validate without errors against profile `url` (a slice's profile)?"""
@@ -381,8 +385,9 @@ class Run:
                 self.node(item, child)
             if ep.is_reference:
                 root = self.roots[-1] if self.roots else None
+                target = self.entry_type(item.get("reference")) if self.bundle_index is not None else None
                 self.report(reference_findings(item, ep, self.is_type, root, self.bundle_targets,
-                                               self.config.references))  # fmt: skip
+                                               self.config.references, target))  # fmt: skip
         if ep.value_checks:
             self.value_checks(item, ep)
 
@@ -455,6 +460,24 @@ class Run:
                     return found
             return None
         return bundle_entry(self.bundle, ref) if self.bundle is not None else None
+
+    def entry_type(self, ref: Any) -> str | None:
+        """The type of the innermost Bundle's entry that `ref`, written in one of its entries,
+        resolves to (R4 §2.36.4.1, from that entry's fullUrl); None when it resolves to none."""
+        bundle, index = self.bundle, self.bundle_index
+        if type(ref) is not str or ref[:1] == "#" or not ref or index is None:
+            return None
+        for n in range(len(self.resources) - 1, -1, -1):
+            if self.resources[n] is bundle:
+                s, path = self.starts[n], self.path
+                if len(path) <= s + 1 or path[s] != "entry" or type(path[s + 1]) is not int:
+                    return None  # the Bundle's own reference (its signature), from no entry
+                entry = index.entries[path[s + 1]]
+                found = index.resolve(ref, entry.get("fullUrl") if isinstance(entry, dict) else None)
+                target = index.resource(found) if found is not None else None
+                kind = target.get("resourceType") if target is not None else None
+                return kind if isinstance(kind, str) else None
+        return None
 
     def is_type(self, name: str) -> bool:
         return bool(self.config.compiler.chain(name))
