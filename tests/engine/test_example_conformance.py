@@ -18,7 +18,7 @@ FLOORS = {
     "us-core-3": (81, 84),
     "ips": (43, 44),
     "genomics": (204, 204),
-    "ch-core": (23, 23),
+    "ch-core": (22, 23),
     "ch-orf": (34, 35),
     "ch-lab-order": (18, 18),
 }

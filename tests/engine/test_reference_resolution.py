@@ -114,8 +114,10 @@ def test_a_reference_resolved_in_the_bundle_is_judged_by_its_targets_real_type(v
     # From a urn-named entry, `Practitioner/x` names the entry `urn:uuid:x` (R4 §2.36.4.1 as the
     # reference resolves it, fhir-test-cases bad-bundle-reference-type-4): an Organization there
     # is not the Practitioner the reference says, although generalPractitioner allows both.
-    patient = {"fullUrl": "urn:uuid:p1",
-               "resource": {"resourceType": "Patient", "generalPractitioner": [{"reference": "Practitioner/x1"}]}}
+    patient = {
+        "fullUrl": "urn:uuid:p1",
+        "resource": {"resourceType": "Patient", "generalPractitioner": [{"reference": "Practitioner/x1"}]},
+    }
     organization = {"fullUrl": "urn:uuid:x1", "resource": {"resourceType": "Organization", "name": "o"}}
     assert _found(validator, _collection(patient, organization)) == [
         ("fs1001", "error", "Bundle.entry[0].resource.generalPractitioner[0].reference")
@@ -124,8 +126,10 @@ def test_a_reference_resolved_in_the_bundle_is_judged_by_its_targets_real_type(v
     assert _found(validator, _collection(patient, practitioner)) == []
     # A urn reference says no type: its target's type must be an allowed one.
     observation = {"fullUrl": "urn:uuid:o1", "resource": _observation("urn:uuid:e1")}
-    encounter = {"fullUrl": "urn:uuid:e1",
-                 "resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"}}}
+    encounter = {
+        "fullUrl": "urn:uuid:e1",
+        "resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"}},
+    }
     assert _found(validator, _collection(observation, encounter)) == [
         ("fs1001", "error", "Bundle.entry[0].resource.performer[0].reference")
     ]
@@ -135,10 +139,14 @@ def test_a_reference_resolved_in_the_bundle_is_judged_by_its_targets_real_type(v
 def test_an_inner_bundle_resolves_against_its_own_entries(validator: Validator) -> None:
     # After a Bundle inside an entry, the next entries resolve against the outer Bundle again.
     observation = {"fullUrl": "urn:uuid:o1", "resource": _observation("urn:uuid:e1")}
-    encounter = {"fullUrl": "urn:uuid:e1",
-                 "resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"}}}
-    inner = {"fullUrl": "urn:uuid:b1", "resource": _collection({"fullUrl": "urn:uuid:z1",
-                                                              "resource": {"resourceType": "Practitioner"}})}
+    encounter = {
+        "fullUrl": "urn:uuid:e1",
+        "resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"}},
+    }
+    inner = {
+        "fullUrl": "urn:uuid:b1",
+        "resource": _collection({"fullUrl": "urn:uuid:z1", "resource": {"resourceType": "Practitioner"}}),
+    }
     assert _found(validator, _collection(inner, observation, encounter)) == [
         ("fs1001", "error", "Bundle.entry[1].resource.performer[0].reference")
     ]

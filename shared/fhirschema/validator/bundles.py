@@ -28,7 +28,11 @@ class BundleIndex:
             if isinstance(full, str):
                 self.by_url.setdefault(full.split("/_history/", 1)[0], i)
             res = entry.get("resource")
-            if isinstance(res, dict) and isinstance(res.get("resourceType"), str) and isinstance(res.get("id"), str):
+            if (
+                isinstance(res, dict)
+                and isinstance(res.get("resourceType"), str)
+                and isinstance(res.get("id"), str)
+            ):
                 self.by_name.setdefault(f"{res['resourceType']}/{res['id']}", i)
 
     def resolve(self, ref: str, from_full_url: Any) -> int | None:

@@ -15,6 +15,7 @@ from fhirschema.validator.issues import Issue
 from fhirschema.validator.matching import equals, matches
 from fhirschema.validator.narrative import constraint_findings, control_findings
 from fhirschema.validator.plans import HOT_CODED, HOT_NESTED, HOT_PLAIN, ElementPlan, Plan
+from fhirschema.validator.primitives import checker
 from fhirschema.validator.references import (
     bundle_entry,
     contained_resource,
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from fhirschema.validator.walkconfig import WalkConfig
 
 MAX_DEPTH: Final = 200  # deeper data is reported, not walked (no RecursionError, bounded work)
+# A resource's logical id is an `id` (R4 resource.html, Resource.id; the R4 package types it as a
+# System.String): 1-64 letters, digits, '-' and '.' — the reference checks it on every resource.
+_RESOURCE_ID: Final = checker("id")
 
 
 class Run:
@@ -86,6 +90,10 @@ class Run:
             self.report(findings)
             if plan is None:
                 return
+        rid = data.get("id")
+        if type(rid) is str and _RESOURCE_ID.check(rid) is not None:
+            self.issue("fs110", f"invalid resource id {rid[:80]!r}: 1-64 letters, digits, '-' or '.'",
+                       extra=["id"])  # fmt: skip
         contained = len(self.path) >= 2 and self.path[-2] == "contained" and bool(self.roots)
         self.roots.append(self.roots[-1] if contained else data)
         self.resources.append(data)
@@ -470,9 +478,10 @@ class Run:
         for n in range(len(self.resources) - 1, -1, -1):
             if self.resources[n] is bundle:
                 s, path = self.starts[n], self.path
-                if len(path) <= s + 1 or path[s] != "entry" or type(path[s + 1]) is not int:
+                at = path[s + 1] if len(path) > s + 1 and path[s] == "entry" else None
+                if not isinstance(at, int):
                     return None  # the Bundle's own reference (its signature), from no entry
-                entry = index.entries[path[s + 1]]
+                entry = index.entries[at]
                 found = index.resolve(ref, entry.get("fullUrl") if isinstance(entry, dict) else None)
                 target = index.resource(found) if found is not None else None
                 kind = target.get("resourceType") if target is not None else None
