@@ -12,6 +12,8 @@ gateway) and the engine in-process on the same resource (validation floor).
 
     .venv/bin/python bench/gateway_bench.py [--seconds 10] [--clients 32] [--json] [--profile FILE]
 
+`--api-keys N`: the gateway with FHIRSCHEMA_AUTH=required and a key file of N keys (the
+client sends the last one), to see what the key check costs; default 0: auth off.
 `--profile FILE`: py-spy samples the gateway during the POST /validate run and writes its
 collapsed stacks (`--format raw`: one "frame;frame;... count" line per stack) to FILE.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import statistics
@@ -71,11 +74,12 @@ def service_env(servers: dict[str, Any], gateway_port: int) -> dict[str, str]:
     }
 
 
-def wait_http(url: str, body: bytes | None = None, timeout: float = 120.0) -> None:
+def wait_http(url: str, body: bytes | None = None, timeout: float = 120.0, key: str | None = None) -> None:
     deadline = time.monotonic() + timeout
+    headers = {"content-type": "application/fhir+json", **({"x-api-key": key} if key else {})}
     while True:
         try:
-            req = urllib.request.Request(url, data=body, headers={"content-type": "application/fhir+json"})
+            req = urllib.request.Request(url, data=body, headers=headers)
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 if r.status == 200:
                     return
@@ -106,8 +110,10 @@ class Conn:
         return status
 
 
-def build_request(method: str, path: str, port: int, body: bytes = b"") -> bytes:
+def build_request(method: str, path: str, port: int, body: bytes = b"", key: str | None = None) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    if key is not None:
+        head += f"X-API-Key: {key}\r\n"
     if body:
         head += f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body
@@ -187,6 +193,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--api-keys", type=int, default=0, help="auth on, with a key file of N keys")
     ap.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the gateway under load")
     args = ap.parse_args()
     body = patient()
@@ -195,15 +202,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp, local_stack(Path(tmp)) as servers:
         port = free_port()
         env = service_env(servers, port)
+        key = None
+        if args.api_keys > 0:
+            keys = [f"bench-key-{n}" for n in range(args.api_keys)]
+            (Path(tmp) / "keys").mkdir()  # a folder of its own, as a mounted Secret: not beside the logs
+            key_file = Path(tmp) / "keys" / "api_keys"
+            key_file.write_text("".join(f"{hashlib.sha256(k.encode()).hexdigest()} validate k{n}\n"
+                                        for n, k in enumerate(keys)))  # fmt: skip
+            env.update(FHIRSCHEMA_AUTH="required", FHIRSCHEMA_API_KEYS_FILE=str(key_file))
+            key = keys[-1]
+        report["api_keys"] = args.api_keys
         procs = [start("validator_service", env, Path(tmp) / "validator.log")]
         procs.append(start("gateway", env, Path(tmp) / "gateway.log"))
         try:
             base = f"http://127.0.0.1:{port}"
             wait_http(f"{base}/health")
             for _ in range(20):  # warm-up: R4 core loaded, the Patient plan compiled
-                wait_http(f"{base}/validate?timeout=120", body)
+                wait_http(f"{base}/validate?timeout=120", body, key=key)
             health = build_request("GET", "/health", port)
-            validate = build_request("POST", "/validate", port, body)
+            validate = build_request("POST", "/validate", port, body, key)
             asyncio.run(load(port, validate, args.clients, 2.0))  # warm the connections and caches
             report["health"] = asyncio.run(load(port, health, args.clients, args.seconds / 2))
             pids = {"gateway": procs[1].pid, "validator": procs[0].pid, "nats": servers["nats"].pid}

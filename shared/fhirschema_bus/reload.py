@@ -17,9 +17,11 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import watchfiles
@@ -29,6 +31,19 @@ from fhirschema_bus.config import ConfigError, LoadedConfig, Section
 log = logging.getLogger("fhirschema.reload")
 S = TypeVar("S", bound=Section)
 Callback = Callable[[Any], Awaitable[None] | None]
+
+
+def events_of(path: Path) -> Callable[[watchfiles.Change, str], bool]:
+    """A watchfiles filter for one file in a watched folder: the file's own events and those of a
+    Kubernetes ConfigMap / Secret update (the `..data` symlink and `..<timestamp>` folder beside
+    it). Other files there (a log, say) wake nothing: no re-read, no 'changes detected' line."""
+    name = path.name
+
+    def wanted(_change: watchfiles.Change, changed: str) -> bool:
+        base = os.path.basename(changed)
+        return base == name or base.startswith("..")
+
+    return wanted
 
 
 @dataclass
@@ -127,7 +142,9 @@ class ConfigWatcher:
         if path is None:
             return
         # The folder, not the file: editors and Kubernetes ConfigMap updates replace the file.
-        async for _ in watchfiles.awatch(path.parent, debounce=self.debounce_ms, recursive=False):
+        async for _ in watchfiles.awatch(
+            path.parent, debounce=self.debounce_ms, recursive=False, watch_filter=events_of(path)
+        ):
             if self._file_digest() != self._digest:
                 await self.reload()
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import watchfiles
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from gateway.adapters.key_file import KeyFile
@@ -29,7 +30,7 @@ from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from fhirschema_bus.config import ServiceConfig
-from fhirschema_bus.reload import ConfigWatcher, Reloads
+from fhirschema_bus.reload import ConfigWatcher, Reloads, events_of
 from fhirschema_bus.settings import (
     AuthSettings,
     GatewaySettings,
@@ -83,6 +84,34 @@ def test_key_file_lines() -> None:
     assert alice is not None and alice.name == "alice" and alice.scopes == {"validate", "convert"}
     assert bot is not None and bot.name == "build bot" and bot.scopes == {"schemas:read"}
     assert keys.find("k3") is None and keys.find("") is None and len(keys) == 2
+
+
+async def test_key_file_wakes_only_for_its_own_events(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another file written in the key file's folder (a log) re-read nothing and logged nothing
+    (it did: watchfiles' 'N changes detected' at INFO and a re-read every 200 ms)."""
+    ours = events_of(tmp_path / "keys")
+    assert ours(watchfiles.Change.modified, str(tmp_path / "keys"))
+    assert ours(watchfiles.Change.added, str(tmp_path / "..data"))  # a Kubernetes Secret's swap
+    assert not ours(watchfiles.Change.modified, str(tmp_path / "gateway.log"))
+    path = key_file(tmp_path / "keys")
+    keys = KeyFile(path)
+    caplog.set_level(logging.INFO)
+    keys.start()
+    try:
+        for n in range(30):
+            (tmp_path / "gateway.log").write_text("line\n" * n)
+            await asyncio.sleep(0.05)
+        assert not [r.getMessage() for r in caplog.records if r.name.startswith("watchfiles")]
+        key_file(path, {"new-key": ("validate", "newcomer")})
+        for _ in range(100):
+            if keys.keys.find("new-key") is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert keys.keys.find("new-key") is not None
+    finally:
+        await keys.stop()
 
 
 @pytest.mark.parametrize(

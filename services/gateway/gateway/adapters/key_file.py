@@ -12,6 +12,7 @@ from pathlib import Path
 
 import watchfiles
 
+from fhirschema_bus.reload import events_of
 from gateway.service.auth import ApiKeys, KeyFileError
 
 log = logging.getLogger("gateway.auth")
@@ -54,10 +55,12 @@ class KeyFile:
         # The folder, not the file: editors replace files, and a mounted Kubernetes Secret
         # changes by swapping a symlink beside it. Also once a second without an event (the
         # digest compared, a cheap read): a change before the watch began, or on a filesystem
-        # that sends no events, is not missed.
+        # that sends no events, is not missed. Only the file's events count (events_of): another
+        # file written in that folder re-read the keys and logged a line each time.
         async for _ in watchfiles.awatch(
-            self.path.parent, debounce=200, recursive=False, rust_timeout=1000, yield_on_timeout=True
-        ):
+            self.path.parent, debounce=200, recursive=False, rust_timeout=1000, yield_on_timeout=True,
+            watch_filter=events_of(self.path),
+        ):  # fmt: skip
             self.reload()
 
     def start(self) -> None:
