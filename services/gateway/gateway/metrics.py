@@ -6,6 +6,7 @@ Every name here and in `fhirschema_bus.metrics` is what the dashboard and alert 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,7 +43,9 @@ class Metrics:
         for kind in ("validate", "convert"):
             self.batch_items.labels(kind)
         self.ws_clients = Gauge("gateway_websocket_clients", "open WebSocket connections", registry=r)
-        info = Info("fhirschema_build", "What runs: service, version, engine build, Python", ["service"], registry=r)
+        info = Info(
+            "fhirschema_build", "What runs: service, version, engine build, Python", ["service"], registry=r
+        )
         set_build_info("gateway", __version__, info=info)
 
     def render(self) -> bytes:
@@ -55,6 +58,10 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
         self.metrics = metrics
+        # (method, route, status) -> the counter's and histogram's children: labels() costs
+        # more than the inc and observe it serves (a lock, a tuple check, str()s). Bounded as
+        # the metric's own label sets are (route templates, not paths).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,6 +81,12 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            self.metrics.requests.labels(method, path, str(status)).inc()
-            self.metrics.latency.labels(method, path, str(status)).observe(time.perf_counter() - start)
+            key = (scope["method"], path, status)
+            if (children := self._children.get(key)) is None:
+                labels = (key[0], path, str(status))
+                children = self._children[key] = (
+                    self.metrics.requests.labels(*labels),
+                    self.metrics.latency.labels(*labels),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
