@@ -5,6 +5,8 @@ until SIGTERM/SIGINT. The services' `__main__` modules are this plus their `Serv
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -50,3 +52,18 @@ def run_worker(
             await worker.run()
 
     asyncio.run(serve())
+    exit_now()
+
+
+def exit_now() -> None:
+    """Drained and closed: leave at once. Otherwise the interpreter still joins executor threads
+    finishing their work (concurrent.futures does at exit: the validator's warm-up, after ready)
+    and tears down the heap of loaded packages — measured on an idle validator: SIGTERM to exit
+    1.5 s, 1 s of it after its shutdown had ended; up to 4.2 s at load 14."""
+    provider = tracing.provider()
+    if provider is not None:
+        provider.shutdown()  # the spans atexit would have flushed
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)

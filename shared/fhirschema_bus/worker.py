@@ -12,7 +12,7 @@ probes.py), its readiness, and one acknowledgement policy for all JetStream mess
   reached `NatsSettings.max_deliver` deliveries.
 
 Subscribers are declared with `ack_policy=AckPolicy.MANUAL` so that FastStream leaves acks to us.
-Nothing connects at import time; `FastStream.run()` handles SIGTERM/SIGINT (graceful shutdown).
+Nothing connects at import time; `Worker.run()` handles SIGTERM/SIGINT (graceful shutdown).
 
 Readiness gates work: subscribers registered with `gated()` pull no message while the worker is
 not ready (`set_readiness`). At start-up the broker starts them only once the worker is ready
@@ -28,6 +28,7 @@ import gc
 import logging
 import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from fhirschema_bus import logs, tracing
+from fhirschema_bus import logs, tasks, tracing
 from fhirschema_bus import metrics as m
 from fhirschema_bus import subjects as s
 from fhirschema_bus.config import Section
@@ -233,14 +234,12 @@ class Worker:
         log.info("%s %s started (instance %s)", self.service, self.version, self.instance)
 
     async def _on_shutdown(self) -> None:
-        for task in (self._heartbeat, self._stats):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        with contextlib.suppress(Exception):
-            kv = await self.js.key_value(s.KV_SERVICES)
-            await kv.delete(self.heartbeat_key)
+        # Re-cancelled until they end: one cancelled in a NATS request may swallow it (tasks.py).
+        await tasks.stop(self._heartbeat, self._stats)
+        with contextlib.suppress(Exception):  # NATS away: the key expires with the bucket's TTL
+            async with asyncio.timeout(1.0):
+                kv = await self.js.key_value(s.KV_SERVICES)
+                await kv.delete(self.heartbeat_key)
         await self._drain()
         for hook in self._shutdown_hooks:
             await hook()
@@ -283,8 +282,33 @@ class Worker:
         await kv.put(self.heartbeat_key, beat.model_dump_json().encode())
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT (FastStream installs the signal handlers)."""
-        await self.app.run()
+        """Serve until SIGTERM/SIGINT. Start-up and shutdown never overlap: a signal during
+        start-up ends the start-up first (FastStream's own run() began its shutdown beside a
+        start-up still running, which could then start tasks that nothing stopped)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.create_task(self.app.start(), name=f"{self.service}-start")
+        stopped = asyncio.create_task(stop.wait(), name=f"{self.service}-stop-signal")
+        try:
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("%s: stop requested during start-up", self.service)
+                await tasks.stop(starting, timeout=self.settings.drain_seconds)
+            elif starting.exception() is not None:
+                with contextlib.suppress(Exception):  # what start-up opened, closed if it can be
+                    await self.app.stop()
+                starting.result()  # a failed start-up ends the process with its error
+            else:
+                await stopped
+            t0 = time.perf_counter()
+            await self.app.stop()
+            log.info("%s stopped in %.2f s", self.service, time.perf_counter() - t0)
+        finally:
+            await tasks.stop(starting, stopped)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
 
     # -- acknowledgement policy ----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsMessage, PullSub
 
 from fhirschema_bus import subjects as s
+from fhirschema_bus import tasks
 from fhirschema_bus.contracts import HEADER_MSG_ID, IngestJob, IngestRequest, RegistryQuery, now
 from fhirschema_bus.ingest_status import IngestStatus
 from fhirschema_bus.object_store import ObjectStore
@@ -113,11 +114,9 @@ def bootstrap(
     async def close() -> None:
         if (notifier := state.get("notifier")) is not None:
             await notifier.aclose()
-        for name in ("startup", "scheduling"):  # the scheduler releases its lease as it stops
-            if (task := state.get(name)) is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        # The scheduler releases its lease as it stops; re-cancelled: a task cancelled in a
+        # NATS request may swallow it (tasks.py).
+        await tasks.stop(state.get("startup"), state.get("scheduling"), timeout=3.0)
 
     worker.on_startup(wire)
     worker.on_shutdown(close)

@@ -12,7 +12,6 @@ storage needed: tests, offline use). Either way its subscribers pull nothing unt
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +28,7 @@ from fhirschema import engine_build
 from fhirschema.context import FhirContext
 from fhirschema.terminology import Terminology
 from fhirschema.validator import Validator
-from fhirschema_bus import metrics, repository
+from fhirschema_bus import metrics, repository, tasks
 from fhirschema_bus import subjects as s
 from fhirschema_bus.config import Section
 from fhirschema_bus.contracts import RepositoryState, ValidateChunk, ValidateOptions, ValidateRequest
@@ -153,10 +152,7 @@ def bootstrap(
             state["follow"] = asyncio.create_task(sync.follow(follow(), publish))
 
     async def close() -> None:
-        if (task := state.get("follow")) is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await tasks.stop(state.get("follow"))  # re-cancelled: one in a NATS request may swallow it
         executor.shutdown(wait=False, cancel_futures=True)
 
     worker.on_startup(wire)
