@@ -94,6 +94,37 @@ async def test_every_service_does_its_job_as_its_own_user(stack: Stack, nats_ser
     assert "Permissions Violation" not in log, [ln for ln in log.splitlines() if "Violation" in ln][:10]
 
 
+async def test_the_ig_routes_as_the_services_users(stack: Stack, nats_server: RunningServer) -> None:
+    """/ig/* with the generated permissions: the gateway writes KV_INGEST, publishes the ingest
+    request and asks ig-ingest (schedule, registry search); ig-ingest stores the schemas through
+    storage's durable subjects and registers the package (as under `make up`)."""
+    spec = "hl7.fhir.us.core#3.1.1"
+    async with stack.client() as client:
+        sched = {"cron": "0 4 * * *", "timezone": "UTC", "packages": [spec], "masks": [], "enabled": False}
+        r = await client.put("/ig/schedule", json=sched)
+        assert r.status_code == 200, r.text
+        assert {k: v for k, v in (await client.get("/ig/schedule")).json().items() if k in sched} == sched
+        r = await client.post("/ig/process", json={"packages": [spec]})
+        assert r.status_code == 202, r.text
+        for _ in range(1200):
+            job = (await client.get(r.headers["location"])).json()
+            if job["state"] in ("succeeded", "failed"):
+                break
+            await asyncio.sleep(0.1)
+        assert job["state"] == "succeeded", job
+        us_core = next(p for p in job["packages"] if p["name"] == "hl7.fhir.us.core")
+        listed = await client.get("/schemas", params={"package": spec, "limit": 1})
+        assert int(listed.headers["x-total-count"]) == us_core["schemas"] > 0, listed.text
+        overview = (await client.get("/ig/status")).json()
+        assert spec in {f"{p['name']}#{p['version']}" for p in overview["packages"]}
+        found = await client.get("/ig/registry", params={"name": "hl7.fhir.us.core"})
+        assert found.status_code == 200 and any(p["name"] == "hl7.fhir.us.core" for p in found.json()), (
+            found.text
+        )
+    log = nats_server.log_path.read_text()
+    assert "Permissions Violation" not in log, [ln for ln in log.splitlines() if "Violation" in ln][:10]
+
+
 @pytest.mark.parametrize(
     ("user", "subject"),
     [
