@@ -1,8 +1,10 @@
 """Retention: the plan without servers; on real NATS, S3 (SeaweedFS) and storage, older versions
-leave the repository state, storage's index, S3 and KV_INGEST, and `dry_run` only lists them."""
+leave the repository state, storage's index, S3 and KV_INGEST, and `dry_run` only lists them;
+also after an ingest job that was not scheduled (POST /ig/process), pinned versions kept."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,4 +113,65 @@ async def test_retention_on_real_storage(
         assert await w.state["status"].package(PackageId("example.multi", "2.0.0")) is not None
         assert (await retention(nc)).removed == []  # nothing more to do
     finally:
+        await w.app.stop()
+
+
+async def specs(nc: Client, name: str) -> list[str]:
+    state, _ = await read_state(await repository_kv(nc.jetstream()))
+    return sorted(p.package for p in state.packages if p.package.startswith(f"{name}#"))
+
+
+async def test_retention_after_jobs_that_were_not_scheduled(
+    storage: Storage, nats_server: RunningServer, nc: Client, registry: Registry
+) -> None:
+    w: Worker = bootstrap(
+        nats=NatsSettings(url=nats_server.url), s3=storage.store.settings,
+        packages=PackageSettings(package_sources=registry.base, packages=""),
+        ingest=IngestSettings(keep_versions=1, ci_build_url=""),
+        worker_settings=WorkerSettings(heartbeat_seconds=60), store=ObjectStore(storage.store.settings),
+    )  # fmt: skip
+    await w.app.start()
+    s3, bucket = ObjectStore(storage.store.settings), storage.store.settings.bucket_packages
+    name = f"example.keep{uuid.uuid4().hex[:6]}"  # the module's other test stored example.multi
+    for v in ("1.0.0", "1.1.0", "2.0.0"):
+        registry.add(
+            name, v, make_package(name, v, resources=[profile(f"k{v.replace('.', '')}{i}") for i in range(2)])
+        )
+    try:
+        # The schedule pins 1.0.0 (disabled: it never runs here, its exact versions still count).
+        sched = {"cron": "0 4 * * *", "packages": [f"{name}#1.0.0"], "enabled": False}
+        assert (
+            orjson.loads((await nc.request(s.INGEST_SCHEDULE_PUT, orjson.dumps(sched), timeout=10)).data)[
+                "status"
+            ]
+            == 200
+        )
+
+        async def job(version: str) -> None:
+            req = IngestRequest(job_id=uuid.uuid4().hex, packages=[f"{name}#{version}"])
+            await nc.jetstream().publish(s.INGEST_PACKAGE, req.model_dump_json().encode())
+            assert (await ingest_job(nc, req.job_id)).state is JobState.SUCCEEDED
+
+        async def until(expected: list[str]) -> None:
+            for _ in range(100):  # retention runs right after the job's record says it is final
+                if await specs(nc, name) == expected:
+                    return
+                await asyncio.sleep(0.1)
+            assert await specs(nc, name) == expected
+
+        await job("1.1.0")
+        await job("2.0.0")  # newest: 1.1.0 (not pinned) goes, on real S3 and storage
+        await until([f"{name}#2.0.0"])
+        old = PackageId(name, "1.1.0")
+        assert not s3.exists(bucket, old.tgz_key) and s3.exists(bucket, PackageId(name, "2.0.0").tgz_key)
+        assert (await ask(nc, s.STORAGE_LIST, {"package": str(old), "limit": 1}))["total"] == 0
+        assert await w.state["status"].package(old) is None
+        await job("1.0.0")  # older than 2.0.0, but pinned by the schedule: kept
+        await job("1.1.0")  # asked for by exact version: kept after its own job
+        await until([f"{name}#1.0.0", f"{name}#1.1.0", f"{name}#2.0.0"])
+        await wait_schemas(nc, f"{name}#1.1.0", 2)
+        await job("2.0.0")  # already stored: skipped; now 1.1.0 is neither newest nor pinned
+        await until([f"{name}#1.0.0", f"{name}#2.0.0"])
+    finally:
+        await nc.request(s.INGEST_SCHEDULE_PUT, orjson.dumps({"enabled": False}), timeout=10)
         await w.app.stop()

@@ -1,5 +1,6 @@
-"""What follows a finished ingest job (service layer): its metrics, the failure notice, and for a
-scheduled run its `last_success` and the retention pass; plus the INGEST_RETENTION handler."""
+"""What follows a finished ingest job (service layer): its metrics, the failure notice, for a
+scheduled run its `last_success`, and after every job that succeeded (scheduled, POST
+/ig/process, start-up) the retention pass; plus the INGEST_RETENTION handler."""
 
 from __future__ import annotations
 
@@ -31,21 +32,27 @@ async def after_job(
             await notifier.job_finished(job, scheduled)
         except Exception:  # the bus is down: the job's record still says what failed
             log.exception("job %s: the failure notice was not published", job.job)
-    if not scheduled:
-        return
     ok = job.state is JobState.SUCCEEDED
-    metrics.INGEST_SCHEDULED_RUNS.labels("succeeded" if ok else "failed").inc()
-    if not ok:
-        return
-    metrics.INGEST_SCHEDULE_LAST_SUCCESS.set(time.time())
-    if (scheduler := state.get("scheduler")) is not None:
-        with contextlib.suppress(Exception):
-            await scheduler.succeeded(job.job)
+    if scheduled:
+        metrics.INGEST_SCHEDULED_RUNS.labels("succeeded" if ok else "failed").inc()
+        if ok:
+            metrics.INGEST_SCHEDULE_LAST_SUCCESS.set(time.time())
+            if (scheduler := state.get("scheduler")) is not None:
+                with contextlib.suppress(Exception):
+                    await scheduler.succeeded(job.job)
     retention: Retention | None = state.get("retention")
-    if retention is not None and retention.keep > 0:
-        report = await retention.run(RetentionRequest(), await schedule_pins(state))
-        if report.removed or report.errors:
-            log.info("retention after %s: removed %s; errors %s", job.job, report.removed, report.errors)
+    if not ok or retention is None or retention.keep <= 0:
+        return  # a failed job removes nothing: what it did not replace stays
+    # Pinned besides the schedule's and FHIRSCHEMA_PACKAGES' exact versions: those this job
+    # asked for by exact version (an older version asked for is not removed the moment it lands).
+    pins = await schedule_pins(state) | (set() if scheduled else pinned_versions(req.packages))
+    try:
+        report = await retention.run(RetentionRequest(), pins)
+    except Exception:  # storage or NATS down: the job stands, the next job or run retries
+        log.exception("retention after %s", job.job)
+        return
+    if report.removed or report.errors:
+        log.info("retention after %s: removed %s; errors %s", job.job, report.removed, report.errors)
 
 
 async def schedule_pins(state: dict[str, Any]) -> set[str]:
