@@ -457,6 +457,17 @@ class PutSchema(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class PutSchemas(BaseModel):
+    """Store a chunk of FHIRSchemas in one durable message (STORAGE_PUT_SCHEMAS, ig-ingest): each
+    put replaces what its identity holds, as STORAGE_PUT_SCHEMA does, so a redelivery succeeds
+    and leaves the same records. The publisher sets a Nats-Msg-Id derived from the chunk (job,
+    package, SHA-256, position): a chunk published twice is stored by the stream once. One
+    message per schema was one storage round of Redis and S3 calls each (717 for R4 core +
+    US Core: 58 s); a chunk is stored with its S3 writes concurrent and one Redis round trip."""
+
+    puts: list[PutSchema] = Field(min_length=1)
+
+
 class IndexPackage(BaseModel):
     """Storage request/reply: register a package tarball already stored in S3 (ig-ingest stored it)
     in the repository state, so that validator replicas load it. Resources travel inside the

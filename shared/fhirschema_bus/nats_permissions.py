@@ -47,7 +47,14 @@ PUBLISH: dict[str, list[str]] = {
     "validator": [f"{s.VALIDATE_RESULT}.>", _EVENTS, s.STORAGE_GET_SCHEMA, s.STORAGE_LIST],
     "converter": [f"{s.CONVERT_RESULT}.>", _EVENTS, s.STORAGE_PUT_SCHEMA],
     "storage": [_EVENTS],
-    "ig-ingest": [s.INGEST_PACKAGE, s.STORAGE_PUT_SCHEMA, s.INGEST_FAILED, _EVENTS, *_STORAGE_REQUESTS],
+    "ig-ingest": [
+        s.INGEST_PACKAGE,
+        s.STORAGE_PUT_SCHEMA,
+        s.STORAGE_PUT_SCHEMAS,
+        s.INGEST_FAILED,
+        _EVENTS,
+        *_STORAGE_REQUESTS,
+    ],
 }
 # Core NATS subjects each service serves (request/reply, queue groups).
 SERVE: dict[str, list[str]] = {
@@ -62,7 +69,7 @@ PULLS: dict[str, list[str]] = {
     "gateway": [],
     "validator": [s.DURABLE_VALIDATOR_ONE, s.DURABLE_VALIDATOR_BATCH],
     "converter": [s.DURABLE_CONVERTER],
-    "storage": [s.DURABLE_STORAGE],
+    "storage": [s.DURABLE_STORAGE, s.DURABLE_STORAGE_BATCH],
     "ig-ingest": [s.DURABLE_INGEST],
 }
 # Durable consumers a service declares itself (not in the topology): (stream, durable).

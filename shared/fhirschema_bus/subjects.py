@@ -15,6 +15,7 @@ CONVERT_ONE = f"{PREFIX}.convert.one"
 CONVERT_BATCH_ITEM = f"{PREFIX}.convert.batch"
 INGEST_PACKAGE = f"{PREFIX}.ingest.package"
 STORAGE_PUT_SCHEMA = f"{PREFIX}.storage.put"
+STORAGE_PUT_SCHEMAS = f"{PREFIX}.storage.puts"  # PutSchemas: a chunk of schemas in one message (ig-ingest)
 REQUEST_SUBJECTS = [
     VALIDATE_ONE,
     VALIDATE_BATCH_ITEM,
@@ -22,6 +23,7 @@ REQUEST_SUBJECTS = [
     CONVERT_BATCH_ITEM,
     INGEST_PACKAGE,
     STORAGE_PUT_SCHEMA,
+    STORAGE_PUT_SCHEMAS,
 ]
 
 # --- results (Limits retention, read back by the gateway / result assemblers) ---
@@ -61,6 +63,7 @@ DURABLE_VALIDATOR_BATCH = "validator-batch"
 DURABLE_CONVERTER = "converter"
 DURABLE_INGEST = "ig-ingest"
 DURABLE_STORAGE = "storage"
+DURABLE_STORAGE_BATCH = "storage-batch"  # STORAGE_PUT_SCHEMAS
 DURABLE_STORAGE_RESULTS = "storage-results"  # on STREAM_EVENTS: finished jobs' results assembled
 
 # --- KV buckets ---

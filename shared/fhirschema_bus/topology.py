@@ -33,6 +33,7 @@ STREAMS = [
             f"{s.PREFIX}.convert.>",
             f"{s.PREFIX}.ingest.>",
             s.STORAGE_PUT_SCHEMA,
+            s.STORAGE_PUT_SCHEMAS,
         ],
         retention=RetentionPolicy.WORK_QUEUE,  # a request is consumed once, by one replica
         storage=StorageType.FILE,
@@ -78,6 +79,7 @@ DURABLES = [
     Durable(s.DURABLE_CONVERTER, f"{s.PREFIX}.convert.>"),
     Durable(s.DURABLE_INGEST, s.INGEST_PACKAGE),
     Durable(s.DURABLE_STORAGE, s.STORAGE_PUT_SCHEMA),
+    Durable(s.DURABLE_STORAGE_BATCH, s.STORAGE_PUT_SCHEMAS),
 ]
 
 KV_BUCKETS = [

@@ -1,4 +1,5 @@
-"""The storage service on real NATS, S3 and Redis: request/reply, durable puts, resources, S3 down."""
+"""The storage service on real NATS, S3 and Redis: request/reply, durable puts (one schema or a
+chunk), resources, S3 down."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from fhirschema_bus.contracts import (
     JobState,
     JobStatus,
     PutSchema,
+    PutSchemas,
     RepositoryState,
     SchemaQuery,
 )
@@ -230,3 +232,68 @@ async def test_a_bad_durable_put_is_dead_lettered_not_lost(storage: Storage, nc:
     letter = DeadLetter.model_validate_json(msg.data)
     assert letter.service == "storage" and "url" in letter.error
     assert base64.b64decode(letter.payload) == body
+
+
+async def until_total(nc: Client, query: dict[str, Any], total: int, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (listed := await ask(nc, s.STORAGE_LIST, query))["total"] != total:
+        assert asyncio.get_running_loop().time() < deadline, (listed["total"], total)
+        await asyncio.sleep(0.05)
+    return listed
+
+
+async def test_chunked_puts_are_stored_once_and_counted_per_package(storage: Storage, nc: Client) -> None:
+    js = nc.jetstream()
+    tag = uuid.uuid4().hex[:6]
+    package, base = f"chunk.{tag}#1.0.0", f"http://example.org/StructureDefinition/c-{tag}"
+
+    def put(i: int, version: str = "1.0.0") -> PutSchema:
+        return PutSchema(schema_=schema(f"{base}-{i}", version, f"C{i}"), package=package, origin="package")
+
+    first = PutSchemas(puts=[put(i) for i in range(40)]).model_dump_json(by_alias=True).encode()
+    for _ in range(2):  # published twice with one id: the stream keeps it once
+        await js.publish(s.STORAGE_PUT_SCHEMAS, first, headers={"Nats-Msg-Id": f"chunk-{tag}-0"})
+    # Another chunk repeats ten of them (replaced, not counted twice) and adds a version 2.0.0 of
+    # one url after its 1.0.0 in the same chunk: that url resolves to 2.0.0.
+    second = PutSchemas(puts=[*(put(i) for i in range(30, 40)), put(50), put(50, "2.0.0")])
+    await js.publish(s.STORAGE_PUT_SCHEMAS, second.model_dump_json(by_alias=True).encode(),
+                     headers={"Nats-Msg-Id": f"chunk-{tag}-1"})  # fmt: skip
+    query = {"package": package, "origin": "package", "limit": 1}
+    await until_total(nc, query, 42)
+    page = await ask(nc, s.STORAGE_LIST, {"package": package, "limit": 10, "offset": 5})
+    ids = sorted(keys.schema_id(f"{base}-{i}", "1.0.0", package) for i in (*range(40), 50))
+    ids = sorted([*ids, keys.schema_id(f"{base}-50", "2.0.0", package)])
+    assert page["total"] == 42 and [r["id"] for r in page["items"]] == ids[5:15]
+    assert (await ask(nc, s.STORAGE_LIST, {"package": package, "origin": "upload"}))["total"] == 0
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": f"{base}-50"}))["schema"]["version"] == "2.0.0"
+    assert (await ask(nc, s.STORAGE_GET_SCHEMA, {"url": f"{base}-7"}))["record"]["package"] == package
+    # Deleting one record counts down; the count survives Redis losing the index (rebuilt from S3).
+    assert (await ask(nc, s.STORAGE_DELETE, {"id": ids[0]}))["deleted"] is True
+    await until_total(nc, query, 41)
+    await storage.index.redis.flushdb()  # type: ignore[union-attr]
+    assert (await ask(nc, s.STORAGE_LIST, query))["total"] == 41
+    assert (await storage.repo.list(SchemaQuery(package=package)))[1] == 41  # the full scan agrees
+
+
+async def test_a_chunk_with_a_bad_put_stores_the_others_and_is_dead_lettered(
+    storage: Storage, nc: Client
+) -> None:
+    js = nc.jetstream()
+    tag = uuid.uuid4().hex[:6]
+    package = f"bad.{tag}#1.0.0"
+    good = [PutSchema(schema_=schema(f"http://example.org/b-{tag}-{i}", "1", "B"), package=package, origin="package")
+            for i in range(2)]  # fmt: skip
+    body = PutSchemas(puts=[*good, PutSchema(schema_={"name": "no url"}, package=package)]).model_dump_json(
+        by_alias=True
+    )
+    sub = await js.pull_subscribe(f"{s.DEAD_LETTER}.{s.STORAGE_PUT_SCHEMAS}", stream=s.STREAM_DEAD_LETTERS)
+    try:
+        await js.publish(s.STORAGE_PUT_SCHEMAS, body.encode(), headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        (msg,) = await sub.fetch(1, timeout=20)
+    finally:
+        await sub.unsubscribe()
+    letter = DeadLetter.model_validate_json(msg.data)
+    assert (
+        letter.service == "storage" and "1 of 3 schemas not stored" in letter.error and "url" in letter.error
+    )
+    await until_total(nc, {"package": package, "limit": 1}, 2)

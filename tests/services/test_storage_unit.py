@@ -9,13 +9,13 @@ import pytest
 from storage_service import keys
 from storage_service.handlers import StorageHandlers
 from storage_service.index import SchemaIndex
-from storage_service.repository import SchemaRepository
+from storage_service.repository import BadRequest, SchemaRepository
 from storage_service.state import MemoryState
 
 from fhirschema.converter import convert
 from fhirschema.package import load_tgz
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import IndexPackage, PutSchema, SchemaList, SchemaQuery
+from fhirschema_bus.contracts import IndexPackage, PutSchema, PutSchemas, SchemaList, SchemaQuery
 from fhirschema_bus.settings import S3Settings
 from fhirschema_bus.storage import StorageClient, StorageFailed, decode
 from tests.conftest import PACKAGES
@@ -87,6 +87,33 @@ async def test_every_r4_core_schema_has_its_own_id(storage: InProcess) -> None:
         SchemaQuery(url="http://hl7.org/fhir/StructureDefinition/FamilyMemberHistory")
     )
     assert fmh.schema_["type"] == "FamilyMemberHistory"
+
+
+async def test_chunks_store_what_single_puts_store(storage: InProcess) -> None:
+    """R4 core as the durable chunks ig-ingest sends: the same records as one put at a time."""
+    pkg = load_tgz(R4)
+    sds = [pkg.read(e) for e in pkg.entries if e.resourceType == "StructureDefinition"][:150]
+    puts = [PutSchema(schema_=convert(sd, package=pkg), package=pkg.id, origin="package") for sd in sds]
+    for start in range(0, len(puts), 64):
+        await storage.repo.upsert_many(PutSchemas(puts=puts[start : start + 64]))
+    single = InProcess()
+    for put in puts:
+        await single.repo.upsert(put.model_copy(update={"replace": True}))
+    for q in (
+        SchemaQuery(package=pkg.id, limit=1000),
+        SchemaQuery(package=pkg.id, origin="package", limit=1000),
+    ):
+        chunked, one = (await storage.repo.list(q)), (await single.repo.list(q))
+        assert chunked[1] == one[1] == 150
+        assert [(r.id, r.url, r.object) for r in chunked[0]] == [(r.id, r.url, r.object) for r in one[0]]
+    assert storage.repo.index.urls == single.repo.index.urls
+    assert set(storage.objects.objects) == set(single.objects.objects)  # the same S3 objects
+    # Again (a redelivery): nothing more. A put without url is refused, the others are stored.
+    await storage.repo.upsert_many(PutSchemas(puts=puts[:64]))
+    extra = PutSchema(schema_=schema("http://example.org/x"), package=pkg.id, origin="package")
+    with pytest.raises(BadRequest, match="1 of 2 schemas not stored"):
+        await storage.repo.upsert_many(PutSchemas(puts=[PutSchema(schema_={"name": "x"}), extra]))
+    assert (await storage.repo.list(SchemaQuery(package=pkg.id, limit=1)))[1] == 151
 
 
 async def test_post_conflicts_put_replaces(storage: InProcess) -> None:

@@ -54,7 +54,7 @@ class NotStored(RuntimeError):
 class SchemaSink(Protocol):
     """How schemas and package registrations reach the storage service (bus.NatsSink)."""
 
-    async def put_schemas(self, puts: list[tuple[PutSchema, str]]) -> None: ...  # (put, msg id), all acked
+    async def put_schemas(self, puts: list[PutSchema], chunk_id: str) -> None: ...  # all acked
     async def index_package(self, req: IndexPackage) -> int: ...
     async def repository(self) -> RepositoryState: ...
     async def stored_schemas(self, package: str) -> int: ...
@@ -224,12 +224,13 @@ class _Run:
                 if isinstance(schema, str):
                     errors.append(f"{entry.filename}: {schema}")
                     continue
-                put = PutSchema(schema_=schema, package=spec, origin="package")
-                # De-duplicated per job: its redelivery (a crash, the other replica) stores nothing
-                # twice; another job may store the package again (storage lost it).
-                puts.append((put, f"{self.job.job}|{spec}|{v.sha256[:16]}|{entry.url}|{entry.version or ''}"))
+                puts.append(PutSchema(schema_=schema, package=spec, origin="package"))
                 published.add((schema.get("url"), schema.get("version")))
-            await self.p.sink.put_schemas(puts)
+            # One message per chunk, de-duplicated per job: its redelivery (a crash, the other
+            # replica) stores nothing twice; another job may store the package again (storage
+            # lost it).
+            if puts:
+                await self.p.sink.put_schemas(puts, f"{self.job.job}|{spec}|{v.sha256[:16]}|{start}")
             st.schemas += len(puts)
             await self.save()
         if errors:

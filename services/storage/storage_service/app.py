@@ -16,7 +16,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import JobEvent, PutSchema
+from fhirschema_bus.contracts import JobEvent, PutSchema, PutSchemas
 from fhirschema_bus.credentials import redis_options
 from fhirschema_bus.object_store import ObjectStore
 from fhirschema_bus.probes import Readiness
@@ -69,7 +69,9 @@ def bootstrap(
 
     async def index_readiness(reason: str | None) -> None:
         # Not ready while the index is rebuilt from S3: lookups would wait (or get a 503).
-        await worker.set_readiness(Readiness(reason is None, reason or "", [] if reason is None else ["schema index"]))
+        await worker.set_readiness(
+            Readiness(reason is None, reason or "", [] if reason is None else ["schema index"])
+        )
 
     index.listener = index_readiness
     repo = SchemaRepository(store, index, state or KvState(lambda: worker.js), s3)
@@ -136,6 +138,19 @@ def register_subscribers(worker: Worker, st: Storage) -> None:
     async def put_schema(put: PutSchema) -> None:
         try:
             await st.repo.upsert(put.model_copy(update={"replace": True}))
+        except StorageError as e:
+            if e.status < 500:
+                raise PermanentError(str(e)) from e  # dead-lettered with the reason: nothing is lost
+            raise  # S3 down: retried with backoff
+
+    @broker.subscriber(
+        s.STORAGE_PUT_SCHEMAS, stream=JStream(s.STREAM_REQUESTS, declare=False), durable=s.DURABLE_STORAGE_BATCH,
+        pull_sub=PullSub(batch_size=2, timeout=1.0), ack_policy=AckPolicy.MANUAL, no_reply=True,
+        title="storage-puts", description="Store a chunk of FHIRSchemas (PutSchemas); a redelivery replaces them.",
+    )  # fmt: skip
+    async def put_schemas(chunk: PutSchemas) -> None:
+        try:
+            await st.repo.upsert_many(chunk)  # always replaces: a redelivery must succeed
         except StorageError as e:
             if e.status < 500:
                 raise PermanentError(str(e)) from e  # dead-lettered with the reason: nothing is lost

@@ -36,12 +36,16 @@ from fhirschema_bus.settings import StorageSettings
 from storage_service.rebuild import (
     GENERATION,
     INDEXED,
+    MEMBERS,
     REBUILD_SECONDS,
     REBUILDING,
     REBUILDING_NOW,
     REBUILDS,
     RECORDS,
     URLS,
+    member,
+    member_id,
+    member_range,
     mirror,
     publish,
 )  # fmt: skip
@@ -319,6 +323,28 @@ class SchemaIndex:
             return list(self.records.values())
         return [SchemaRecord.model_validate_json(v) for v in res[0].values()]
 
+    async def get_many(self, ids: list[str], wait: float | None = None) -> dict[str, SchemaRecord]:
+        """The records of these ids that exist, in one round trip."""
+        if not ids:
+            return {}
+        res = await self._read(lambda p: p.hmget(RECORDS, ids), self._wait(wait))
+        if res is None:
+            return {i: self.records[i] for i in ids if i in self.records}
+        return {i: SchemaRecord.model_validate_json(v) for i, v in zip(ids, res[0], strict=True) if v}
+
+    async def package_ids(
+        self, package: str, origin: str | None = None, wait: float | None = None
+    ) -> list[str]:
+        """The ids of a package's records (of one origin, when given), sorted: its count and
+        pages without reading the whole index (ig-ingest asks while storage stores)."""
+        lo, hi = member_range(package, origin)
+        res = await self._read(lambda p: p.zrangebylex(MEMBERS, lo, hi), self._wait(wait))
+        if res is None:
+            ids = [r.id for r in self.records.values() if r.package == package and origin in (None, r.origin)]
+        else:
+            ids = [member_id(m) for m in res[0]]
+        return sorted(ids)
+
     async def resolve(self, ref: str, wait: float | None = None) -> str | None:
         """`url|version` exactly, or `url` -> the id of its latest version."""
         res = await self._read(lambda p: p.hget(URLS, ref), self._wait(wait))
@@ -326,23 +352,53 @@ class SchemaIndex:
             return _s(res[0]) if res[0] else None
         return self.urls.get(ref)
 
+    async def _resolve_many(self, refs: list[str], wait: float) -> dict[str, str | None]:
+        res = await self._read(lambda p: p.hmget(URLS, refs), wait)
+        if res is None:
+            return {r: self.urls.get(r) for r in refs}
+        return {r: (_s(v) if v else None) for r, v in zip(refs, res[0], strict=True)}
+
     def _wait(self, wait: float | None) -> float:
         return self.settings.index_wait_seconds if wait is None else wait
 
     async def put(self, rec: SchemaRecord, again: bool = True) -> None:
-        """Called once the record is in S3 (a rebuild then finds it)."""
-        long = self.settings.rebuild_claim_seconds  # the S3 copy is written: see it through
-        latest_id = await self.resolve(rec.url, long)
-        latest = await self.get(latest_id, long) if latest_id and latest_id != rec.id else None
-        is_latest = latest is None or version_key(rec.version) >= version_key(latest.version)
-        urls = {f"{rec.url}|{rec.version or ''}": rec.id}
-        if is_latest:
-            urls[rec.url] = rec.id
-        self._remember(rec, is_latest)
-        await self._write(
-            lambda p: p.hset(RECORDS, rec.id, rec.model_dump_json()).hset(URLS, mapping=urls),
-            (lambda: self.put(rec, again=False)) if again else None,
-        )
+        await self.put_many([rec], again)
+
+    async def put_many(self, recs: list[SchemaRecord], again: bool = True) -> None:
+        """Called once the records are in S3 (a rebuild then finds them). What their urls
+        resolve to now is read in two round trips for the whole chunk, and they are written in
+        one transaction: as if put one after the other, in this order."""
+        if not recs:
+            return
+        long = self.settings.rebuild_claim_seconds  # the S3 copies are written: see it through
+        now_ids = await self._resolve_many(list(dict.fromkeys(r.url for r in recs)), long)
+        # Also the records replaced: one whose origin changes leaves its old MEMBERS entry.
+        ids = {i for i in now_ids.values() if i} | {r.id for r in recs}
+        known = await self.get_many(sorted(ids), long)
+        latest: dict[str, SchemaRecord] = {u: known[i] for u, i in now_ids.items() if i in known}
+        urls: dict[str, str] = {}
+        members: dict[str, int] = {}
+        stale = [m for r in recs if r.id in known and (m := member(known[r.id])) not in (None, member(r))]
+        for rec in recs:
+            cur = latest.get(rec.url)
+            is_latest = (
+                cur is None or cur.id == rec.id or version_key(rec.version) >= version_key(cur.version)
+            )
+            urls[f"{rec.url}|{rec.version or ''}"] = rec.id
+            if is_latest:
+                urls[rec.url], latest[rec.url] = rec.id, rec
+            if (m := member(rec)) is not None:
+                members[m] = 0
+            self._remember(rec, is_latest)
+
+        def queue(p: Any) -> None:
+            p.hset(RECORDS, mapping={r.id: r.model_dump_json() for r in recs}).hset(URLS, mapping=urls)
+            if stale:
+                p.zrem(MEMBERS, *stale)
+            if members:
+                p.zadd(MEMBERS, members)
+
+        await self._write(queue, (lambda: self.put_many(recs, again=False)) if again else None)
 
     def _remember(self, rec: SchemaRecord, is_latest: bool = True) -> None:
         self.records[rec.id] = rec
@@ -372,6 +428,8 @@ class SchemaIndex:
 
         def queue(p: Any) -> None:
             p.hdel(RECORDS, rec.id)
+            if (m := member(rec)) is not None:
+                p.zrem(MEMBERS, m)
             if drop:
                 p.hdel(URLS, *drop)
             if best is not None:
