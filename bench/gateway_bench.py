@@ -31,18 +31,17 @@ import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
+import stack
+from stack import SHARED, cpu_seconds, wait_http
 
 from fhirschema_bus.processes import start_service as start
 from fhirschema_bus.processes import stop_process as stop
 from fhirschema_bus.servers import free_port, local_stack
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = (REPO.parent / "shared").resolve()
 R4 = SHARED / "fhir" / "packages" / "hl7.fhir.r4.core#4.0.1.tgz"
 PATIENT = SHARED / "fhir" / "examples" / "r4-spec" / "Patient-example.json"
 TARGET_P50_MS, TARGET_P99_MS = 5.0, 20.0
@@ -58,35 +57,7 @@ def patient() -> bytes:
 
 
 def service_env(servers: dict[str, Any], gateway_port: int) -> dict[str, str]:
-    s3 = servers["s3"]
-    paths = [str(REPO / "services" / n) for n in ("gateway", "validator", "storage")]
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
-        "FHIRSCHEMA_NATS_URL": servers["nats"].url,
-        "FHIRSCHEMA_S3_ENDPOINT": f"127.0.0.1:{s3.port}",
-        "FHIRSCHEMA_S3_ACCESS_KEY": s3.access_key,
-        "FHIRSCHEMA_S3_SECRET_KEY": s3.secret_key,
-        "FHIRSCHEMA_REDIS_URL": servers["redis"].url,
-        "FHIRSCHEMA_VALIDATOR_PACKAGES": str(R4),
-        "FHIRSCHEMA_GATEWAY_PORT": str(gateway_port),
-        "FHIRSCHEMA_AUTH": "off",  # measures the pipeline, not the key check
-    }
-
-
-def wait_http(url: str, body: bytes | None = None, timeout: float = 120.0, key: str | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    headers = {"content-type": "application/fhir+json", **({"x-api-key": key} if key else {})}
-    while True:
-        try:
-            req = urllib.request.Request(url, data=body, headers=headers)
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return stack.service_env(servers, gateway_port, FHIRSCHEMA_VALIDATOR_PACKAGES=str(R4))
 
 
 # --- the load ---------------------------------------------------------------------------------
@@ -149,11 +120,6 @@ async def load(port: int, request: bytes, clients: int, seconds: float) -> dict[
         "max_ms": round(lat[-1] * 1000, 2),
         "statuses": statuses,
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_shares(pids: dict[str, int], run: Any) -> tuple[Any, dict[str, float]]:
