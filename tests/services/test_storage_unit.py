@@ -15,7 +15,14 @@ from storage_service.state import MemoryState
 from fhirschema.converter import convert
 from fhirschema.package import load_tgz
 from fhirschema_bus import subjects as s
-from fhirschema_bus.contracts import IndexPackage, PutSchema, PutSchemas, SchemaList, SchemaQuery
+from fhirschema_bus.contracts import (
+    IndexPackage,
+    PutSchema,
+    PutSchemas,
+    RemovePackage,
+    SchemaList,
+    SchemaQuery,
+)
 from fhirschema_bus.settings import S3Settings
 from fhirschema_bus.storage import StorageClient, StorageFailed, decode
 from tests.conftest import PACKAGES
@@ -107,13 +114,52 @@ async def test_chunks_store_what_single_puts_store(storage: InProcess) -> None:
         assert chunked[1] == one[1] == 150
         assert [(r.id, r.url, r.object) for r in chunked[0]] == [(r.id, r.url, r.object) for r in one[0]]
     assert storage.repo.index.urls == single.repo.index.urls
-    assert set(storage.objects.objects) == set(single.objects.objects)  # the same S3 objects
-    # Again (a redelivery): nothing more. A put without url is refused, the others are stored.
+
+    def objects(st: InProcess, prefix: str = "") -> set[str]:
+        return {k for _, k in st.objects.objects if k.startswith(prefix)}
+
+    # The same schema objects; their records in one object per chunk (3), not one each (150).
+    assert objects(storage) - objects(storage, "_index/") == objects(single) - objects(single, "_index/")
+    assert len(objects(storage, keys.INDEX_CHUNKS)) == 3 and not objects(storage, keys.INDEX_RECORDS)
+    assert len(objects(single, keys.INDEX_RECORDS)) == 150
+    # Again (a redelivery): the same objects. A put without url is refused, the others stored.
+    before = objects(storage)
     await storage.repo.upsert_many(PutSchemas(puts=puts[:64]))
+    assert objects(storage) == before
     extra = PutSchema(schema_=schema("http://example.org/x"), package=pkg.id, origin="package")
     with pytest.raises(BadRequest, match="1 of 2 schemas not stored"):
         await storage.repo.upsert_many(PutSchemas(puts=[PutSchema(schema_={"name": "x"}), extra]))
     assert (await storage.repo.list(SchemaQuery(package=pkg.id, limit=1)))[1] == 151
+
+
+async def test_the_index_rebuilt_from_chunks_and_records(storage: InProcess) -> None:
+    """S3's copy of the index (chunks and single records) gives back the index: a record replaced
+    by a single put is its newest copy; a deleted one leaves every copy; a removed package its chunks."""
+    pkg = "ex.chunks#1.0.0"
+    puts = [
+        PutSchema(schema_=schema(f"http://example.org/c{i}"), package=pkg, origin="package")
+        for i in range(10)
+    ]
+    await storage.repo.upsert_many(PutSchemas(puts=puts[:6]))
+    await storage.repo.upsert_many(PutSchemas(puts=puts[6:]))
+    replaced = await storage.repo.upsert(
+        PutSchema(
+            schema_=schema("http://example.org/c3", elements={"x": {}}),
+            package=pkg,
+            origin="package",
+            replace=True,
+        )
+    )
+    upload = await storage.repo.upsert(PutSchema(schema_=schema("http://example.org/u")))
+    gone = storage.repo.index.urls["http://example.org/c7"]
+    assert await storage.repo.delete(gone)
+    rebuilt = {r.id: r for r in await storage.repo.records_in_s3()}
+    assert set(rebuilt) == set(storage.repo.index.records) and len(rebuilt) == 10  # 9 + the upload
+    assert rebuilt[replaced.id].updated == replaced.updated and gone not in rebuilt
+    assert rebuilt[upload.id].origin == "upload"
+    await storage.repo.remove_package(RemovePackage(package=pkg))
+    assert [r.id for r in await storage.repo.records_in_s3()] == [upload.id]
+    assert not {k for _, k in storage.objects.objects if k.startswith(keys.INDEX_CHUNKS)}
 
 
 async def test_post_conflicts_put_replaces(storage: InProcess) -> None:

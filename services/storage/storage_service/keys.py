@@ -16,6 +16,7 @@ import re
 from fhirschema.ids import PackageId
 
 INDEX_RECORDS = "_index/records/"  # one object per SchemaRecord (no write races between replicas)
+INDEX_CHUNKS = "_index/chunks/"  # one object per durable chunk of a package's records (durable.py)
 UPLOADS = "_uploads/"
 
 
@@ -44,3 +45,19 @@ def schema_key(record_id: str, package: str | None) -> str:
 
 def record_key(record_id: str) -> str:
     return f"{INDEX_RECORDS}{_digest(record_id)}.json"
+
+
+def _package_prefix(package: str) -> str:
+    try:
+        return PackageId.parse(package).prefix
+    except ValueError:  # provenance that is not a package id
+        return f"_/{slug(package)}/"
+
+
+def chunks_prefix(package: str) -> str:
+    return f"{INDEX_CHUNKS}{_package_prefix(package)}"
+
+
+def chunk_key(package: str, record_ids: list[str]) -> str:
+    """Derived from the chunk's ids alone: the same chunk stored again overwrites its object."""
+    return f"{chunks_prefix(package)}{_digest(chr(10).join(sorted(record_ids)))}.json"

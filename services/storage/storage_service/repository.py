@@ -1,8 +1,8 @@
 """The schema repository: FHIRSchemas and their index, on S3 + the index, and the repository
 state (the registered packages and the uploads' revision, state.py).
 
-S3 layout (bucket_schemas): `<name>/<version>/<id>.json` (uploads under `_uploads/`), one index
-object per record under `_index/records/`. Tarballs live in bucket_packages (ig-ingest stores
+S3 layout (bucket_schemas): `<name>/<version>/<id>.json` (uploads under `_uploads/`); the index's
+durable copy under `_index/` (durable.py: one object per record, or per durable chunk). Tarballs live in bucket_packages (ig-ingest stores
 them); validators read them from there, storage only registers them.
 """
 
@@ -40,6 +40,7 @@ from fhirschema_bus.object_store import (
 )
 from fhirschema_bus.settings import S3Settings
 from storage_service import keys
+from storage_service.durable import DurableRecords
 from storage_service.index import SchemaIndex
 from storage_service.state import StateStore
 
@@ -77,6 +78,7 @@ class SchemaRepository:
         self.index = index
         self.state = state
         self.bucket = s3.bucket_schemas
+        self.durable = DurableRecords(store, self.bucket, self._s3)
 
     async def start(self) -> None:
         """Create the buckets; adopt the index in Redis, or rebuild it from S3 (and keep
@@ -85,20 +87,8 @@ class SchemaRepository:
         await self.index.start(self.records_in_s3)
 
     async def records_in_s3(self) -> list[SchemaRecord]:
-        """Every record's durable copy (one object each under keys.INDEX_RECORDS)."""
-        sem = asyncio.Semaphore(16)
-
-        async def load(key: str) -> SchemaRecord | None:
-            async with sem:
-                try:
-                    return SchemaRecord.model_validate(await self._s3(self.store.aget_json(self.bucket, key)))
-                except NotFound:  # deleted since it was listed
-                    return None
-
-        found = await asyncio.gather(
-            *(load(k) for k in await self._s3(self.store.alist(self.bucket, keys.INDEX_RECORDS)))
-        )
-        return [rec for rec in found if rec is not None]
+        """Every record's durable copy (durable.py)."""
+        return await self.durable.all()
 
     # --- schemas ----------------------------------------------------------------------------
 
@@ -145,9 +135,7 @@ class SchemaRepository:
             object=ObjectRef(bucket=self.bucket, key=key), updated=now(),
         )  # fmt: skip
         await self._s3(self.store.aput_bytes(self.bucket, key, raw, "application/json"))
-        await self._s3(
-            self.store.aput_bytes(self.bucket, keys.record_key(rid), rec.model_dump_json().encode())
-        )
+        await self.durable.put(rec)
         await self.index.put(rec)
         if "upload" in (rec.origin, existing.origin if existing else None):
             await self._uploads_changed()
@@ -186,15 +174,13 @@ class SchemaRepository:
         sem = asyncio.Semaphore(S3_CONCURRENCY)
 
         async def write(rec: SchemaRecord, raw: bytes) -> None:
-            async with sem:  # the schema first: a record in S3 always has its object
+            async with sem:
                 await self._s3(self.store.aput_bytes(self.bucket, rec.object.key, raw, "application/json"))
-                await self._s3(
-                    self.store.aput_bytes(
-                        self.bucket, keys.record_key(rec.id), rec.model_dump_json().encode()
-                    )
-                )
 
+        # The schemas first, then their records (one object per package of the chunk): a record
+        # in S3 always has its object.
         await asyncio.gather(*(write(rec, raw) for rec, raw in zip(recs, raws, strict=True)))
+        await self.durable.put_chunk(recs)
         await self.index.put_many(recs)
         if any("upload" in (r.origin, existing[r.id].origin if r.id in existing else None) for r in recs):
             await self._uploads_changed()
@@ -257,7 +243,7 @@ class SchemaRepository:
         rec = await self.index.get(rid)
         if rec is None:
             return False
-        await self._s3(self.store.adelete(self.bucket, keys.record_key(rid)))
+        await self.durable.delete(rec)
         await self._s3(self.store.adelete(rec.object.bucket, rec.object.key))
         await self.index.remove(rec)
         if rec.origin == "upload":
@@ -315,8 +301,8 @@ class SchemaRepository:
         before = await self.state.read()
         state = await self.state.change(unregister)
         recs = [r for r in await self.index.all() if r.package == req.package and r.origin == "package"]
+        await self.durable.delete_package(req.package, recs)
         for rec in recs:
-            await self._s3(self.store.adelete(self.bucket, keys.record_key(rec.id)))
             await self._s3(self.store.adelete(rec.object.bucket, rec.object.key))
             await self.index.remove(rec)
         removed = before.package(req.package) is not None
