@@ -5,7 +5,6 @@ next, a broken package fails alone and stores nothing, a dependency cycle ends."
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,18 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from ig_ingest.app import bootstrap
 from nats.aio.client import Client
 from storage_service.app import Storage
 
-from fhirschema_bus.object_store import ObjectStore
 from fhirschema_bus.repository import read_state, repository_kv
 from fhirschema_bus.servers import RunningServer
-from fhirschema_bus.settings import IngestSettings, NatsSettings, PackageSettings
-from fhirschema_bus.worker import WorkerSettings
+from fhirschema_bus.settings import IngestSettings
+from tests.services.ig_support import ig_api, process
 from tests.services.registry_server import Registry, make_package, profile, serve_registry
-from tests.services.test_gateway_support import create_app, settings_for
-from tests.services.test_storage_service import start_storage
 
 # Short timeouts so that a slow registry is given up on within the test.
 LIMITS = IngestSettings(timeout_seconds=0.5, download_timeout_seconds=2.0, attempts=3, max_retry_after_seconds=5.0, ci_build_url="")  # fmt: skip
@@ -42,48 +37,13 @@ def registries(tmp_path: Path) -> Iterator[tuple[Registry, Registry]]:
 
 
 @pytest.fixture
-async def storage(
-    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
-) -> AsyncIterator[Storage]:
-    st = await start_storage(nats_server, s3_server, redis_server)
-    yield st
-    await st.app.stop()
-
-
-@pytest.fixture
 async def api(
     storage: Storage, nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer,
     registries: tuple[Registry, Registry],
 ) -> AsyncIterator[httpx.AsyncClient]:  # fmt: skip
     sources = ",".join(r.base for r in registries)
-    worker = bootstrap(
-        nats=NatsSettings(url=nats_server.url), s3=storage.store.settings,
-        packages=PackageSettings(package_sources=sources, packages=""), ingest=LIMITS,
-        worker_settings=WorkerSettings(heartbeat_seconds=60), store=ObjectStore(storage.store.settings),
-    )  # fmt: skip
-    await worker.app.start()
-    settings = settings_for(nats_server.url, s3_server, redis_server.url)
-    settings.packages = PackageSettings(package_sources=sources)
-    app = create_app(settings)
-    await app.state.container.start()
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app), base_url="http://gw", timeout=30
-        ) as c:
-            yield c
-    finally:
-        await app.state.container.stop()
-        await worker.app.stop()
-
-
-async def run(api: httpx.AsyncClient, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    r = await api.post("/ig/process", json=body)
-    assert r.status_code == 202, r.text
-    deadline = time.monotonic() + timeout
-    while (job := (await api.get(r.headers["location"])).json())["state"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.1)
-    return job
+    async with ig_api(storage, nats_server, s3_server, redis_server, sources, ingest=LIMITS) as c:
+        yield c
 
 
 def by_name(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -96,13 +56,13 @@ async def test_503s_and_429_are_ridden_out(
     primary, _ = registries
     primary.add("ok.retry", "1.0.0", pkg("ok.retry"))
     primary.fail_next = 2  # the listing: 503, 503, then answered
-    job = await run(api, {"packages": ["ok.retry#1.0.0"]})
+    job = await process(api, {"packages": ["ok.retry#1.0.0"]})
     assert job["state"] == "succeeded" and by_name(job)["ok.retry"]["source"] == primary.base, job
     assert primary.fail_next == 0  # both 503s were answered
     primary.add("ok.throttled", "1.0.0", pkg("ok.throttled"))
     primary.throttle_next, primary.retry_after = 1, "1"
     t0 = time.monotonic()
-    job = await run(api, {"packages": ["ok.throttled#1.0.0"]})
+    job = await process(api, {"packages": ["ok.throttled#1.0.0"]})
     assert job["state"] == "succeeded" and by_name(job)["ok.throttled"]["source"] == primary.base, job
     assert time.monotonic() - t0 >= 1.0  # Retry-After: 1 waited for, not the next registry
     assert sum("ok.throttled" in p for p in primary.requests) >= 3  # 429, listing, tarball
@@ -116,12 +76,12 @@ async def test_a_registry_slower_than_the_timeout_is_left_for_the_next(
     primary.add("slow.pkg", "1.0.0", data)
     secondary.add("slow.pkg", "1.0.0", data)
     primary.slow, primary.slow_seconds = {"slow.pkg/1.0.0"}, 3.0  # the tarball stalls
-    job = await run(api, {"packages": ["slow.pkg#1.0.0"]})
+    job = await process(api, {"packages": ["slow.pkg#1.0.0"]})
     assert job["state"] == "succeeded" and by_name(job)["slow.pkg"]["source"] == secondary.base, job
     # only the slow one: the package fails, saying why, and the job says so
     primary.add("slow.only", "1.0.0", pkg("slow.only"))
     primary.slow = {"slow.only/1.0.0"}
-    job = await run(api, {"packages": ["slow.only#1.0.0"], "registry": primary.base})
+    job = await process(api, {"packages": ["slow.only#1.0.0"], "registry": primary.base})
     only = by_name(job)["slow.only"]
     assert job["state"] == "failed" and only["state"] == "failed", job
     assert "slow.only" in only["error"] and "tim" in only["error"].lower(), only
@@ -143,7 +103,7 @@ async def test_broken_packages_fail_alone_and_store_nothing(
         "shasum.pkg": r"dist\.shasum",
         "other.pkg": r"names other\.pkg#2\.0\.0",
     }
-    job = await run(
+    job = await process(
         api, {"packages": ["good.pkg#1.0.0", *(f"{n}#1.0.0" for n in bad)], "registry": primary.base}
     )
     assert job["state"] == "failed", job
@@ -166,7 +126,7 @@ async def test_a_dependency_cycle_ends(api: httpx.AsyncClient, registries: tuple
     primary, _ = registries
     primary.add("cycle.a", "1.0.0", pkg("cycle.a", dependencies={"cycle.b": "1.0.0"}))
     primary.add("cycle.b", "1.0.0", pkg("cycle.b", dependencies={"cycle.a": "1.0.0"}))
-    job = await run(api, {"packages": ["cycle.a"]}, timeout=30)
+    job = await process(api, {"packages": ["cycle.a"]}, timeout=30)
     assert job["state"] == "succeeded", job
     assert sorted((p["name"], p["version"], p["state"]) for p in job["packages"]) == [
         ("cycle.a", "1.0.0", "succeeded"), ("cycle.b", "1.0.0", "succeeded"),

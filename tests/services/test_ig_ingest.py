@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 import shutil
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -21,11 +21,11 @@ from fhirschema_bus.contracts import IngestJob, IngestRequest, JobState, JobStat
 from fhirschema_bus.object_store import ObjectStore
 from fhirschema_bus.repository import read_state, repository_kv
 from fhirschema_bus.servers import RunningServer
-from fhirschema_bus.settings import NatsSettings, PackageSettings
+from fhirschema_bus.settings import IngestSettings, NatsSettings, PackageSettings
 from fhirschema_bus.worker import Worker, WorkerSettings
 from tests.conftest import PACKAGES
 from tests.services.registry_server import make_package, profile, serve_registry
-from tests.services.test_storage_service import ask, start_storage
+from tests.services.test_storage_service import ask
 
 SMALL = "hl7.fhir.us.core#3.1.1"
 
@@ -64,20 +64,15 @@ def test_registry_server_mimics_protocol(pkg_dir: Path) -> None:
         assert npm.content[:2] == b"\x1f\x8b"
 
 
-@pytest.fixture
-async def storage(
-    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
-) -> AsyncIterator[Storage]:
-    st = await start_storage(nats_server, s3_server, redis_server)
-    yield st
-    await st.app.stop()
-
-
-async def run_ingest(storage: Storage, nats_server: RunningServer, sources: str, startup: str = "") -> Worker:
+async def run_ingest(
+    storage: Storage, nats_server: RunningServer, sources: str, startup: str = "",
+    ingest: IngestSettings | None = None,
+) -> Worker:  # fmt: skip
     w = bootstrap(
         nats=NatsSettings(url=nats_server.url),
         s3=storage.store.settings,
         packages=PackageSettings(package_sources=sources, packages=startup),
+        ingest=ingest,
         worker_settings=WorkerSettings(heartbeat_seconds=60),
         store=ObjectStore(storage.store.settings),
     )
@@ -85,17 +80,25 @@ async def run_ingest(storage: Storage, nats_server: RunningServer, sources: str,
     return w
 
 
-async def wait_job(nc: Client, job_id: str, timeout: float = 60.0) -> JobStatus:
-    kv = await nc.jetstream().key_value(s.KV_JOBS)
+M = TypeVar("M", JobStatus, IngestJob)
+
+
+async def final_record(nc: Client, bucket: str, key: str, model: type[M], timeout: float) -> M:
+    """The KV record once its state is final (absent or unparseable meanwhile: waited for)."""
+    kv = await nc.jetstream().key_value(bucket)
     for _ in range(int(timeout * 10)):
         try:
-            job = JobStatus.model_validate_json((await kv.get(job_id)).value or b"")
+            job = model.model_validate_json((await kv.get(key)).value or b"")
             if job.state.final:
                 return job
         except Exception:
             pass
         await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
+    raise AssertionError(f"{bucket} {key} did not finish")
+
+
+async def wait_job(nc: Client, job_id: str, timeout: float = 60.0) -> JobStatus:
+    return await final_record(nc, s.KV_JOBS, job_id, JobStatus, timeout)
 
 
 async def wait_schemas(nc: Client, package: str, n: int, timeout: float = 30.0) -> dict:
@@ -108,16 +111,7 @@ async def wait_schemas(nc: Client, package: str, n: int, timeout: float = 30.0) 
 
 
 async def ingest_job(nc: Client, job_id: str, timeout: float = 60.0) -> IngestJob:
-    kv = await nc.jetstream().key_value(s.KV_INGEST)
-    for _ in range(int(timeout * 10)):
-        try:
-            job = IngestJob.model_validate_json((await kv.get(f"job.{job_id}")).value or b"")
-            if job.state.final:
-                return job
-        except Exception:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
+    return await final_record(nc, s.KV_INGEST, f"job.{job_id}", IngestJob, timeout)
 
 
 async def test_ingest_from_directory_at_startup(

@@ -14,7 +14,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 from nats.js import JetStreamContext
@@ -24,22 +23,13 @@ from fhirschema.package import load_package
 from fhirschema_bus import subjects as s
 from fhirschema_bus.servers import RunningServer
 from tests.conftest import PACKAGES
+from tests.services.ig_support import process
 from tests.services.parity_support import CORE, cli, corpora, differences, via_sync
 from tests.services.registry_server import serve_registry
 from tests.services.test_gateway_support import gateway_stack, wait_ready
 
 pytestmark = pytest.mark.slow
 US_CORE = "hl7.fhir.us.core#6.1.0"
-
-
-async def ingest_job(c: httpx.AsyncClient, body: dict, timeout: float = 300.0) -> dict:
-    r = await c.post("/ig/process", json=body)
-    assert r.status_code == 202, r.text
-    deadline = time.monotonic() + timeout
-    while (job := (await c.get(r.headers["location"])).json())["state"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.2)
-    return job
 
 
 async def validator_holds(js: JetStreamContext, spec: str, timeout: float = 120.0) -> None:
@@ -70,7 +60,7 @@ async def test_us_core_ingested_through_the_api_validates_as_the_cli(
             nats_server, s3_server, redis_server, logs, packages=CORE, ingest_sources=reg.base, wait=False
         ) as st, st.client() as c:  # fmt: skip
             await wait_ready(c, logs / "ig-ingest.log", timeout=300)
-            job = await ingest_job(c, {"packages": [US_CORE]})
+            job = await process(c, {"packages": [US_CORE]}, timeout=300)
             assert job["state"] == "succeeded", job
             by = {f"{p['name']}#{p['version']}": p for p in job["packages"] if p["state"] == "succeeded"}
             us = by[US_CORE]

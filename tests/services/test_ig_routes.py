@@ -17,11 +17,8 @@ import pytest
 from storage_service.app import Storage
 
 from fhirschema_bus.servers import RunningServer
-from fhirschema_bus.settings import PackageSettings
+from tests.services.ig_support import gateway_client, ig_api
 from tests.services.registry_server import Registry, make_package, profile, serve_registry
-from tests.services.test_gateway_support import create_app, settings_for
-from tests.services.test_ig_ingest import run_ingest
-from tests.services.test_storage_service import start_storage
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -38,31 +35,13 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 
 @pytest.fixture
-async def storage(
-    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
-) -> AsyncIterator[Storage]:
-    st = await start_storage(nats_server, s3_server, redis_server)
-    yield st
-    await st.app.stop()
-
-
-@pytest.fixture
 async def api(
     storage: Storage, nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer,
     registry: Registry,
 ) -> AsyncIterator[httpx.AsyncClient]:  # fmt: skip
-    """The gateway in-process (its container started by hand) and an ig-ingest worker."""
-    worker = await run_ingest(storage, nats_server, registry.base)
-    settings = settings_for(nats_server.url, s3_server, redis_server.url)
-    settings.packages = PackageSettings(package_sources=registry.base)
-    app = create_app(settings)
-    await app.state.container.start()
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
-            yield c
-    finally:
-        await app.state.container.stop()
-        await worker.app.stop()
+    """The gateway in-process and an ig-ingest worker on the local registry."""
+    async with ig_api(storage, nats_server, s3_server, redis_server, registry.base) as c:
+        yield c
 
 
 async def final(api: httpx.AsyncClient, path: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -156,12 +135,7 @@ async def test_schedule_through_ig_ingest(api: httpx.AsyncClient) -> None:
 async def test_schedule_without_ig_ingest_is_503(
     nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
 ) -> None:
-    app = create_app(settings_for(nats_server.url, s3_server, redis_server.url))
-    await app.state.container.start()
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
-            for r in (await c.get("/ig/schedule"), await c.put("/ig/schedule", json={"cron": "0 1 * * *"})):
-                assert r.status_code == 503 and r.headers["retry-after"], r.text
-                assert "fhirschema.schedule" in r.json()["issue"][0]["diagnostics"]
-    finally:
-        await app.state.container.stop()
+    async with gateway_client(nats_server, s3_server, redis_server) as c:
+        for r in (await c.get("/ig/schedule"), await c.put("/ig/schedule", json={"cron": "0 1 * * *"})):
+            assert r.status_code == 503 and r.headers["retry-after"], r.text
+            assert "fhirschema.schedule" in r.json()["issue"][0]["diagnostics"]

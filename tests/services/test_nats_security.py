@@ -27,6 +27,7 @@ from fhirschema_bus.servers import RunningServer, start_nats
 from fhirschema_bus.settings import NatsSettings
 from fhirschema_bus.topology import DURABLES, ensure_topology
 from tests.conftest import PACKAGES
+from tests.services.ig_support import process
 from tests.services.test_gateway import BAD_PATIENT, PATIENT, sd_from_core, wait_final
 from tests.services.test_gateway_support import Stack, gateway_stack, wait_ready
 
@@ -104,13 +105,7 @@ async def test_the_ig_routes_as_the_services_users(stack: Stack, nats_server: Ru
         r = await client.put("/ig/schedule", json=sched)
         assert r.status_code == 200, r.text
         assert {k: v for k, v in (await client.get("/ig/schedule")).json().items() if k in sched} == sched
-        r = await client.post("/ig/process", json={"packages": [spec]})
-        assert r.status_code == 202, r.text
-        for _ in range(1200):
-            job = (await client.get(r.headers["location"])).json()
-            if job["state"] in ("succeeded", "failed"):
-                break
-            await asyncio.sleep(0.1)
+        job = await process(client, {"packages": [spec]}, timeout=120)
         assert job["state"] == "succeeded", job
         us_core = next(p for p in job["packages"] if p["name"] == "hl7.fhir.us.core")
         listed = await client.get("/schemas", params={"package": spec, "limit": 1})

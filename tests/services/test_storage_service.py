@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +53,6 @@ async def start_storage(nats_srv: RunningServer, s3_srv: RunningServer, redis_sr
     st = bootstrap(NatsSettings(url=nats_srv.url), s3, RedisSettings(url=redis_url), store=store, index=idx)
     await st.app.start()
     return st
-
-
-@pytest.fixture
-async def storage(
-    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
-) -> AsyncIterator[Storage]:
-    st = await start_storage(nats_server, s3_server, redis_server)
-    yield st
-    await st.app.stop()
 
 
 async def ask(nc: Client, subject: str, body: Any, timeout: float = 10.0) -> Any:
