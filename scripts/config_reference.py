@@ -29,6 +29,8 @@ MODELS = [
     ("fhirschema_bus.settings", "IngestSettings", "the IG pipeline: registry client, discovery, schedule, retention (ig-ingest)"),
     ("fhirschema_bus.settings", "GatewaySettings", "gateway (HTTP)"),
     ("fhirschema_bus.settings", "AuthSettings", "gateway: who may call it (docs/security.md)"),
+    ("fhirschema_bus.settings", "RateLimitSettings", "gateway: rate limits per caller and load shedding (docs/security.md)"),
+    ("fhirschema_bus.settings", "CorsSettings", "gateway: CORS, the browser origins allowed (docs/security.md)"),
     ("fhirschema_bus.worker", "WorkerSettings", "every worker (validator, converter, ig-ingest, storage)"),
     ("validator_service.bootstrap", "ValidatorSettings", "validator"),
 ]  # fmt: skip

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from fhirschema_bus.config import Section
@@ -130,6 +130,7 @@ class GatewaySettings(Section):
     port: int = 8080
     sync_timeout_seconds: float = 10.0
     max_body_bytes: int = 50 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024  # start line + headers of one request; more: 431 (http_server.py)
     max_batch_items: int = 100_000
     # How long a batch is retried across a NATS outage (its job created, its messages published;
     # a message id makes repeats safe) before the request gets a 503 with Retry-After, or the job
@@ -184,6 +185,66 @@ class AuthSettings(Section):
         if bad := [a for a in self.algorithm_list() if a.lower() == "none" or a.upper().startswith("HS")]:
             return f"FHIRSCHEMA_OIDC_ALGORITHMS: {', '.join(bad)} cannot be used with an issuer's public keys"
         return None
+
+
+class RateLimitSettings(Section):
+    """How much one caller may ask of the gateway (counted in Redis, shared by every gateway
+    replica), and when the gateway refuses new validations because the validators are behind."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_")
+    section = "rate_limit"
+    reloadable = frozenset({"rate_limit", "rate_limit_scopes", "shed_validate_pending", "shed_retry_after_seconds"})
+
+    # Per caller (API key or token name; the client address when auth is off), e.g. `600/minute`
+    # or `20/second;600/minute` (the `limits` notation); empty: no limit.
+    rate_limit: str = ""
+    # Per-scope overrides, JSON: {"validate": "6000/minute", "schemas:write": "60/hour"}; a route
+    # of that scope is counted apart, against its own limit.
+    rate_limit_scopes: dict[str, str] = Field(default_factory=dict)
+    # Load shedding: a new validation (sync, batch, $validate, WebSocket) is answered 503 with
+    # Retry-After while more than this many validate messages wait for a validator (JetStream
+    # pending, polled every second); 0: never shed.
+    shed_validate_pending: int = 0
+    shed_retry_after_seconds: int = 5
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        if value.strip():
+            _parse_limit(value)
+        return value.strip()
+
+    @field_validator("rate_limit_scopes")
+    @classmethod
+    def _scopes_parse(cls, value: dict[str, str]) -> dict[str, str]:
+        for scope, limit in value.items():
+            _parse_limit(limit, scope)
+        return value
+
+
+def _parse_limit(value: str, scope: str = "") -> None:
+    from limits import parse_many  # here: settings import nothing heavy for other services
+
+    try:
+        parse_many(value)
+    except ValueError as e:
+        where = f" (scope {scope})" if scope else ""
+        raise ValueError(f"{value!r}{where} is not a rate limit like 600/minute or 20/second;600/minute") from e
+
+
+class CorsSettings(Section):
+    """Which web origins may call the gateway from a browser (CORS); none by default."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_")
+    section = "cors"
+    reloadable = frozenset({"cors_origins", "cors_max_age_seconds"})
+
+    # Comma-separated origins (`https://app.example.org,https://admin.example.org`), or `*`.
+    cors_origins: str = ""
+    cors_max_age_seconds: int = 600  # how long a browser may cache a preflight's answer
+
+    def origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
 
 class IngestSettings(Section):

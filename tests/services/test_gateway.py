@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import DeadLetter, JobKind
 from fhirschema_bus.servers import free_port
-from fhirschema_bus.settings import AuthSettings
+from fhirschema_bus.settings import AuthSettings, RateLimitSettings
 from tests.services.test_gateway_support import (
     MAX_BODY,
     MAX_ITEMS,
@@ -483,19 +483,22 @@ async def test_auth_required(
     nats_server, s3_server, redis_server, stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A second gateway with a key file over the module's stack: no key 401, a key without the
-    scope 403, the right key the engine's verdict; on HTTP and WebSocket (headers, or the
-    subprotocols a browser sets; refusals closed 4401 / 4403); the keys never logged; a revoked
-    key 401."""
+    scope 403, a key past its limit 429, the right key the engine's verdict; on HTTP and
+    WebSocket (headers, or the subprotocols a browser sets; refusals closed 4401 / 4403); the
+    keys never logged; a revoked key 401."""
     from gateway.app import create_app
     from gateway.service.auth import digest_of
 
     caplog.set_level(logging.INFO)
 
     keys = tmp_path / "keys"
-    keys.write_text(f"{digest_of('validator-key')} validate validator\n{digest_of('reader-key')} schemas:read reader\n")
+    keys.write_text(
+        f"{digest_of('validator-key')} validate validator\n{digest_of('reader-key')} schemas:read reader\n"
+    )
     port = free_port()
     st = settings_for(nats_server.url, s3_server, redis_server.url, port)
     st.auth = AuthSettings(auth="required", api_keys_file=keys)
+    st.rate_limit = RateLimitSettings(rate_limit_scopes={"schemas:read": "2/minute"})  # counted in Valkey
     async with serving(create_app(st), port) as host, httpx.AsyncClient(base_url=f"http://{host}") as c:
         assert (await c.get("/ready")).status_code == 200  # probes need no key
         r = await c.post("/validate", json=BAD_PATIENT)
@@ -505,7 +508,11 @@ async def test_auth_required(
         assert r.status_code == 403 and "'validate'" in r.json()["issue"][0]["diagnostics"]
         r = await c.post("/validate", json=BAD_PATIENT, headers={"X-API-Key": "validator-key"})
         assert r.status_code == 200 and r.headers["x-validation-result"] == "invalid"
-        assert (await c.get("/schemas", headers={"X-API-Key": "reader-key"})).status_code == 200
+        for left in ("1", "0"):
+            r = await c.get("/schemas", headers={"X-API-Key": "reader-key"})
+            assert r.status_code == 200 and r.headers["ratelimit-remaining"] == left
+        r = await c.get("/schemas", headers={"X-API-Key": "reader-key"})  # a key past its limit
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
 
         with pytest.raises(websockets.InvalidStatus) as denied:
             async with websockets.connect(f"ws://{host}/validate/stream"):
@@ -537,6 +544,8 @@ async def test_auth_required(
 
         keys.write_text(f"{digest_of('reader-key')} schemas:read reader\n")  # the validator key revoked
         deadline = time.monotonic() + 5
-        while (r := await c.post("/validate", json=PATIENT, headers={"X-API-Key": "validator-key"})).status_code != 401:
+        while (
+            r := await c.post("/validate", json=PATIENT, headers={"X-API-Key": "validator-key"})
+        ).status_code != 401:
             assert time.monotonic() < deadline, r.status_code
             await asyncio.sleep(0.1)

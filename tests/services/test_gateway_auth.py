@@ -33,6 +33,7 @@ from fhirschema_bus.config import ServiceConfig
 from fhirschema_bus.reload import ConfigWatcher, Reloads, events_of
 from fhirschema_bus.settings import (
     AuthSettings,
+    CorsSettings,
     GatewaySettings,
     LogSettings,
     NatsSettings,
@@ -488,3 +489,37 @@ def test_oidc_settings_that_cannot_work() -> None:
     assert AuthSettings(oidc_issuer="https://i", oidc_audience="a").problem() is None  # no key file needed
     bad = AuthSettings(oidc_issuer="https://i", oidc_audience="a", oidc_algorithms="RS256,HS256,none")
     assert "HS256, none" in (bad.problem() or "")
+
+
+# --- CORS ---------------------------------------------------------------------------------------
+
+
+async def test_cors_none_by_default_preflight_answered_reloadable(tmp_path: Path) -> None:
+    app = app_for(tmp_path)
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type, x-api-key"}  # fmt: skip
+    async with client(app) as c:
+        r = await c.options("/validate", headers=preflight)
+        assert r.status_code == 405 and "access-control-allow-origin" not in r.headers  # none allowed
+        app.state.container.cors.apply(
+            CorsSettings(cors_origins="https://app.example, https://admin.example/")
+        )
+        r = await c.options("/validate", headers=preflight)
+        assert r.status_code == 200, r.text  # answered before any credential is asked for
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        assert {"x-api-key", "content-type"} <= {
+            h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")
+        }
+        assert (
+            "POST" in r.headers["access-control-allow-methods"]
+            and r.headers["access-control-max-age"] == "600"
+        )
+        r = await c.options("/validate", headers={**preflight, "Origin": "https://evil.example"})
+        assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+        # A refusal is readable by the page's script: the origin and the exposed headers are there.
+        r = await c.post("/validate", json={}, headers={"Origin": "https://admin.example"})
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://admin.example"
+        assert "www-authenticate" in r.headers["access-control-expose-headers"].lower()
+        assert "ratelimit-remaining" in r.headers["access-control-expose-headers"].lower()
+        app.state.container.cors.apply(CorsSettings())  # reloaded: none again
+        assert (await c.options("/validate", headers=preflight)).status_code == 405

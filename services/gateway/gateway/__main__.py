@@ -14,20 +14,23 @@ from fhirschema_bus.config import ServiceConfig
 from fhirschema_bus.entry import load, watch
 from fhirschema_bus.settings import (
     AuthSettings,
+    CorsSettings,
     GatewaySettings,
     LogSettings,
     NatsSettings,
     PackageSettings,
+    RateLimitSettings,
     RedisSettings,
     S3Settings,
 )
 from gateway.app import create_app
 from gateway.bootstrap import Container, Settings, bootstrap
+from gateway.http_server import server_config
 from gateway.service.auth import KeyFileError
 
 CONFIG = ServiceConfig(
     "gateway", LogSettings, GatewaySettings, NatsSettings, S3Settings, RedisSettings, PackageSettings,
-    AuthSettings,
+    AuthSettings, RateLimitSettings, CorsSettings,
 )  # fmt: skip
 
 
@@ -36,11 +39,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings(
         gateway=loaded.get(GatewaySettings), nats=loaded.get(NatsSettings),
         s3=loaded.get(S3Settings), redis=loaded.get(RedisSettings), packages=loaded.get(PackageSettings),
-        auth=loaded.get(AuthSettings),
+        auth=loaded.get(AuthSettings), rate_limit=loaded.get(RateLimitSettings), cors=loaded.get(CorsSettings),
     )  # fmt: skip
     container = _bootstrap(settings)
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(container=container), host=settings.gateway.host, port=settings.gateway.port,
+    server = uvicorn.Server(server_config(
+        create_app(container=container), settings.gateway.host, settings.gateway.port,
+        settings.gateway.max_header_bytes,
         # log_config=None: uvicorn's loggers go through our root handler (logs.py), not its own
         # coloured ones; the access log is ours (gateway/access.py: route template, request id).
         log_level="warning", log_config=None, access_log=False,

@@ -9,6 +9,7 @@ import orjson
 from fastapi import Request
 
 from fhirschema import jsoninput
+from fhirschema.ids import PackageId
 from fhirschema.jsoninput import JsonInputError, ParsedInput
 from fhirschema.validator.issues import Issue, ValidationResult
 from gateway.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
@@ -190,3 +191,16 @@ def requested(values: list[str]) -> list[str]:
     the caller asked for: the engine reads meta.profile itself, and an unresolvable one is a
     warning there (as in the CLI), while a requested profile that cannot be resolved is an error."""
     return list(dict.fromkeys(values))
+
+
+def requested_packages(values: list[str]) -> list[str]:
+    """The package contexts asked for (`?package=`), each a package id (`name#version`, or a bare
+    name for its newest version): anything else — `../` in it, encoded or not — is a 400 here,
+    never a lookup."""
+    for value in values:
+        name, version = PackageId.split(value)
+        try:
+            PackageId(name, version or "0")
+        except ValueError as e:
+            raise BadRequest(f"package {value!r}: {e}") from None
+    return requested(values)

@@ -9,18 +9,22 @@ import uuid
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from limits.aio.storage import RedisStorage
 
 from fhirschema_bus.credentials import redact_url, redis_options
 from fhirschema_bus.jobs import JobStore as SharedJobStore
 from fhirschema_bus.reload import Reloads
 from fhirschema_bus.settings import (
     AuthSettings,
+    CorsSettings,
     GatewaySettings,
     NatsSettings,
     PackageSettings,
+    RateLimitSettings,
     RedisSettings,
     S3Settings,
 )
+from gateway.adapters.backlog import ValidateBacklog
 from gateway.adapters.dead_letters import StreamDeadLetters
 from gateway.adapters.ingest import NatsIngest
 from gateway.adapters.key_file import KeyFile
@@ -29,6 +33,7 @@ from gateway.adapters.oidc import OidcVerifier
 from gateway.adapters.readiness import KvReadiness
 from gateway.adapters.storage import NatsSchemaRepository
 from gateway.bus import Bus
+from gateway.cors import CorsPolicy
 from gateway.errors import BusUnavailable
 from gateway.metrics import Metrics
 from gateway.ports import JobStore
@@ -36,6 +41,7 @@ from gateway.service.auth import Authenticator
 from gateway.service.conversion import ConversionService
 from gateway.service.dispatch import Dispatcher
 from gateway.service.ingest import IngestService
+from gateway.service.rate_limits import LoadShedder, RateLimits
 from gateway.service.readiness import ReadinessGate
 from gateway.service.validation import ValidationService
 
@@ -48,6 +54,8 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     packages: PackageSettings = field(default_factory=PackageSettings)  # what must be loaded
     auth: AuthSettings = field(default_factory=AuthSettings)  # required unless said otherwise
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)  # no origin allowed unless said
 
 
 class Jobs:
@@ -83,6 +91,10 @@ class Container:
     auth: Authenticator
     key_file: KeyFile | None
     ingest: IngestService
+    rate_limits: RateLimits
+    backlog: ValidateBacklog
+    shedder: LoadShedder
+    cors: CorsPolicy
     # What the gateway applies without a restart (reload.py): register with reloads.on(...).
     reloads: Reloads = field(default_factory=Reloads)
 
@@ -90,6 +102,7 @@ class Container:
         if self.key_file is not None:
             self.key_file.start()
         await self.bus.start()
+        self.backlog.start()
         # Start-up state lives as long as the process: out of full collections (a 10 MB batch body
         # is parsed faster: the Synthea batch's 202 came after 0.15-0.19 s instead of 0.27-0.5 s,
         # gateway CPU 0.14-0.17 s instead of 0.27-0.41 s).
@@ -97,6 +110,7 @@ class Container:
         gc.freeze()
 
     async def stop(self) -> None:
+        await self.backlog.stop()
         if self.key_file is not None:
             await self.key_file.stop()
         await self.bus.stop()
@@ -129,6 +143,19 @@ def bootstrap(settings: Settings | None = None) -> Container:
     reloads = Reloads()
     if key_file is not None:
         reloads.every_time(key_file.reload)  # SIGHUP re-reads it (a change is seen by itself)
+    # Counted in the gateway's Redis: every replica sees the same windows.
+    rate_limits = RateLimits(
+        settings.rate_limit,
+        RedisStorage(
+            f"async+{settings.redis.url}", implementation="redispy", key_prefix="fhirschema-ratelimit"
+        ),
+    )
+    backlog = ValidateBacklog(bus)
+    shedder = LoadShedder(settings.rate_limit, backlog)
+    reloads.on(RateLimitSettings, rate_limits.apply)
+    reloads.on(RateLimitSettings, shedder.apply)
+    cors = CorsPolicy(settings.cors)
+    reloads.on(CorsSettings, cors.apply)
     return Container(
         settings=settings,
         instance=instance,
@@ -150,6 +177,10 @@ def bootstrap(settings: Settings | None = None) -> Container:
             settings.auth.auth, key_file, OidcVerifier(settings.auth) if settings.auth.oidc_issuer else None
         ),
         key_file=key_file,
+        rate_limits=rate_limits,
+        backlog=backlog,
+        shedder=shedder,
+        cors=cors,
         reloads=reloads,
         ingest=IngestService(ingest, ingest, settings.packages.registry_names(), ingest),
     )

@@ -23,6 +23,8 @@ _ISSUE_CODES = {
     400: "structure",
     401: "login",
     403: "forbidden",
+    429: "throttled",
+    431: "too-long",
     404: "not-found",
     405: "not-supported",
     409: "conflict",

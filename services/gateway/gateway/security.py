@@ -16,17 +16,21 @@ or, offered `fhirschema.v1`, an accept closed at once with 4401 / 4403 and the r
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Security
+from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway import websocket_auth
 from gateway.errors import GatewayError
-from gateway.service.auth import SCOPE_DESCRIPTIONS, Authenticator, Principal
+from gateway.service.auth import SCOPE_DESCRIPTIONS, Principal
+
+if TYPE_CHECKING:
+    from gateway.bootstrap import Container
 
 API_KEY = APIKeyHeader(
     name="X-API-Key",
@@ -50,17 +54,20 @@ def client_address(conn: HTTPConnection) -> str:
     return conn.client.host if conn.client else "unknown"
 
 
-def _authenticator(conn: HTTPConnection) -> Authenticator:
-    return conn.app.state.container.auth  # type: ignore[no-any-return]
+def _container(conn: HTTPConnection) -> Container:
+    return conn.app.state.container  # type: ignore[no-any-return]
 
 
 async def check(
     conn: HTTPConnection, scopes: list[str], api_key: str | None, bearer: str | None
 ) -> Principal:
-    auth = _authenticator(conn)
-    principal = await auth.authenticate(api_key, bearer, client_address(conn))
-    auth.authorize(principal, scopes)
+    """Who, whether it may (401 / 403), and whether it may now (429)."""
+    c = _container(conn)
+    principal = await c.auth.authenticate(api_key, bearer, client_address(conn))
+    c.auth.authorize(principal, scopes)
     conn.state.principal = principal
+    if c.rate_limits.active and (verdict := await c.rate_limits.check(principal, scopes)) is not None:
+        conn.state.rate_limit = verdict.headers()  # added to the response (RateLimitHeaders)
     return principal
 
 
@@ -92,18 +99,51 @@ def security_requirement(*scopes: str) -> list[dict[str, list[str]]]:
     return [{API_KEY.scheme_name: list(scopes)}, {BEARER.scheme_name: list(scopes)}]
 
 
+async def shed(conn: HTTPConnection) -> None:
+    """New validations only: 503 + Retry-After while the validators are too far behind."""
+    _container(conn).shedder.check()
+
+
+SHED = Depends(shed)
+
+
+class RateLimitHeaders:
+    """Adds the RateLimit-* headers the request's check left in its state (pure ASGI: no copy
+    of the body, unlike BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = scope.get("state", {}).get("rate_limit")
+                if extra:
+                    message["headers"] = [*message.get("headers", []),
+                                          *((k.lower().encode(), v.encode()) for k, v in extra.items())]  # fmt: skip
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 async def accept_websocket(ws: WebSocket, *scopes: str) -> Principal | None:
-    """Authenticate a WebSocket before accepting it; None when refused (the 401/403 is sent).
+    """Authenticate a WebSocket before accepting it (and shed it while the validators are
+    behind); None when refused (the 401 / 403 / 429 / 503 is sent).
     The credential: headers, or `Sec-WebSocket-Protocol` for browsers (gateway.websocket_auth)."""
     try:
         creds = websocket_auth.offered(ws)
-        if creds.in_query and _authenticator(ws).required:
-            raise _authenticator(ws).unauthorized(
+        if creds.in_query and _container(ws).auth.required:
+            raise _container(ws).auth.unauthorized(
                 "a credential in the query string is not accepted (URLs land in access logs): send "
                 f"Sec-WebSocket-Protocol: {websocket_auth.PROTOCOL}, apikey.<key> (or bearer.<token>), "
                 "or the X-API-Key / Authorization header"
             )
         found = await check(ws, list(scopes), creds.api_key, creds.bearer)
+        _container(ws).shedder.check()
     except GatewayError as e:
         await websocket_auth.refuse(ws, e)
         return None

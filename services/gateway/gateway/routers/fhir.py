@@ -19,11 +19,18 @@ from fastapi.responses import Response
 from fhirschema.jsoninput import ParsedInput
 from fhirschema.validator.issues import Issue
 from gateway import __version__
-from gateway.bodies import JSON_TYPES, parse_resource, read_body, requested, require_media_type
+from gateway.bodies import (
+    JSON_TYPES,
+    parse_resource,
+    read_body,
+    requested,
+    requested_packages,
+    require_media_type,
+)
 from gateway.bootstrap import Container
 from gateway.errors import FHIR_JSON, BadRequest
 from gateway.routers.validate import ERRORS, OUTCOME
-from gateway.security import require
+from gateway.security import SHED, require
 from gateway.service.auth import VALIDATE
 
 router = APIRouter(tags=["fhir"])
@@ -43,7 +50,7 @@ PARAMETERS_OPENAPI: dict[str, Any] = {
     "/$validate",
     openapi_extra=PARAMETERS_OPENAPI,
     responses={200: OUTCOME, **ERRORS},
-    dependencies=[require(VALIDATE)],
+    dependencies=[require(VALIDATE), SHED],
 )
 async def validate_operation(request: Request) -> Response:
     """`$validate` at the system level: the resource may be of any type."""
@@ -54,7 +61,7 @@ async def validate_operation(request: Request) -> Response:
     "/{type}/$validate",
     openapi_extra=PARAMETERS_OPENAPI,
     responses={200: OUTCOME, **ERRORS},
-    dependencies=[require(VALIDATE)],
+    dependencies=[require(VALIDATE), SHED],
 )
 async def validate_type_operation(request: Request, type: str) -> Response:
     """`$validate` at the type level: the resource must be of that type."""
@@ -82,7 +89,7 @@ async def _validate(request: Request, rtype: str | None) -> Response:
         raw or None,
         requested(profiles),
         issues=parsed.issues,
-        packages=requested(request.query_params.getlist("package")),
+        packages=requested_packages(request.query_params.getlist("package")),
     )
     verdict = "failed" if result.failed else ("valid" if result.valid else "invalid")
     headers = {"X-Validation-Result": verdict, "X-Job-Id": result.job_id}

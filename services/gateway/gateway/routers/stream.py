@@ -20,7 +20,8 @@ from fhirschema import jsoninput
 from fhirschema.jsoninput import JsonInputError, ParsedInput
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import JobStatus
-from gateway.bodies import requested
+from gateway import websocket_auth
+from gateway.bodies import requested, requested_packages
 from gateway.bootstrap import Container
 from gateway.errors import GatewayError, InvalidInput, operation_outcome
 from gateway.security import accept_websocket
@@ -135,6 +136,11 @@ class Session:
 @router.websocket("/validate/stream")
 async def validate_stream(ws: WebSocket) -> None:
     c: Container = ws.app.state.container
+    try:
+        requested_packages(ws.query_params.getlist("package"))
+    except GatewayError as e:
+        await websocket_auth.refuse(ws, e)
+        return
     if await accept_websocket(ws, VALIDATE) is None:
         return
     session = Session(ws, c, ws.query_params.getlist("profile"), ws.query_params.getlist("package"))

@@ -16,13 +16,14 @@ from gateway.bodies import (
     parse_resource,
     read_body,
     requested,
+    requested_packages,
     require_media_type,
 )
 from gateway.bootstrap import Container
 from gateway.deps import ContainerDep, JobsDep, ValidationDep
 from gateway.errors import FHIR_JSON, BadRequest, NotFound, PayloadTooLarge
 from gateway.ports import JobStore
-from gateway.security import authorize, require, security_requirement
+from gateway.security import SHED, authorize, require, security_requirement, shed
 from gateway.service.auth import VALIDATE
 
 router = APIRouter(prefix="/validate", tags=["validate"], dependencies=[require(VALIDATE)])
@@ -37,6 +38,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "no credential, or one that is not valid (WWW-Authenticate says how)"},
     403: {"description": "the credential lacks the route's scope (named in the OperationOutcome)"},
     415: {"description": "unsupported content type"},
+    429: {"description": "rate limit reached (Retry-After, RateLimit-* headers)"},
     503: {"description": "NATS unavailable"},
 }
 Profiles = Annotated[list[str], Query(alias="profile", description="profile canonical URL (repeatable)")]
@@ -106,6 +108,7 @@ async def validate(request: Request) -> Response:
     with `X-Validation-Result: valid|invalid|failed`)."""
     # The hot path: no FastAPI dependencies or parameter models, just the request.
     await authorize(request, VALIDATE)
+    await shed(request)  # after the credential check, as SHED runs after require() elsewhere
     c: Container = request.app.state.container
     require_media_type(request, JSON_TYPES)
     raw = await read_body(request, c.settings.gateway.max_body_bytes)
@@ -113,7 +116,7 @@ async def validate(request: Request) -> Response:
     query = request.query_params
     result = await c.validation.validate_one(
         parsed.value, raw, requested(query.getlist("profile")), _timeout(query.get("timeout")),
-        parsed.issues, packages=requested(query.getlist("package")),
+        parsed.issues, packages=requested_packages(query.getlist("package")),
     )  # fmt: skip
     verdict = "failed" if result.failed else ("valid" if result.valid else "invalid")
     return Response(
@@ -123,7 +126,9 @@ async def validate(request: Request) -> Response:
     )
 
 
-@router.post("/batch", status_code=202, responses={202: {"description": "job accepted"}, **ERRORS})
+@router.post(
+    "/batch", status_code=202, responses={202: {"description": "job accepted"}, **ERRORS}, dependencies=[SHED]
+)
 async def validate_batch(
     request: Request,
     c: ContainerDep,
@@ -132,12 +137,12 @@ async def validate_batch(
     package: Packages = [],  # noqa: B006
 ) -> Response:
     """A Bundle, a JSON array or NDJSON body; every resource becomes one item of a job."""
+    profiles, packages = requested(profile), requested_packages(package)  # before the body is read
     mt = require_media_type(request, JSON_TYPES | NDJSON_TYPES)
     items = parse_items(await read_body(request, c.settings.gateway.max_body_bytes), mt)
     limit = c.settings.gateway.max_batch_items
     if len(items) > limit:
         raise PayloadTooLarge(f"the batch holds {len(items)} resources; the limit is {limit}")
-    profiles, packages = requested(profile), requested(package)
     detail = {"profiles": profiles, **({"packages": packages} if packages else {})}
     job = await validation.submit_batch(items, profiles, JobKind.VALIDATE, detail, packages=packages)
     return accepted(job, "/validate")
