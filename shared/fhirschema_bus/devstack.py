@@ -93,6 +93,9 @@ class Stack:
     children: list[Child] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     nats_passwords: dict[str, str] = field(default_factory=dict)  # per-run, one user per service
+    # Ports handed to children: a port is only free until someone binds it, and the OS may hand a
+    # just-released one out again — a worker once took the gateway's port (the gateway then failed).
+    ports: set[int] = field(default_factory=set)
     gateway_url: str = ""
     metrics: dict[str, str] = field(default_factory=dict)  # service -> its /metrics URL
     guard: subprocess.Popen[bytes] | None = None
@@ -162,7 +165,8 @@ class Stack:
         return {"FHIRSCHEMA_NATS_USER": service, "FHIRSCHEMA_NATS_PASSWORD": self.nats_passwords[service]}
 
     def service_env(self) -> dict[str, str]:
-        gw_port = pick_port("gateway", "FHIRSCHEMA_GATEWAY_PORT", 8080) or srv.free_port()
+        gw_port = pick_port("gateway", "FHIRSCHEMA_GATEWAY_PORT", 8080) or self.fresh_port()
+        self.ports.add(gw_port)
         self.gateway_url = f"http://{srv.HOST}:{gw_port}"
         s3 = self.servers["s3"]
         env = {
@@ -184,6 +188,12 @@ class Stack:
         env.setdefault("FHIRSCHEMA_LOG_FORMAT", "text")
         return env
 
+    def fresh_port(self) -> int:
+        while (port := srv.free_port()) in self.ports:
+            pass
+        self.ports.add(port)
+        return port
+
     def start_services(self) -> None:
         self.env = self.service_env()
         logs = self.base / "logs"
@@ -198,7 +208,7 @@ class Stack:
             if name == "gateway":  # its API port serves /metrics too
                 self.metrics[name] = f"{self.gateway_url}/metrics"
             else:  # each worker its own /health, /ready, /metrics port (probes.py)
-                port = srv.free_port()
+                port = self.fresh_port()
                 env = {
                     **self.env,
                     "FHIRSCHEMA_WORKER_HTTP_HOST": srv.HOST,
