@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
@@ -99,6 +101,17 @@ def bootstrap(
     return st
 
 
+async def durably(put: Awaitable[Any]) -> None:
+    """A durable put's failure, decided: a refused schema is dead-lettered with the reason
+    (nothing is lost), S3 down is raised to be retried with backoff."""
+    try:
+        await put
+    except StorageError as e:
+        if e.status < 500:
+            raise PermanentError(str(e)) from e
+        raise
+
+
 def register_subscribers(worker: Worker, st: Storage) -> None:
     broker, h = worker.broker, st.handlers
 
@@ -136,12 +149,7 @@ def register_subscribers(worker: Worker, st: Storage) -> None:
         title="storage-put", description="Store a FHIRSchema (PutSchema); a redelivery replaces it.",
     )  # fmt: skip
     async def put_schema(put: PutSchema) -> None:
-        try:
-            await st.repo.upsert(put.model_copy(update={"replace": True}))
-        except StorageError as e:
-            if e.status < 500:
-                raise PermanentError(str(e)) from e  # dead-lettered with the reason: nothing is lost
-            raise  # S3 down: retried with backoff
+        await durably(st.repo.upsert(put.model_copy(update={"replace": True})))
 
     @broker.subscriber(
         s.STORAGE_PUT_SCHEMAS, stream=JStream(s.STREAM_REQUESTS, declare=False), durable=s.DURABLE_STORAGE_BATCH,
@@ -149,12 +157,7 @@ def register_subscribers(worker: Worker, st: Storage) -> None:
         title="storage-puts", description="Store a chunk of FHIRSchemas (PutSchemas); a redelivery replaces them.",
     )  # fmt: skip
     async def put_schemas(chunk: PutSchemas) -> None:
-        try:
-            await st.repo.upsert_many(chunk)  # always replaces: a redelivery must succeed
-        except StorageError as e:
-            if e.status < 500:
-                raise PermanentError(str(e)) from e  # dead-lettered with the reason: nothing is lost
-            raise  # S3 down: retried with backoff
+        await durably(st.repo.upsert_many(chunk))  # always replaces: a redelivery must succeed
 
     @broker.subscriber(
         f"{s.JOB_EVENTS}.>", stream=JStream(s.STREAM_EVENTS, declare=False), durable=DURABLE_RESULTS,

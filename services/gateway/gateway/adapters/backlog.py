@@ -5,10 +5,10 @@ validations while it is past FHIRSCHEMA_SHED_VALIDATE_PENDING, instead of queuin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from fhirschema_bus import subjects as s
+from fhirschema_bus import tasks
 from gateway.bus import Bus
 
 log = logging.getLogger("gateway.backlog")
@@ -49,8 +49,5 @@ class ValidateBacklog:
             self._task = asyncio.get_running_loop().create_task(self._poll(), name="validate-backlog")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)  # re-cancels: a cancel during a NATS request can be swallowed
+        self._task = None

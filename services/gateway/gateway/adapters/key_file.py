@@ -5,13 +5,13 @@ line: a typo while editing must not lock everyone out, nor let anyone in."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from pathlib import Path
 
 import watchfiles
 
+from fhirschema_bus import tasks
 from fhirschema_bus.reload import events_of
 from gateway.service.auth import ApiKeys, KeyFileError
 
@@ -67,8 +67,5 @@ class KeyFile:
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="api-key-file")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)  # re-cancels: a cancel during a NATS request can be swallowed
+        self._task = None
