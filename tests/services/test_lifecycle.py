@@ -4,6 +4,7 @@ fast, and stopped within 5 s with in-flight work finished or handed to another r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -226,3 +227,30 @@ async def test_a_stop_during_start_up_ends_the_start_up_first(nats_server: Runni
     assert time.monotonic() - t0 <= 5.0 and len(closed) == 1
     leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
     assert not [t.get_name() for t in leftover if t.get_name().startswith("lifecycle-test")]
+
+
+async def test_the_gateway_exits_0_after_a_graceful_sigterm(
+    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer, tmp_path: Path
+) -> None:
+    """uvicorn re-raises the SIGTERM it handled once drained: the gateway died of it (-15)."""
+    port = free_port()
+    env = env_for(
+        nats_server, FHIRSCHEMA_GATEWAY_PORT=str(port), FHIRSCHEMA_AUTH="off", FHIRSCHEMA_REDIS_URL=redis_server.url,
+        FHIRSCHEMA_S3_ENDPOINT=f"127.0.0.1:{s3_server.port}", FHIRSCHEMA_S3_ACCESS_KEY=S3_ACCESS_KEY,
+        FHIRSCHEMA_S3_SECRET_KEY=S3_SECRET_KEY,
+    )  # fmt: skip
+    log = tmp_path / "gateway.log"
+    proc = start_service("gateway", env, log)
+    try:
+        deadline = time.monotonic() + 120
+        async with httpx.AsyncClient() as c:
+            while True:  # /health: /ready would need a validator holding packages
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                with contextlib.suppress(httpx.TransportError):
+                    if (await c.get(f"http://127.0.0.1:{port}/health", timeout=1)).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+        assert stop_timed(proc) <= 5.0
+        assert proc.returncode == 0, log.read_text()[-3000:]
+    finally:
+        stop_process(proc)

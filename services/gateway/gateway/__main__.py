@@ -8,8 +8,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import uvicorn
-
 from fhirschema_bus.config import ServiceConfig
 from fhirschema_bus.entry import load, watch
 from fhirschema_bus.settings import (
@@ -25,7 +23,7 @@ from fhirschema_bus.settings import (
 )
 from gateway.app import create_app
 from gateway.bootstrap import Container, Settings, bootstrap
-from gateway.http_server import server_config
+from gateway.http_server import GatewayServer, server_config
 from gateway.service.auth import KeyFileError
 
 CONFIG = ServiceConfig(
@@ -42,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         auth=loaded.get(AuthSettings), rate_limit=loaded.get(RateLimitSettings), cors=loaded.get(CorsSettings),
     )  # fmt: skip
     container = _bootstrap(settings)
-    server = uvicorn.Server(server_config(
+    server = GatewayServer(server_config(
         create_app(container=container), settings.gateway.host, settings.gateway.port,
         settings.gateway.max_header_bytes,
         # log_config=None: uvicorn's loggers go through our root handler (logs.py), not its own

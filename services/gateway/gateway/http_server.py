@@ -10,7 +10,9 @@ uvicorn's h11 protocol gets the same bound (it answers 400).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -82,3 +84,17 @@ def server_config(app: Any, host: str, port: int, max_header_bytes: int, **kw: A
     return uvicorn.Config(
         app, host=host, port=port, http=http, h11_max_incomplete_event_size=max_header_bytes, **kw
     )
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's Server, exiting 0 after a graceful stop. uvicorn re-raises the SIGTERM/SIGINT it
+    handled once its shutdown has ended, so a gateway that had drained cleanly died of the signal
+    (exit -15, which a supervisor reads as a crash). A forced stop (a second Ctrl-C) still
+    re-raises: that one did not drain."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            if not self.force_exit:
+                self._captured_signals.clear()
