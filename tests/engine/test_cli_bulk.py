@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from fhirschema import jsoninput
-from fhirschema.cli import bulk
+from fhirschema.cli import bulk, validate
 from fhirschema.context import FhirContext
 from fhirschema.validator import Validator
 from tests.conftest import EXAMPLES, PACKAGES
@@ -67,3 +67,21 @@ def test_a_line_is_what_orjson_makes_of_the_result(task: bulk.Task) -> None:
             done.output
             == orjson.dumps({"source": "s", "valid": result.valid, "outcome": result.to_outcome()}) + b"\n"
         )
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 20])
+def test_ndjson_lines_read_in_blocks_are_the_lines_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    # blank and whitespace-only lines skipped but counted, CRLF and stray CRs, a line longer than
+    # the block, a last line without its newline
+    data = b'{"a":1}\r\n\n  \t\n{"b":[1,2,3]}\n\r\n{"c":"' + b"x" * 200 + b'"}\r\r\n \n{"d":{}}'
+    for text in (data, data + b"\n", data + b"\n\n", b"", b"\n", b"{}"):
+        path = tmp_path / "x.ndjson"
+        path.write_bytes(text)
+        with path.open("rb") as handle:  # what iterating over the file gave, stripped
+            expected = [
+                (f"{path}:{n}", line.rstrip(b"\r\n")) for n, line in enumerate(handle, 1) if line.strip()
+            ]
+        monkeypatch.setattr(validate, "LINE_BLOCK", block)
+        assert list(validate._inputs([str(path)], {"errors": 0})) == expected
