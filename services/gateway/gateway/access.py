@@ -1,8 +1,12 @@
-"""The access log: one line per HTTP request or WebSocket connection, with its request id.
+"""What every request leaves behind, in one pure-ASGI layer: the access log line with its
+request id, the request metrics, and the RateLimit-* headers of the request's rate-limit check.
 
 The request id is the caller's `X-Request-ID` when it is a sane token, else a new one; it is
 bound for everything logged while the request is handled (logs.bound) and returned in the
 response's `X-Request-ID`. The route is the template (`/schemas/{schema_id}`), as in the metrics.
+
+One layer, not three: each ASGI layer costs a coroutine call per request and a `send` wrapper
+call per message (two per response), and this path runs for every request, /health included.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import logging
 import os
 import re
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhirschema_bus import logs
+from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.access")
 HEADER = b"x-request-id"
@@ -28,24 +34,43 @@ def request_id_of(scope: Scope) -> str:
     return os.urandom(16).hex()  # as uuid4().hex, at a tenth of its cost (per request)
 
 
-class AccessLog:
-    def __init__(self, app: ASGIApp) -> None:
+def rate_limit_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The RateLimit-* headers the request's check left in its state (security.check)."""
+    extra = scope.get("state", {}).get("rate_limit")
+    return [(k.lower().encode(), v.encode()) for k, v in extra.items()] if extra else []
+
+
+class RequestObserver:
+    """Access log, metrics (HTTP only) and rate-limit headers (HTTP only) of every request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
+        # (method, route, status) -> the counter's and histogram's children: labels() costs
+        # more than the inc and observe it serves (a lock, a tuple check, str()s). Bounded as
+        # the metric's own label sets are (route templates, not paths).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        http = kind == "http"
         rid = request_id_of(scope)
         start = time.perf_counter()
-        status = 500 if scope["type"] == "http" else 403  # a WebSocket closed before accept
+        status = 500 if http else 403  # a WebSocket closed before accept
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (HEADER, rid.encode())]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    *rate_limit_headers(scope),
+                    (HEADER, rid.encode()),
+                ]
             elif kind == "websocket.accept":
                 status = 101
                 message["headers"] = [*message.get("headers", ()), (HEADER, rid.encode())]
@@ -55,10 +80,24 @@ class AccessLog:
             try:
                 await self.app(scope, receive, send_wrapper)
             finally:
+                seconds = time.perf_counter() - start
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
                 method = scope.get("method", "WS")
-                ms = (time.perf_counter() - start) * 1000
+                if http:
+                    self._observe(method, route, status, seconds)
+                ms = seconds * 1000
                 log.info(
                     "%s %s %d %.1f ms", method, route, status, ms,
                     extra={"method": method, "route": route, "status": status, "duration_ms": round(ms, 2)},
                 )  # fmt: skip
+
+    def _observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        if (children := self._children.get(key)) is None:
+            labels = (method, route, str(status))
+            children = self._children[key] = (
+                self.metrics.requests.labels(*labels),
+                self.metrics.latency.labels(*labels),
+            )
+        children[0].inc()
+        children[1].observe(seconds)

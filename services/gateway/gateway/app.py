@@ -13,13 +13,11 @@ from fastapi_offline import FastAPIOffline
 
 from fhirschema_bus import tracing
 from gateway import __version__
-from gateway.access import AccessLog
+from gateway.access import RequestObserver
 from gateway.bootstrap import Container, Settings, bootstrap
 from gateway.cors import ReloadableCors
 from gateway.errors import install_error_handlers
-from gateway.metrics import MetricsMiddleware
 from gateway.routers import convert, dead_letters, fhir, ig, jobs, ops, schemas, stream, validate
-from gateway.security import RateLimitHeaders
 
 DESCRIPTION = """HTTP front of the FHIRSchema services. Every request travels over NATS JetStream
 to independent validator, converter and storage services; programs may also publish straight to
@@ -63,12 +61,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     app.state.container = container
     install_error_handlers(app)
+    # Routes are matched in order, each costing a match attempt: the hot POST /validate and the
+    # probes (GET /health, /ready, /metrics: called every few seconds by every orchestrator) first.
     app.include_router(validate.hot)
-    for r in (validate, fhir, stream, convert, schemas, jobs, dead_letters, ig, ops):
+    for r in (ops, validate, fhir, stream, convert, schemas, jobs, dead_letters, ig):
         app.include_router(r.router)
-    app.add_middleware(RateLimitHeaders)
-    app.add_middleware(MetricsMiddleware, metrics=container.metrics)
-    app.add_middleware(AccessLog)  # its request id is bound for all that runs inside
+    # Access log, metrics and rate-limit headers; its request id is bound for all that runs inside.
+    app.add_middleware(RequestObserver, metrics=container.metrics)
     app.add_middleware(ReloadableCors, policy=container.cors)  # outermost: preflights before anything
     if (provider := tracing.provider()) is not None:  # OTEL_* configured (tracing.configure)
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

@@ -1,15 +1,11 @@
-"""Prometheus metrics (one registry per app) and a lean ASGI middleware that feeds them.
+"""Prometheus metrics (one registry per app); the requests' are fed by gateway.access.RequestObserver.
 
 Every name here and in `fhirschema_bus.metrics` is what the dashboard and alert rules may use
 (deploy/; checked by tests/services/test_observability_rules.py)."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhirschema_bus.metrics import set_build_info
 from gateway import __version__
@@ -50,43 +46,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """Counts and times HTTP requests by route template (not raw path: bounded label values)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app = app
-        self.metrics = metrics
-        # (method, route, status) -> the counter's and histogram's children: labels() costs
-        # more than the inc and observe it serves (a lock, a tuple check, str()s). Bounded as
-        # the metric's own label sets are (route templates, not paths).
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            key = (scope["method"], path, status)
-            if (children := self._children.get(key)) is None:
-                labels = (key[0], path, str(status))
-                children = self._children[key] = (
-                    self.metrics.requests.labels(*labels),
-                    self.metrics.latency.labels(*labels),
-                )
-            children[0].inc()
-            children[1].observe(time.perf_counter() - start)

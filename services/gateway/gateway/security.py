@@ -22,7 +22,6 @@ from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway import websocket_auth
@@ -67,7 +66,7 @@ async def check(
     c.auth.authorize(principal, scopes)
     conn.state.principal = principal
     if c.rate_limits.active and (verdict := await c.rate_limits.check(principal, scopes)) is not None:
-        conn.state.rate_limit = verdict.headers()  # added to the response (RateLimitHeaders)
+        conn.state.rate_limit = verdict.headers()  # added to the response (access.RequestObserver)
     return principal
 
 
@@ -105,29 +104,6 @@ async def shed(conn: HTTPConnection) -> None:
 
 
 SHED = Depends(shed)
-
-
-class RateLimitHeaders:
-    """Adds the RateLimit-* headers the request's check left in its state (pure ASGI: no copy
-    of the body, unlike BaseHTTPMiddleware)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                extra = scope.get("state", {}).get("rate_limit")
-                if extra:
-                    message["headers"] = [*message.get("headers", []),
-                                          *((k.lower().encode(), v.encode()) for k, v in extra.items())]  # fmt: skip
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 async def accept_websocket(ws: WebSocket, *scopes: str) -> Principal | None:
