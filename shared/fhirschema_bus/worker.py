@@ -365,8 +365,9 @@ class ReliableConsume(BaseMiddleware):
                 await msg.nack(delay=w.backoff(deliveries))
             return None
         await msg.ack()
-        m.MESSAGES_PROCESSED.labels(*labels).inc()
-        m.MESSAGE_SECONDS.labels(*labels).observe(time.perf_counter() - t0)
+        processed, seconds = m.message_metrics(labels)
+        processed.inc()
+        seconds.observe(time.perf_counter() - t0)
         return result
 
     async def _dead(self, msg: NatsMessage, error: str, deliveries: int, labels: tuple[str, str]) -> None:

@@ -85,11 +85,15 @@ class RequestObserver:
                 method = scope.get("method", "WS")
                 if http:
                     self._observe(method, route, status, seconds)
-                ms = seconds * 1000
-                log.info(
-                    "%s %s %d %.1f ms", method, route, status, ms,
-                    extra={"method": method, "route": route, "status": status, "duration_ms": round(ms, 2)},
-                )  # fmt: skip
+                if log.isEnabledFor(logging.INFO):
+                    ms = seconds * 1000
+                    extra = {"method": method, "route": route, "status": status, "duration_ms": round(ms, 2)}
+                    # The record made and handled directly: Logger.info would also walk the stack
+                    # for the caller's file and line, which neither log format writes.
+                    log.handle(log.makeRecord(
+                        log.name, logging.INFO, __file__, 0, "%s %s %d %.1f ms", (method, route, status, ms),
+                        None, "RequestObserver", extra,
+                    ))  # fmt: skip
 
     def _observe(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)

@@ -95,7 +95,7 @@ class ValidationService:
             self.skipped += 1
             return None
         result = await self.validate(req)
-        m.VALIDATIONS.labels(outcome_of(result)).inc()
+        m.VALIDATIONS_BY_RESULT[outcome_of(result)].inc()
         data = result.model_dump_json(exclude_none=True).encode()
         if len(data) > MAX_RESULT_BYTES:
             data = _truncated(result).model_dump_json(exclude_none=True).encode()
@@ -126,7 +126,7 @@ class ValidationService:
         counts = [(index, outcome) for index, (_, outcome) in zip(indexes, lines, strict=True)]
         for outcome in m.RESULTS:
             if n := sum(1 for _, o in lines if o == outcome):
-                m.VALIDATIONS.labels(outcome).inc(n)
+                m.VALIDATIONS_BY_RESULT[outcome].inc(n)
         if len(stored) == 1:
             store = self.results.store(subject, *stored[0])
         else:
