@@ -31,7 +31,7 @@ from types import FrameType
 
 from fhirschema_bus import nats_permissions, processes
 from fhirschema_bus import servers as srv
-from fhirschema_bus.startup_watch import StartupWatch
+from fhirschema_bus.startup_watch import StartupWatch, get_json
 
 SERVICES = [  # (name, module run with `python -m`)
     ("storage", "storage_service"),
@@ -258,14 +258,11 @@ class Stack:
 
     def watch_readiness(self) -> None:
         """In a thread: say when the stack can validate, and loudly when a start-up ingest fails
-        (the gateway's /info), until stopping."""
+        (the gateway's /ready: open, also with FHIRSCHEMA_AUTH=required), until stopping."""
         watch = StartupWatch(time.monotonic())
         while not self.stopping.signal:
-            with (
-                contextlib.suppress(Exception),
-                urllib.request.urlopen(f"{self.gateway_url}/info", timeout=5) as r,
-            ):
-                for line in watch.lines(json.loads(r.read()), time.monotonic()):
+            with contextlib.suppress(Exception):
+                for line in watch.lines(get_json(f"{self.gateway_url}/ready"), time.monotonic()):
                     say(line)
             time.sleep(1.0)
 

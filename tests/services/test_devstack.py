@@ -4,12 +4,14 @@ any moment, and nothing it started outlives it, even when it is killed (issue 9 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -185,21 +187,33 @@ def test_smoke_script_passes_on_a_fresh_stack(start_devstack: Callable[..., Devs
     assert stack.wait_nothing_left(1.0) == []
 
 
-@pytest.mark.parametrize("source", ["an empty folder", "an unreachable registry"])
+@pytest.mark.parametrize(
+    "source", ["an empty folder", "an unreachable registry", "an empty folder, auth required"]
+)
 def test_a_failed_startup_ingest_is_loud_on_the_console(
     start_devstack: Callable[..., Devstack], tmp_path: Path, source: str
 ) -> None:
     """No R4 core to be had: `make up` prints an ERROR naming the package and saying to set
-    FHIRSCHEMA_PACKAGE_SOURCES, and never "ready to validate"."""
+    FHIRSCHEMA_PACKAGE_SOURCES, and never "ready to validate" — also with FHIRSCHEMA_AUTH=required
+    (it read /info, which then needs a key: the console said nothing at all)."""
     empty = tmp_path / "no-packages"
     empty.mkdir()
-    where = str(empty) if source == "an empty folder" else f"http://127.0.0.1:{free_port()}"
-    stack = start_devstack(FHIRSCHEMA_PACKAGES=CORE, FHIRSCHEMA_PACKAGE_SOURCES=where)
+    where = f"http://127.0.0.1:{free_port()}" if source == "an unreachable registry" else str(empty)
+    auth: dict[str, str] = {}
+    if "auth required" in source:
+        keys = tmp_path / "api-keys"
+        keys.write_text(f"{hashlib.sha256(b'a-key').hexdigest()} validate someone\n")
+        auth = {"FHIRSCHEMA_AUTH": "required", "FHIRSCHEMA_API_KEYS_FILE": str(keys)}
+    stack = start_devstack(FHIRSCHEMA_PACKAGES=CORE, FHIRSCHEMA_PACKAGE_SOURCES=where, **auth)
     stack.wait_for(f"ERROR: {CORE} could not be ingested", timeout=120)
     line = next(ln for ln in stack.text().splitlines() if f"ERROR: {CORE}" in ln)
     assert where in line or "not found" in line, line
     assert "FHIRSCHEMA_PACKAGE_SOURCES=../shared/fhir/packages" in stack.text()
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.gw_port}/info", timeout=5) as r:
-        assert CORE in json.loads(r.read())["readiness"]["ingest_failures"]
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{stack.gw_port}/ready", timeout=5)
+        raise AssertionError("/ready is 200 without R4 core")
+    except urllib.error.HTTPError as e:
+        assert e.code == 503
+        assert CORE in json.loads(e.read())["checks"]["validators"]["ingest_failures"]
     assert "ready to validate after" not in stack.text()
     assert stack.stop(signal.SIGTERM) < 5.0

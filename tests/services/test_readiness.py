@@ -116,21 +116,31 @@ async def test_the_gate_waits_a_bounded_time_then_says_why() -> None:
     assert source.reads <= reads + 1
 
 
+def ready_body(ok: bool, **validators: Any) -> dict[str, Any]:
+    """A body of the gateway's GET /ready (what `make up` reads: open, also with auth required)."""
+    checks: dict[str, Any] = {"nats": {"ok": True}, "s3": {"ok": True}, "redis": {"ok": True}}
+    checks["validators"] = {"ok": ok, "replicas": int(ok), "packages": [CORE], **validators}
+    return {"status": "ready" if ok else "unavailable", "checks": checks}
+
+
 def test_make_up_says_ready_and_is_loud_about_a_failed_ingest() -> None:
     watch = StartupWatch(started=100.0, remind_seconds=20)
-    waiting = {"readiness": {"ready": False, "reason": f"{CORE} is not in the repository yet"}}
+    waiting = ready_body(False, error=f"{CORE} is not in the repository yet", missing=[CORE])
     assert watch.lines(waiting, 101) == []
-    failed = {
-        "readiness": {"ready": False, "reason": "r", "ingest_failures": {CORE: "not found in any source"}}
-    }
+    failed = ready_body(False, error="r", missing=[CORE], ingest_failures={CORE: "not found in any source"})
     (line,) = watch.lines(failed, 102)
     assert line.startswith(f"ERROR: {CORE} could not be ingested: not found in any source")
     assert "FHIRSCHEMA_PACKAGE_SOURCES=../shared/fhir/packages" in line
     assert watch.lines(failed, 103) == []  # said once
-    assert "not ready to validate yet (22s)" in watch.lines(waiting, 122)[0]
-    ready = {"readiness": {"ready": True}, "configured_packages": [CORE]}
+    (reminder,) = watch.lines(waiting, 122)
+    assert f"not ready to validate yet (22s): validators: {CORE} is not in the repository yet" in reminder
+    ready = ready_body(True)
     assert watch.lines(ready, 130) == [f"ready to validate after 30.0s ({CORE})"]
     assert watch.lines(ready, 131) == []
+    redis_down = ready_body(True)
+    redis_down["status"] = "unavailable"
+    redis_down["checks"]["redis"] = {"ok": False, "error": "ConnectionError: refused"}
+    assert watch.lines(redis_down, 140) == ["NOT ready to validate any more: redis: ConnectionError: refused"]
 
 
 # --- on real servers ---------------------------------------------------------------------------
@@ -194,6 +204,7 @@ async def test_no_verdict_on_any_path_until_the_packages_are_loaded(
             and "FHIRSCHEMA_PACKAGE_SOURCES" in ready["checks"]["validators"]["error"]
         )
         assert (await c.get("/ready")).status_code == 503
+        assert "not found" in ready["checks"]["validators"]["ingest_failures"][CORE]  # what make up prints
         info = (await c.get("/info")).json()
         assert info["configured_packages"] == [CORE] and not info["readiness"]["ready"]
         assert "not found" in info["readiness"]["ingest_failures"][CORE]

@@ -30,7 +30,8 @@ async def health() -> dict[str, str]:
 async def ready(c: ContainerDep) -> Response:
     """200 when NATS, S3 and Redis are reachable and a validator replica holds the configured
     packages (FHIRSCHEMA_PACKAGES) — a verdict can be given; else 503 naming what failed or is
-    missing (`missing`: the packages)."""
+    missing (`missing`: the packages; `checks.validators.ingest_failures`: package -> why its
+    ingest failed)."""
     checks = {"nats": c.bus.ping(), "s3": c.objects.ping(), "redis": c.ping_redis()}
     results = await asyncio.gather(*checks.values(), return_exceptions=True)
     body: dict[str, Any] = {"status": "ready", "checks": {}}
@@ -62,6 +63,8 @@ async def _validators(c: Container) -> dict[str, Any]:
     check: dict[str, Any] = {"ok": a.ready, "replicas": a.replicas, "packages": c.readiness.required}
     if not a.ready:
         check.update(error=a.reason, missing=a.missing)
+        if a.ingest_failures:  # what `make up` prints: /ready is open, /info needs a credential
+            check["ingest_failures"] = a.ingest_failures
     return check
 
 
