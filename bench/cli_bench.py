@@ -161,8 +161,9 @@ def main() -> int:
                 + ", ".join(
                     f"{key} {wall[key][-1]:,.0f} res/s ({cpu[key][-1]:,.0f}/CPU s)" for key, _ in ROWS
                 )
-                + f"; CLI x10/x30 wall s: one core {one[0][0]:.2f}/{one[1][0]:.2f}, "
-                f"every core {every[0][0]:.2f}/{every[1][0]:.2f}",
+                + f"; CLI x10/x30 wall (CPU) s: one core {one[0][0]:.2f} ({one[0][1]:.2f})/"
+                f"{one[1][0]:.2f} ({one[1][1]:.2f}), every core {every[0][0]:.2f} ({every[0][1]:.2f})/"
+                f"{every[1][0]:.2f} ({every[1][1]:.2f}); load {os.getloadavg()[0]:.1f}",
                 file=sys.stderr,
             )
     w = {k: statistics.median(v) for k, v in wall.items()}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import orjson
 import pytest
 
 from fhirschema import jsoninput
-from fhirschema.cli import bulk, validate
+from fhirschema.cli import bulk, ndjson, validate
 from fhirschema.context import FhirContext
 from fhirschema.validator import Validator
 from tests.conftest import EXAMPLES, PACKAGES
@@ -29,7 +30,7 @@ def _items(tmp_path: Path) -> list[bulk.Item]:
     return items + [(str(p), None) for p in files[:7]]
 
 
-def _collect(task: bulk.Task, items: list[bulk.Item], jobs: int) -> list[bulk.Done]:
+def _collect(task: bulk.Task, items: list[bulk.Item] | list[ndjson.Lines], jobs: int) -> list[bulk.Done]:
     done: list[bulk.Done] = []
     bulk.run(task, items, jobs, done.append)
     return done
@@ -69,19 +70,62 @@ def test_a_line_is_what_orjson_makes_of_the_result(task: bulk.Task) -> None:
         )
 
 
+class _Unseekable(io.BytesIO):
+    def seekable(self) -> bool:
+        return False
+
+
 @pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 20])
-def test_ndjson_lines_read_in_blocks_are_the_lines_of_the_file(
+def test_ndjson_runs_of_lines_are_the_lines_of_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
 ) -> None:
     # blank and whitespace-only lines skipped but counted, CRLF and stray CRs, a line longer than
     # the block, a last line without its newline
     data = b'{"a":1}\r\n\n  \t\n{"b":[1,2,3]}\n\r\n{"c":"' + b"x" * 200 + b'"}\r\r\n \n{"d":{}}'
+    monkeypatch.setattr(ndjson, "RUN_BYTES", block)
     for text in (data, data + b"\n", data + b"\n\n", b"", b"\n", b"{}"):
         path = tmp_path / "x.ndjson"
         path.write_bytes(text)
-        with path.open("rb") as handle:  # what iterating over the file gave, stripped
+        with path.open("rb") as handle:  # what iterating over the file gives, stripped
             expected = [
                 (f"{path}:{n}", line.rstrip(b"\r\n")) for n, line in enumerate(handle, 1) if line.strip()
             ]
-        monkeypatch.setattr(validate, "LINE_BLOCK", block)
-        assert list(validate._inputs([str(path)], {"errors": 0})) == expected
+        runs = list(validate._inputs([str(path)], {"errors": 0}))
+        assert all(isinstance(run, ndjson.Lines) for run in runs)
+        assert [item for run in runs for item in run.items(run.read())] == expected
+        # a worker's copy: the byte range only, read from the file
+        shipped = [bulk._shipped(run) for run in runs]
+        assert all(isinstance(run, ndjson.Lines) and run.data is None for run in shipped)
+        assert [item for run in shipped for item in run.items(run.read())] == expected
+        # a file that cannot be read again (a pipe): the runs keep their bytes
+        unseekable = list(ndjson.runs(str(path), _Unseekable(text)))
+        assert [bulk._shipped(run) for run in unseekable] == unseekable
+        assert [item for run in unseekable for item in run.items(run.read())] == expected
+
+
+def test_workers_read_their_runs_of_lines_from_the_file(
+    task: bulk.Task, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = sorted((EXAMPLES / "r4-spec").glob("Observation-*.json"))[:30]
+    path = tmp_path / "many.ndjson"
+    path.write_bytes(
+        b"\n".join(orjson.dumps(orjson.loads(p.read_bytes())) for p in files)
+        + b'\n\n{"resourceType": "Patient",\n{"resourceType": "Patient", "a": 1, "a": 2}'
+    )
+    monkeypatch.setattr(ndjson, "RUN_BYTES", 4096)  # runs of one to a few lines
+    with path.open("rb") as handle:
+        runs = list(ndjson.runs(str(path), handle))
+    serial = _collect(task, runs, 1)
+    sent: list[bulk.Unit] = []
+    shipped = bulk._shipped
+    monkeypatch.setattr(bulk, "SERIAL_SECONDS", 0.0)
+    monkeypatch.setattr(bulk, "_shipped", lambda unit: sent.append(shipped(unit)) or sent[-1])
+    two = _collect(task, runs, 2)
+    assert len(sent) >= 5 and all(isinstance(u, ndjson.Lines) and u.data is None for u in sent)
+    assert b"".join(d.output for d in two) == b"".join(d.output for d in serial)
+    monkeypatch.setattr(bulk, "SLOT_BYTES", 2000)  # outputs larger than a slot: through the pipe
+    assert b"".join(d.output for d in _collect(task, runs, 2)) == b"".join(d.output for d in serial)
+    out = [orjson.loads(line) for line in b"".join(d.output for d in serial).splitlines()]
+    assert [x["source"] for x in out] == [f"{path}:{n}" for n in [*range(1, 31), 32, 33]]
+    assert [x["valid"] for x in out[-2:]] == [False, False]
+    assert "fs1304" in str(out[-1]["outcome"])

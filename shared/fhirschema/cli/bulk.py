@@ -1,22 +1,29 @@
 """Bulk validation for `fhirschema validate`: inputs in chunks, validated in this process or in
 forked worker processes, written in input order.
 
+An NDJSON file comes as runs of whole lines (`fhirschema.cli.ndjson`): a worker is sent a run's
+byte range and reads it itself. A worker's output (encoded lines) comes back through memory shared
+with this process, a slot per unit in flight: through the pool's pipe a unit's output cost the
+parent ~4 us per kB (pickled, sent in 64 kB pieces, unpickled), as much as the rest of its work.
+Other inputs (JSON files, stdin) go in chunks of items.
+
 Every input becomes one result line, whatever its bytes are (`fhirschema.jsoninput`: input that
 is not JSON is an invalid result with a fatal issue); only a file that cannot be read is an I/O
 error (reported on stderr, exit 2). The workers are forked after this process has validated for
 a while, so they start with its loaded packages and warm caches; memory stays bounded because
-at most `2 * jobs + 1` chunks are in flight.
+at most `2 * jobs + 1` units are in flight.
 """
 
 from __future__ import annotations
 
 import gc
+import mmap
 import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +31,18 @@ import orjson
 
 from fhirschema import jsoninput
 from fhirschema.cli.common import read_error
+from fhirschema.cli.ndjson import Item, Lines
 from fhirschema.validator import ValidationResult, Validator
 
 CHUNK_ITEMS = 256
 CHUNK_BYTES = 1 << 20
 SERIAL_SECONDS = 0.5  # validate this long in-process before forking: small inputs never fork
+SLOT_BYTES = 4 << 20  # a unit's output up to this size comes back through shared memory (else pickled)
 ALL_OK = orjson.dumps(ValidationResult().to_outcome())
 
 
-# One input: (source, its JSON text), or (path, None) for a file the worker reads itself.
-# A plain tuple: one is made per NDJSON line, and a frozen dataclass costs ~1 µs to make.
-Item = tuple[str, bytes | None]
+# What is validated as one piece, here or in a worker.
+Unit = list[Item] | Lines
 
 
 @dataclass(frozen=True)
@@ -53,12 +61,21 @@ class Task:
     profiles: tuple[str, ...]
     text: bool  # --format text
 
-    def run(self, chunk: Sequence[Item]) -> Done:
+    def run(self, unit: Unit) -> Done:
+        items: Iterable[Item]
+        if isinstance(unit, Lines):
+            try:
+                items = unit.items(unit.read())
+            except OSError as exc:
+                return Done(b"", 0, 0, (read_error(unit.path, exc),))
+        else:
+            items = unit
         out: list[bytes] = []
-        invalid = 0
+        count = invalid = 0
         errors: list[str] = []
         validate, validator, profiles, text = jsoninput.validate, self.validator, self.profiles, self.text
-        for source, data in chunk:
+        for source, data in items:
+            count += 1
             if data is None:
                 try:
                     data = Path(source).read_bytes()
@@ -70,7 +87,7 @@ class Task:
             if not valid:
                 invalid += 1
             out.append(_text(source, result) if text else _ndjson(source, valid, result))
-        return Done(b"".join(out), len(chunk), invalid, tuple(errors))
+        return Done(b"".join(out), count, invalid, tuple(errors))
 
 
 def _ndjson(source: str, valid: bool, result: ValidationResult) -> bytes:
@@ -89,10 +106,17 @@ def _text(source: str, result: ValidationResult) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def chunks(items: Iterable[Item]) -> Iterator[list[Item]]:
+def chunks(inputs: Iterable[Item | Lines]) -> Iterator[Unit]:
+    """Items in chunks; a run of lines is a unit of its own."""
     chunk: list[Item] = []
     size = 0
-    for item in items:
+    for item in inputs:
+        if isinstance(item, Lines):
+            if chunk:
+                yield chunk
+                chunk, size = [], 0
+            yield item
+            continue
         chunk.append(item)
         size += len(item[1]) if item[1] is not None else 4096
         if len(chunk) >= CHUNK_ITEMS or size >= CHUNK_BYTES:
@@ -102,17 +126,17 @@ def chunks(items: Iterable[Item]) -> Iterator[list[Item]]:
         yield chunk
 
 
-def run(task: Task, items: Iterable[Item], jobs: int, emit: Callable[[Done], None]) -> None:
-    """Validate every item; `emit` gets each chunk's Done in input order."""
+def run(task: Task, inputs: Iterable[Item | Lines], jobs: int, emit: Callable[[Done], None]) -> None:
+    """Validate every input; `emit` gets each unit's Done in input order."""
     # The loaded packages are ~1M long-lived objects: frozen, no full collection walks them
     # (three paired runs: 9-30% less CPU per resource), and forked workers share their pages.
     gc.collect()
     gc.freeze()
     try:
-        pending = chunks(items)
+        pending = chunks(inputs)
         started = time.monotonic()
-        for chunk in pending:
-            emit(task.run(chunk))
+        for unit in pending:
+            emit(task.run(unit))
             if jobs > 1 and time.monotonic() - started >= SERIAL_SECONDS:
                 break
         else:
@@ -123,28 +147,58 @@ def run(task: Task, items: Iterable[Item], jobs: int, emit: Callable[[Done], Non
 
 
 _TASK: Task | None = None  # the forked workers' task (inherited, never pickled)
+_SLOTS: mmap.mmap | None = None  # the output slots, shared with the forked workers
 
 
-def _work(chunk: list[Item]) -> Done:
-    assert _TASK is not None
-    return _TASK.run(chunk)
+def _work(unit: Unit, slot: int) -> tuple[int, Done]:
+    """(bytes of output in the slot, the Done without them), or (-1, the Done) when too large."""
+    assert _TASK is not None and _SLOTS is not None
+    done = _TASK.run(unit)
+    size = len(done.output)
+    if size > SLOT_BYTES:
+        return -1, done
+    _SLOTS[slot * SLOT_BYTES : slot * SLOT_BYTES + size] = done.output
+    return size, replace(done, output=b"")
 
 
-def _parallel(task: Task, pending: Iterator[list[Item]], jobs: int, emit: Callable[[Done], None]) -> None:
-    global _TASK
+def _shipped(unit: Unit) -> Unit:
+    """What a worker is sent: a run of lines as its byte range when the worker can read it."""
+    if isinstance(unit, Lines) and unit.reread:
+        return replace(unit, data=None)
+    return unit
+
+
+def _parallel(task: Task, pending: Iterator[Unit], jobs: int, emit: Callable[[Done], None]) -> None:
+    global _TASK, _SLOTS
     _TASK = task
+    flight = 2 * jobs + 1
+    # MAP_SHARED and anonymous: the workers forked below write into the same pages (only the
+    # pages written are ever allocated)
+    _SLOTS = slots = mmap.mmap(-1, flight * SLOT_BYTES)
+    free = list(range(flight))
+    window: deque[tuple[Any, int]] = deque()
+
+    def finish() -> None:
+        result, slot = window.popleft()
+        size, done = result.get()
+        if size >= 0:
+            done = replace(done, output=slots[slot * SLOT_BYTES : slot * SLOT_BYTES + size])
+        free.append(slot)
+        emit(done)
+
     gc.freeze()  # and the caches warmed since: shared with the workers, untouched by their collections
     try:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            window: deque[Any] = deque()
-            for chunk in pending:
-                window.append(pool.apply_async(_work, (chunk,)))
-                if len(window) > 2 * jobs:
-                    emit(window.popleft().get())
+            for unit in pending:
+                slot = free.pop()
+                window.append((pool.apply_async(_work, (_shipped(unit), slot)), slot))
+                if len(window) == flight:
+                    finish()
             while window:
-                emit(window.popleft().get())
+                finish()
     finally:
-        _TASK = None
+        _TASK = _SLOTS = None
+        slots.close()
 
 
 def default_jobs() -> int:
