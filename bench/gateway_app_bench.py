@@ -10,13 +10,19 @@ It does not replace gateway_bench: the HTTP server, the NATS client and the sysc
 
 Auth off, no rate limit, no CORS origins (the defaults of the other benchmarks); the access log
 is written as JSON lines to a temporary file, as a deployed gateway writes it to its stderr.
+Another tree's gateway is measured by putting its sources first (before/after a change):
+
+    PYTHONPATH=../other/shared:../other/services/gateway .venv/bin/python bench/gateway_app_bench.py
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import gc
 import json
+import logging
 import os
 import statistics
 import sys
@@ -27,8 +33,7 @@ from typing import Any
 
 import orjson
 
-from fhirschema_bus import logs
-from fhirschema_bus.settings import AuthSettings, S3Settings
+from fhirschema_bus.settings import S3Settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = (REPO.parent / "shared").resolve()
@@ -36,7 +41,6 @@ sys.path.append(str(REPO / "services" / "gateway"))  # after PYTHONPATH: another
 
 from gateway.app import create_app  # noqa: E402
 from gateway.bootstrap import Settings, bootstrap  # noqa: E402
-from gateway.service.readiness import Assessment  # noqa: E402
 
 PATIENT = SHARED / "fhir" / "examples" / "r4-spec" / "Patient-example.json"
 REPLY = orjson.dumps({
@@ -47,16 +51,39 @@ REPLY = orjson.dumps({
 
 
 def gateway_app() -> Any:
-    settings = Settings(auth=AuthSettings(auth="off"), s3=S3Settings(access_key="bench", secret_key="bench"))
-    container = bootstrap(settings)  # nothing connects: the lifespan is not run
-    container.readiness._last = Assessment(ready=True)  # a ready stack, never re-read here
-    container.readiness._at = float("inf")
+    """The app with auth off and a ready stack. Written to run on older trees too (PYTHONPATH
+    of 346eb41, which had neither auth nor a readiness gate), so that before and after compare."""
+    extra: dict[str, Any] = {}
+    if "auth" in {f.name for f in dataclasses.fields(Settings)}:
+        from fhirschema_bus.settings import AuthSettings
+
+        extra["auth"] = AuthSettings(auth="off")
+    container = bootstrap(Settings(s3=S3Settings(access_key="bench", secret_key="bench"), **extra))
+    if getattr(container, "readiness", None) is not None:  # nothing connects: no lifespan run
+        from gateway.service.readiness import Assessment
+
+        container.readiness._last = Assessment(ready=True)  # a ready stack, never re-read here
+        container.readiness._at = float("inf")
 
     async def call(subject: str, job_id: str, message: bytes, timeout: float) -> bytes:
         return REPLY  # what the validator would answer, without NATS
 
-    container.validation.d.call = call  # type: ignore[method-assign]
-    return create_app(container=container)
+    container.validation.d.call = call
+    app = create_app(container=container)
+    gc.collect()
+    gc.freeze()  # as the gateway's start-up does (Container.start): its state out of collections
+    return app
+
+
+def log_setup() -> None:
+    """The tree's own logging of a service (JSON lines), or, on a tree without it, a root
+    handler at INFO (that gateway wrote no line per request)."""
+    try:
+        from fhirschema_bus import logs
+    except ImportError:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        return
+    logs.setup("gateway", "INFO", "json")
 
 
 def scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -121,7 +148,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gwappbench-") as tmp, open(Path(tmp) / "access.log", "w") as log:
         sys.stderr = log  # the root handler writes where a deployed gateway's stderr goes
         try:
-            logs.setup("gateway", "INFO", "json")
+            log_setup()
             app = gateway_app()
             try:
                 import uvloop
