@@ -230,7 +230,15 @@ class Worker:
                 for sub in self._gated:  # readiness was lost while the broker started them
                     await sub.stop()
         if not self._readiness_set:  # the service does not say: started is ready
-            await self.set_readiness(Readiness(True))
+            await self.set_readiness(Readiness(True))  # beats, which also does what follows
+        else:
+            # Started means the server knows our subscriptions: whoever awaited app.start() may
+            # ask at once. nats-py queues a SUB for its flusher task, and flush() writes its PING
+            # straight to the socket, ahead of what is still queued, so a PONG proves nothing (a
+            # storage test got "no responders" right after start + flush). The heartbeat is a
+            # request through that same queue: answered, everything queued before it was read.
+            with contextlib.suppress(Exception):
+                await self._beat_once()
         log.info("%s %s started (instance %s)", self.service, self.version, self.instance)
 
     async def _on_shutdown(self) -> None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
+from fhirschema_bus.probes import Readiness
 from fhirschema_bus.processes import start_service, stop_process
 from fhirschema_bus.servers import S3_ACCESS_KEY, S3_SECRET_KEY, RunningServer, free_port
 from fhirschema_bus.settings import NatsSettings
@@ -254,3 +256,34 @@ async def test_the_gateway_exits_0_after_a_graceful_sigterm(
         assert proc.returncode == 0, log.read_text()[-3000:]
     finally:
         stop_process(proc)
+
+
+def server_subscriptions(srv: RunningServer) -> set[str]:
+    """What the server has been told (its monitoring endpoint); a blocking call on purpose: the
+    event loop, and with it nats-py's flusher task, does not run meanwhile."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.ports['monitor']}/connz?subs=1", timeout=5) as r:
+        return {sub for c in orjson.loads(r.read())["connections"] for sub in c.get("subscriptions_list", [])}
+
+
+async def test_a_started_worker_s_subscriptions_are_known_to_the_server(nats_server: RunningServer) -> None:
+    """When app.start() returns, a request from another connection finds the subscribers. A
+    service that sets its own readiness (storage) used to return with its last SUBs still queued
+    in nats-py, unsent, and flush() did not help (its PING goes ahead of them): a storage test got
+    "no responders" for its first request, about once in 50 starts under load."""
+    worker = Worker(
+        "subs-test", nats=NatsSettings(url=nats_server.url), settings=WorkerSettings(stats_seconds=0)
+    )
+
+    async def ready() -> None:
+        await worker.set_readiness(Readiness(True))
+
+    @worker.broker.subscriber("subs-test.ping", queue="subs-test")
+    async def pong(body: bytes) -> bytes:
+        return b"pong"
+
+    worker.on_startup(ready)
+    await worker.app.start()
+    try:
+        assert "subs-test.ping" in server_subscriptions(nats_server)
+    finally:
+        await worker.app.stop()

@@ -52,8 +52,7 @@ async def start(
         index=SchemaIndex.from_url(redis_url, FAST), settings=FAST,
         worker_settings=WorkerSettings(instance=f"st-{uuid.uuid4().hex[:6]}", http_port=http_port),
     )  # fmt: skip
-    await st.app.start()
-    await st.worker.connection.flush()  # its subscriptions known to the server before we ask
+    await st.app.start()  # its subscriptions known to the server when it returns (worker.py)
     return st
 
 
@@ -74,10 +73,12 @@ async def filled(
     st = await start(nats_server, s3_server, db, bucket)
     client = StorageClient(nats_request(nc))
     package = f"idx.{bucket}#1.0.0"
-    for i in range(N):
-        await client.upsert(PutSchema(schema_=schema(f"http://x.org/{bucket}/{i}"), package=package))
-    yield st, client, package
-    await st.app.stop()
+    try:  # a failed fill must not leave a replica answering the next tests (half their writes)
+        for i in range(N):
+            await client.upsert(PutSchema(schema_=schema(f"http://x.org/{bucket}/{i}"), package=package))
+        yield st, client, package
+    finally:
+        await st.app.stop()
 
 
 async def redis_flush(st: Storage) -> None:
