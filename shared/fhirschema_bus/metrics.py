@@ -112,6 +112,15 @@ def message_metrics(labels: tuple[str, str]) -> tuple[Any, Any]:
     return children
 
 
+def failure_series(service: str, durables: list[str]) -> None:
+    """The failure counters of each durable a service pulls from, at 0 from its start: a series
+    that appears with its first failure hides that failure from rate()/increase(), and the
+    dashboard's failure panels showed "no data" on a healthy stack."""
+    for durable in durables:
+        MESSAGES_FAILED.labels(service, durable)
+        MESSAGES_DEAD_LETTERED.labels(service, durable)
+
+
 # Every result's series exists from the start (a rate over a series that appears later is wrong).
 # The children kept: counted per message, and labels() costs more than the inc it serves.
 VALIDATIONS_BY_RESULT = {_result: VALIDATIONS.labels(_result) for _result in RESULTS}

@@ -80,6 +80,13 @@ OWN_DURABLES: dict[str, list[tuple[str, str]]] = {
     "storage": [(s.STREAM_EVENTS, s.DURABLE_STORAGE_RESULTS)],
     "ig-ingest": [],
 }
+
+
+def durables_of(service: str) -> list[str]:
+    """The durable consumers a service pulls from (none for a name not listed here)."""
+    return [*PULLS.get(service, []), *(durable for _, durable in OWN_DURABLES.get(service, []))]
+
+
 # KV buckets each service writes (every service reads any).
 WRITES_KV: dict[str, list[str]] = {
     "gateway": [s.KV_JOBS, s.KV_IDEMPOTENCY, s.KV_INGEST],

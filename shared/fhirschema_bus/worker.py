@@ -52,6 +52,7 @@ from fhirschema_bus.credentials import nats_security
 from fhirschema_bus.dead_letters import send_to_dead_letters
 from fhirschema_bus.jetstream_stats import poll as poll_jetstream
 from fhirschema_bus.logs import IdleFetchFilter
+from fhirschema_bus.nats_permissions import durables_of
 from fhirschema_bus.probes import ProbeServer, Readiness
 from fhirschema_bus.reload import Reloads
 from fhirschema_bus.settings import NatsSettings
@@ -203,6 +204,7 @@ class Worker:
         # Before the subscribers start: they must bind to the durables we configure, not create
         # their own with FastStream's defaults.
         await ensure_topology(self.js, self.nats)
+        m.failure_series(self.service, durables_of(self.service))
         for hook in self._startup_hooks:
             await hook()
         if self.settings.http_port:

@@ -29,3 +29,20 @@ async def test_consumer_lag_and_dead_letters_come_from_the_server(nc: Client) ->
     assert msg.metadata.num_delivered == 2
     await jetstream_stats.poll_once(js)
     assert m.CONSUMER_REDELIVERED.labels(s.DURABLE_VALIDATOR_BATCH)._value.get() == 1
+
+
+def test_every_durable_s_failure_series_exists_from_the_start() -> None:
+    """At 0 before the first failure: rate() and increase() see the first one, and the
+    dashboard's failure panels show 0, not "no data" (checked on a live make up)."""
+    from prometheus_client import REGISTRY
+
+    from fhirschema_bus import metrics
+    from fhirschema_bus.nats_permissions import durables_of
+
+    assert durables_of("storage") == ["storage", "storage-batch", "storage-results"]
+    assert durables_of("not-a-service") == []
+    metrics.failure_series("storage", durables_of("storage"))
+    for durable in durables_of("storage"):
+        labels = {"service": "storage", "durable": durable}
+        for name in ("fhirschema_messages_failed_total", "fhirschema_messages_dead_lettered_total"):
+            assert REGISTRY.get_sample_value(name, labels) is not None, (name, durable)
