@@ -23,6 +23,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+POLL_SECONDS = 0.05
+
 
 @dataclass
 class Readiness:
@@ -82,7 +84,12 @@ class ProbeServer:
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="probes", daemon=True)
+        # shutdown() waits for serve_forever to see its flag, which it checks once per poll: at
+        # the default 0.5 s that was 0.5 s of every stop (measured: an idle converter's shutdown
+        # 0.50 s, 0.48 s of it here, the event loop blocked). A select() every 50 ms costs nothing.
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": POLL_SECONDS}, name="probes", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
