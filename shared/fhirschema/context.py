@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,8 +40,10 @@ class FhirContext:
         *,
         cache: PackageCache | None = None,
         with_dependencies: bool = True,
+        load: Callable[[str | Path, PackageCache], Package] = load_package,
     ) -> FhirContext:
         """Load packages (paths, folders, `name#version`) and, by default, their dependencies.
+        `load` reads one spec (e.g. through the validator service's tarball cache).
 
         A dependency that cannot be found is a warning naming it, not a failure: published IGs
         routinely declare dependencies that a validator does not need (US Core 6.1.0 has nine).
@@ -53,9 +55,9 @@ class FhirContext:
             spec, required_by = queue.pop(0)
             pkg: Package | None
             if required_by is None:
-                pkg = load_package(spec, cache)
+                pkg = load(spec, cache)
             else:
-                pkg = _find_dependency(str(spec), required_by, ctx, cache)
+                pkg = _find_dependency(str(spec), required_by, ctx, cache, load)
                 if pkg is None:
                     continue
             if any(p.name == pkg.name for p in ctx.packages):
@@ -166,14 +168,17 @@ class FhirContext:
         return self.resources_of_type("StructureDefinition")
 
 
-def _find_dependency(spec: str, required_by: str, ctx: FhirContext, cache: PackageCache) -> Package | None:
+def _find_dependency(
+    spec: str, required_by: str, ctx: FhirContext, cache: PackageCache,
+    load: Callable[[str | Path, PackageCache], Package] = load_package,
+) -> Package | None:  # fmt: skip
     name, version = PackageId.split(spec)
     # Next to the package that needs it (a folder of `name#version.tgz` files), then the cache.
     folder = Path(required_by).parent
     candidates = [folder / f"{name}#{version}.tgz", *sorted(folder.glob(f"{name}#*.tgz"))]
     for candidate in candidates:
         if candidate.is_file():
-            pkg = load_package(candidate)
+            pkg = load(candidate, cache)
             if pkg.version != version:
                 ctx.warnings.append(
                     f"dependency {name}#{version} of {required_by}: using {pkg.version} instead"

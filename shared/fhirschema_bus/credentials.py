@@ -9,18 +9,13 @@ storage's Redis clients (`redis_options`).
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from faststream.nats.security import (
-    NatsCredentials,
-    NatsNKey,
-    NatsSecurity,
-    NatsUserPassword,
-    parse_security,
-)
-
 from fhirschema_bus.settings import NatsSettings, RedisSettings
+
+if TYPE_CHECKING:
+    from faststream.nats.security import NatsSecurity
 
 
 class CredentialsError(ValueError):
@@ -38,8 +33,8 @@ def tls_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-def nats_security(settings: NatsSettings) -> NatsSecurity | None:
-    """The FastStream security object for these settings (None: plain, anonymous)."""
+def _nats_auth(settings: NatsSettings) -> tuple[dict[str, Any], ssl.SSLContext | None]:
+    """The checked credentials as `nats.connect` keywords, and the TLS context (None: plain)."""
     kinds = [k for k, on in (("user/password", settings.user or settings.password),
                              ("creds_file", settings.creds_file),
                              ("nkey_seed_file", settings.nkey_seed_file)) if on]  # fmt: skip
@@ -57,20 +52,41 @@ def nats_security(settings: NatsSettings) -> NatsSecurity | None:
     context = (
         tls_context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file) if tls else None
     )
-    common: dict[str, Any] = {"ssl_context": context, "tls_hostname": settings.tls_hostname or None}
+    auth: dict[str, Any] = {}
     if settings.user and settings.password:
-        return NatsUserPassword(settings.user, settings.password.get_secret_value(), **common)
-    if settings.creds_file:
-        return NatsCredentials(settings.creds_file, **common)
-    if settings.nkey_seed_file:
-        return NatsNKey(settings.nkey_seed_file, **common)
+        auth = {"user": settings.user, "password": settings.password.get_secret_value()}
+    elif settings.creds_file:
+        auth = {"user_credentials": settings.creds_file}
+    elif settings.nkey_seed_file:
+        auth = {"nkeys_seed": settings.nkey_seed_file}
+    return auth, context
+
+
+def nats_security(settings: NatsSettings) -> NatsSecurity | None:
+    """The FastStream security object for these settings (None: plain, anonymous). FastStream is
+    imported here, not with this module: the gateway connects with nats-py alone (`nats_options`)
+    and so starts without it."""
+    from faststream.nats.security import NatsCredentials, NatsNKey, NatsSecurity, NatsUserPassword
+
+    auth, context = _nats_auth(settings)
+    common: dict[str, Any] = {"ssl_context": context, "tls_hostname": settings.tls_hostname or None}
+    if "user" in auth:
+        return NatsUserPassword(auth["user"], auth["password"], **common)
+    if "user_credentials" in auth:
+        return NatsCredentials(auth["user_credentials"], **common)
+    if "nkeys_seed" in auth:
+        return NatsNKey(auth["nkeys_seed"], **common)
     return NatsSecurity(**common) if context is not None else None
 
 
 def nats_options(settings: NatsSettings) -> dict[str, Any]:
-    """Keyword arguments for `nats.connect` (the same credentials and TLS as the broker's)."""
-    options = {k: v for k, v in parse_security(nats_security(settings)).items() if v not in (None, False)}
-    return options
+    """Keyword arguments for `nats.connect`: the same credentials and TLS as `nats_security`
+    gives the workers' broker (test_credentials.py holds the two to each other)."""
+    auth, context = _nats_auth(settings)
+    if not auth and context is None:
+        return {}
+    options = {**auth, "tls": context, "tls_hostname": settings.tls_hostname or None}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def redis_options(settings: RedisSettings) -> dict[str, Any]:

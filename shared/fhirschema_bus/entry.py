@@ -9,12 +9,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from fhirschema_bus import logs, tracing
 from fhirschema_bus.config import ConfigError, LoadedConfig, ServiceConfig
 from fhirschema_bus.reload import ConfigWatcher, Reloads
 from fhirschema_bus.settings import LogSettings
-from fhirschema_bus.worker import Worker
+
+if TYPE_CHECKING:  # the gateway starts here too, and needs no FastStream (about 0.1 s CPU to import)
+    from fhirschema_bus.worker import Worker
 
 
 def load(config: ServiceConfig, argv: Sequence[str] | None = None) -> LoadedConfig:

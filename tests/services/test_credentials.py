@@ -68,6 +68,31 @@ def test_nats_credential_kinds(tmp_path: Path) -> None:
         nats_security(NatsSettings(url="tls://h:4222", tls_cert_file=str(creds)))
 
 
+def test_the_gateways_nats_options_are_the_workers_broker_security(tmp_path: Path) -> None:
+    """Two builders, one answer: the gateway's `nats.connect` keywords (without FastStream, which
+    it does not import) are what FastStream makes of the workers' security object."""
+    from faststream.nats.security import parse_security
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    (tmp_path / "svc.creds").write_text("x")
+    kinds = [
+        NatsSettings(),
+        NatsSettings(tls_hostname="nats.internal"),  # no TLS, no credentials: nothing
+        NatsSettings(user="u", password="p", tls_hostname="nats.internal"),  # type: ignore[arg-type]
+        NatsSettings(creds_file=str(tmp_path / "svc.creds")),
+        NatsSettings(nkey_seed_file=str(tmp_path / "svc.creds"), url="tls://h:4222"),
+        NatsSettings(url="tls://h:4222", tls_ca_file=str(ca_file), tls_hostname="nats.internal"),
+    ]
+    for settings in kinds:
+        expected = {k: v for k, v in parse_security(nats_security(settings)).items() if v not in (None, False)}
+        got = nats_options(settings)
+        assert got.keys() == expected.keys(), settings
+        assert {k: v for k, v in got.items() if k != "tls"} == {k: v for k, v in expected.items() if k != "tls"}
+        assert type(got.get("tls")) is type(expected.get("tls"))
+
+
 def test_redis_credentials_and_tls(tmp_path: Path) -> None:
     assert redis_options(RedisSettings()) == {}
     opts = redis_options(RedisSettings(username="storage", password="pw"))  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ ALICE = Principal("alice", frozenset({"validate"}), "api-key")
 
 async def test_a_limit_per_caller_and_per_scope() -> None:
     limits = RateLimits(RateLimitSettings(rate_limit="3/minute", rate_limit_scopes={"convert": "1/minute"}),
-                        MemoryStorage())  # fmt: skip
+                        MemoryStorage)  # fmt: skip
     remaining = [(await limits.check(ALICE, ["validate"])) for _ in range(3)]
     assert [v.remaining for v in remaining if v] == [2, 1, 0] and remaining[0] and remaining[0].limit == 3
     with pytest.raises(TooManyRequests) as e:
@@ -53,7 +53,7 @@ async def test_storage_down_lets_requests_pass(caplog: pytest.LogCaptureFixture)
     from limits.aio.storage import RedisStorage
 
     limits = RateLimits(RateLimitSettings(rate_limit="1/minute"),
-                        RedisStorage("async+redis://127.0.0.1:1/0", implementation="redispy"))  # fmt: skip
+                        lambda: RedisStorage("async+redis://127.0.0.1:1/0", implementation="redispy"))  # fmt: skip
     for _ in range(3):
         assert await limits.check(ALICE, ["validate"]) is None
     assert caplog.text.count("rate limits not counted") == 1

@@ -54,3 +54,37 @@ def test_prune_keeps_what_is_registered_or_recently_used(tmp_path: Path) -> None
         os.utime(tmp_path / name, (old, old))
     TarballCache(tmp_path).prune(["registered"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recent", "registered"]
+
+
+def test_local_mode_reads_a_tarball_through_the_cache_by_its_digest(tmp_path: Path) -> None:
+    """FHIRSCHEMA_VALIDATOR_PACKAGES=<file>.tgz: unpacked from the file once, read from the cache
+    folder on the next start, and a changed file is never answered from the old folder."""
+    from validator_service.materialise import LocalPackages
+
+    tgz = tmp_path / "files" / "us-core.tgz"
+    tgz.parent.mkdir()
+    tgz.write_bytes(US_CORE.read_bytes())
+    cache = TarballCache(tmp_path / "cache")
+    core = "hl7.fhir.r4.core#4.0.1"
+    url = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
+
+    first = LocalPackages([str(tgz)], core, cache)
+    loaded = first.load()
+    pid = "hl7.fhir.us.core#3.1.1"
+    sha = hashlib.sha256(tgz.read_bytes()).hexdigest()
+    assert loaded.digests[pid] == sha and loaded.packages[pid].source == str(tgz)
+    for thread in first.write_cache():
+        thread.join(60)
+    assert (tmp_path / "cache" / sha).is_dir() and first.write_cache() == []  # written once
+
+    second = LocalPackages([str(tgz)], core, cache)
+    again = second.load()
+    pkg = again.packages[pid]
+    assert second.write_cache() == []  # nothing unpacked from the file: it came from the folder
+    assert pkg._root is not None and (tmp_path / "cache" / sha) in pkg._root.parents
+    assert pkg.source == str(tgz) and again.digests[pid] == sha  # named as configured
+    assert FhirContext([pkg]).resource(url) == FhirContext([loaded.packages[pid]]).resource(url)
+
+    tgz.write_bytes((PACKAGES / "hl7.fhir.us.core#6.1.0.tgz").read_bytes())  # the file changed
+    changed = LocalPackages([str(tgz)], core, cache).load()
+    assert "hl7.fhir.us.core#6.1.0" in changed.packages and pid not in changed.packages

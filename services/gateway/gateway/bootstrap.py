@@ -7,9 +7,9 @@ import gc
 import os
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
-from limits.aio.storage import RedisStorage
 
 from fhirschema_bus.credentials import redact_url, redis_options
 from fhirschema_bus.jobs import JobStore as SharedJobStore
@@ -29,7 +29,6 @@ from gateway.adapters.dead_letters import StreamDeadLetters
 from gateway.adapters.ingest import NatsIngest
 from gateway.adapters.key_file import KeyFile
 from gateway.adapters.objects import SharedObjectStore
-from gateway.adapters.oidc import OidcVerifier
 from gateway.adapters.readiness import KvReadiness
 from gateway.adapters.storage import NatsSchemaRepository
 from gateway.bus import Bus
@@ -44,6 +43,11 @@ from gateway.service.ingest import IngestService
 from gateway.service.rate_limits import LoadShedder, RateLimits
 from gateway.service.readiness import ReadinessGate
 from gateway.service.validation import ValidationService
+
+if TYPE_CHECKING:
+    from limits.aio.storage import Storage
+
+    from gateway.adapters.oidc import OidcVerifier
 
 
 @dataclass
@@ -144,12 +148,7 @@ def bootstrap(settings: Settings | None = None) -> Container:
     if key_file is not None:
         reloads.every_time(key_file.reload)  # SIGHUP re-reads it (a change is seen by itself)
     # Counted in the gateway's Redis: every replica sees the same windows.
-    rate_limits = RateLimits(
-        settings.rate_limit,
-        RedisStorage(
-            f"async+{settings.redis.url}", implementation="redispy", key_prefix="fhirschema-ratelimit"
-        ),
-    )
+    rate_limits = RateLimits(settings.rate_limit, lambda: _rate_limit_storage(settings.redis))
     backlog = ValidateBacklog(bus)
     shedder = LoadShedder(settings.rate_limit, backlog)
     reloads.on(RateLimitSettings, rate_limits.apply)
@@ -173,9 +172,7 @@ def bootstrap(settings: Settings | None = None) -> Container:
             dispatch, metrics, timeout, settings.gateway.batch_chunk_items, readiness=readiness
         ),
         conversion=ConversionService(dispatch, schemas, timeout),
-        auth=Authenticator(
-            settings.auth.auth, key_file, OidcVerifier(settings.auth) if settings.auth.oidc_issuer else None
-        ),
+        auth=Authenticator(settings.auth.auth, key_file, _oidc(settings.auth)),
         key_file=key_file,
         rate_limits=rate_limits,
         backlog=backlog,
@@ -184,3 +181,19 @@ def bootstrap(settings: Settings | None = None) -> Container:
         reloads=reloads,
         ingest=IngestService(ingest, ingest, settings.packages.registry_names(), ingest),
     )
+
+
+def _rate_limit_storage(redis: RedisSettings) -> Storage:
+    from limits.aio.storage import RedisStorage  # only once a rate limit is set (rate_limits.py)
+
+    return RedisStorage(f"async+{redis.url}", implementation="redispy", key_prefix="fhirschema-ratelimit")
+
+
+def _oidc(auth: AuthSettings) -> OidcVerifier | None:
+    """Bearer tokens are checked only with an issuer configured: PyJWT (and cryptography, about
+    40 ms of CPU at start) is imported only then."""
+    if not auth.oidc_issuer:
+        return None
+    from gateway.adapters.oidc import OidcVerifier
+
+    return OidcVerifier(auth)

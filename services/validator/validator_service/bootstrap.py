@@ -41,7 +41,7 @@ from fhirschema_bus.storage import StorageClient, nats_request
 from fhirschema_bus.worker import Worker, WorkerSettings
 
 from .contexts import Contexts
-from .materialise import RepositorySync, Uploads, local_materialised
+from .materialise import LocalPackages, RepositorySync, Uploads
 from .service import ValidationService
 from .tarball_cache import TarballCache
 
@@ -144,9 +144,11 @@ def bootstrap(
         await worker.set_readiness(Readiness(False, "loading packages"))
         if local:
             t0 = time.perf_counter()
-            contexts.replace(await blocking(local_materialised, local, settings.fhir_core))
+            files = LocalPackages(local, settings.fhir_core, cache)
+            contexts.replace(await blocking(files.load))
             log.info("packages loaded in %.2f s: %s", time.perf_counter() - t0, ", ".join(local))
             await publish(await sync.readiness(RepositoryState()))
+            files.write_cache()
         else:
             follow = states or (lambda: repository.follow(worker.js))
             state["follow"] = asyncio.create_task(sync.follow(follow(), publish))

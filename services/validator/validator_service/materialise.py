@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from fhirschema.cache import PackageCache
 from fhirschema.context import FhirContext
 from fhirschema.ids import PackageId
-from fhirschema.package import Package, PackageError, load_tgz
+from fhirschema.package import Package, PackageError, load_package, load_tgz
 from fhirschema_bus.contracts import RepositoryState, SchemaDocument, SchemaList, SchemaQuery, StoredPackage
 from fhirschema_bus.probes import Readiness
 
@@ -221,11 +224,43 @@ def _for_me(state: RepositoryState, spec: str, release: str) -> bool:
     return stored is None or for_release(stored, release)
 
 
-def local_materialised(paths: Sequence[str], core: str) -> Materialised:
-    """Local mode (FHIRSCHEMA_VALIDATOR_PACKAGES): packages from files, as the CLI loads them."""
-    ctx = FhirContext.from_specs(list(paths))
-    packages = {p.id: p for p in ctx.packages}
-    return Materialised(
-        packages=packages, digests={p.id: p.source for p in ctx.packages}, core=core,
-        default_order=tuple(packages),
-    )  # fmt: skip
+class LocalPackages:
+    """Local mode (FHIRSCHEMA_VALIDATOR_PACKAGES): packages from files, as the CLI loads them.
+
+    A `.tgz` file is read through the tarball cache by its SHA-256, the repository's folders and
+    rule (tarball_cache.py): unknown, it is unpacked from the file and written to the cache after
+    ready (`write_cache`); known, its folder is read instead (R4 core: see bench/README.md, "Start
+    to ready"). A changed file has another digest, hence another folder."""
+
+    def __init__(self, paths: Sequence[str], core: str, cache: TarballCache) -> None:
+        self.paths, self.core, self.cache = list(paths), core, cache
+        self._digests: dict[str, str] = {}  # name#version -> sha256 of its file
+        self._to_cache: list[tuple[str, bytes]] = []
+
+    def load(self) -> Materialised:
+        """Blocking: run it in a worker thread."""
+        ctx = FhirContext.from_specs(self.paths, load=self._load)
+        packages = {p.id: p for p in ctx.packages}
+        digests = {p.id: self._digests.get(p.id, p.source) for p in ctx.packages}
+        return Materialised(packages=packages, digests=digests, core=self.core, default_order=tuple(packages))
+
+    def _load(self, spec: str | Path, packages: PackageCache) -> Package:
+        path = Path(spec)
+        if self.cache.root is None or not path.is_file():
+            return load_package(spec, packages)  # a folder, name#version in the FHIR cache
+        data = path.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        pkg = self.cache.load(sha256)
+        if pkg is None:
+            pkg = load_tgz(path, data)
+            self._to_cache.append((sha256, data))
+        else:
+            pkg.source = str(path)  # named as configured; its dependencies are looked for beside it
+        self._digests[pkg.id] = sha256
+        return pkg
+
+    def write_cache(self) -> list[threading.Thread]:
+        """After readiness was said: what was unpacked from files goes to the cache (threads)."""
+        threads = [t for sha256, data in self._to_cache if (t := self.cache.save_later(sha256, data))]
+        self._to_cache.clear()
+        return threads

@@ -14,17 +14,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-from limits import RateLimitItem, parse_many
-from limits.aio.storage import Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from typing import TYPE_CHECKING, Protocol
 
 from fhirschema_bus.settings import RateLimitSettings
 from gateway.errors import BusUnavailable, GatewayError
 from gateway.service.auth import Principal
+
+if TYPE_CHECKING:
+    from limits import RateLimitItem
+    from limits.aio.storage import Storage
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 log = logging.getLogger("gateway.rate_limit")
 WARN_EVERY = 30.0
@@ -49,15 +50,35 @@ class Verdict:
 
 
 class RateLimits:
-    def __init__(self, settings: RateLimitSettings, storage: Storage) -> None:
-        self.limiter = SlidingWindowCounterRateLimiter(storage)
+    """`storage` is called, and `limits` imported, only once a limit is set (at start or by a
+    reload): without limits (the default) the gateway starts without the library (about 25 ms
+    of CPU)."""
+
+    def __init__(self, settings: RateLimitSettings, storage: Callable[[], Storage]) -> None:
+        self._storage = storage
+        self._limiter: SlidingWindowCounterRateLimiter | None = None
         self._warned = -math.inf
+        self.default: list[RateLimitItem] = []
+        self.per_scope: dict[str, list[RateLimitItem]] = {}
         self.apply(settings)
 
     def apply(self, settings: RateLimitSettings) -> None:
         """The limits in force (at start and on a reload)."""
-        self.default: list[RateLimitItem] = parse_many(settings.rate_limit) if settings.rate_limit else []
+        if not settings.rate_limit and not settings.rate_limit_scopes:
+            self.default, self.per_scope = [], {}
+            return
+        from limits import parse_many
+
+        self.default = parse_many(settings.rate_limit) if settings.rate_limit else []
         self.per_scope = {scope: parse_many(limit) for scope, limit in settings.rate_limit_scopes.items()}
+
+    @property
+    def limiter(self) -> SlidingWindowCounterRateLimiter:
+        if self._limiter is None:
+            from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+            self._limiter = SlidingWindowCounterRateLimiter(self._storage())
+        return self._limiter
 
     @property
     def active(self) -> bool:
