@@ -5,7 +5,9 @@ loaded, stopped ≤ 5 s).
 
 Starts its own NATS, Valkey and SeaweedFS (the gateway's /ready checks all three), then per run and service:
 spawns `python -m <service>`, polls `/ready` every 10 ms, sends SIGTERM once ready and waits for
-the exit. The validator runs in local mode on R4 core (FHIRSCHEMA_VALIDATOR_PACKAGES); its
+the exit. `validator_service` is the validator in local mode on R4 core's tarball
+(FHIRSCHEMA_VALIDATOR_PACKAGES), with an empty FHIRSCHEMA_VALIDATOR_CACHE_DIR: its first run reads
+the file ("file") and writes the cache after ready, the later ones read the cache ("cached"); its
 package load, which it logs ("packages loaded in X s"), is reported apart and taken out of
 "ready after load". `validator_repository` is the validator as `make up` and k8s run it: R4 core
 already ingested (its tarball in S3, registered with the storage service, which this bench runs
@@ -177,6 +179,8 @@ def main() -> int:
             print(f"{'service':<22}{'ready s':>9}{'CPU s':>7}{'load s':>9}{'after load':>12}{'stop s':>9}")
             for name in args.services:
                 module, extra = name, {}
+                if name == "validator_service":  # local mode: the tarball read through its own cache
+                    extra = {"FHIRSCHEMA_VALIDATOR_CACHE_DIR": str(base / "local-cache")}
                 if name == "validator_repository":
                     module = "validator_service"
                     extra = {
@@ -199,18 +203,20 @@ def main() -> int:
                     extra[
                         "FHIRSCHEMA_GATEWAY_PORT" if module == "gateway" else "FHIRSCHEMA_WORKER_HTTP_PORT"
                     ] = str(port)
-                    cache = base / "cache"
+                    cache = base / ("cache" if name == "validator_repository" else "local-cache")
                     cached = any(p.name.isalnum() for p in cache.glob("*"))
                     # The first run's copy is written after ready: let it finish before the stop.
                     settle = (
                         functools.partial(cache_written, cache)
-                        if name == "validator_repository" and not cached
+                        if name in ("validator_repository", "validator_service") and not cached
                         else None
                     )
                     r = one(module, {**env, **extra}, port, base / f"{name}-{run}.log", settle)
                     label = name
                     if name == "validator_repository":
                         label = f"validator ({'cached' if cached else 'from S3'})"
+                    elif name == "validator_service":
+                        label = f"validator local ({'cached' if cached else 'file'})"
                     print(f"{label:<22}{r['ready']:>9.2f}{r['cpu']:>7.2f}{r['load']:>9.2f}{r['ready_after_load']:>12.2f}"
                           f"{r['stop']:>9.2f}  exit {r['rc']:.0f}")  # fmt: skip
         finally:

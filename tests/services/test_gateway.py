@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import re
 import tarfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +27,7 @@ from tests.services.test_gateway_support import (
     R4,
     Stack,
     service_env,
+    serving,
     settings_for,
     start_service,
     stop_process,
@@ -463,22 +461,6 @@ async def test_python_m_gateway_serves(stack: Stack, tmp_path: Path) -> None:
 # --- who may do what (FHIRSCHEMA_AUTH=required; the unit tier: test_gateway_auth.py) ------------
 
 
-@contextlib.asynccontextmanager
-async def serving(app: Any, port: int) -> AsyncIterator[str]:
-    """`app` under a real uvicorn on `port` (HTTP and WebSocket); yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 async def test_auth_required(
     nats_server, s3_server, redis_server, stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -499,7 +481,7 @@ async def test_auth_required(
     st = settings_for(nats_server.url, s3_server, redis_server.url, port)
     st.auth = AuthSettings(auth="required", api_keys_file=keys)
     st.rate_limit = RateLimitSettings(rate_limit_scopes={"schemas:read": "2/minute"})  # counted in Valkey
-    async with serving(create_app(st), port) as host, httpx.AsyncClient(base_url=f"http://{host}") as c:
+    async with serving(create_app(st), port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
         assert (await c.get("/ready")).status_code == 200  # probes need no key
         r = await c.post("/validate", json=BAD_PATIENT)
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("ApiKey")
@@ -515,11 +497,11 @@ async def test_auth_required(
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
 
         with pytest.raises(websockets.InvalidStatus) as denied:
-            async with websockets.connect(f"ws://{host}/validate/stream"):
+            async with websockets.connect(f"ws://127.0.0.1:{port}/validate/stream"):
                 pass
         assert denied.value.response.status_code == 401
         # Headers (programs), or the subprotocols a browser can set: only fhirschema.v1 echoed.
-        url = f"ws://{host}/validate/stream"
+        url = f"ws://127.0.0.1:{port}/validate/stream"
         for headers, protocols in [({"X-API-Key": "validator-key"}, None),
                                    ({}, ["fhirschema.v1", "apikey.validator-key"])]:  # fmt: skip
             async with websockets.connect(url, additional_headers=headers, subprotocols=protocols) as ws:

@@ -11,38 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from gateway.app import create_app
-from gateway.http_server import server_config
 from gateway.service.auth import SCOPES, digest_of
 
-from fhirschema_bus.servers import RunningServer, free_port
+from fhirschema_bus.servers import RunningServer
 from fhirschema_bus.settings import AuthSettings
 from tests.services.fuzz import fuzz
 from tests.services.test_gateway_auth import app_for
-from tests.services.test_gateway_support import Stack, settings_for
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any, max_header_bytes: int = 64 * 1024) -> AsyncIterator[int]:
-    port = free_port()
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, max_header_bytes, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
-        yield port
-    finally:
-        server.should_exit = True
-        await task
+from tests.services.test_gateway_support import Stack, serving, settings_for
 
 
 async def raw(port: int, request: bytes, chunk: int = 64 * 1024) -> tuple[int, bytes]:

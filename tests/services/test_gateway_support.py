@@ -46,6 +46,7 @@ for _svc in ("gateway", "validator", "storage", "ig-ingest"):  # not yet in ever
 
 from gateway.app import create_app  # noqa: E402
 from gateway.bootstrap import Settings  # noqa: E402
+from gateway.http_server import server_config  # noqa: E402
 
 R4 = PACKAGES / "hl7.fhir.r4.core#4.0.1.tgz"
 MAX_BODY = 2 * 1024 * 1024
@@ -185,28 +186,23 @@ async def gateway_stack(
     if users:
         st.nats = NatsSettings(url=st.nats.url, user="gateway", password=users["gateway"])
     app = create_app(st)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.05)
-        stack = Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", st, nc, js, jobs, procs, app)
-        if wait:
-            async with stack.client() as client:  # ready once a validator has loaded R4 core
-                await wait_ready(client, logs / "validator.log")
-                r = await client.post("/validate", json={"resourceType": "Patient"})
-                assert r.status_code == 200, (
-                    r.status_code,
-                    r.text,
-                    (logs / "validator.log").read_text()[-3000:],
-                )
-        yield stack
+        async with serving(app, port):
+            stack = Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", st, nc, js, jobs, procs, app)
+            if wait:
+                async with stack.client() as client:  # ready once a validator has loaded R4 core
+                    await wait_ready(client, logs / "validator.log")
+                    r = await client.post("/validate", json={"resourceType": "Patient"})
+                    assert r.status_code == 200, (
+                        r.status_code,
+                        r.text,
+                        (logs / "validator.log").read_text()[-3000:],
+                    )
+                    # /ready does not ask storage, and a validator reading R4 core from its
+                    # cache can be ready before storage has started: wait for it too.
+                    await wait_storage(client, logs / "storage.log")
+            yield stack
     finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await serving
         if converter is not None:
             converter.cancel()
             with contextlib.suppress(BaseException):
@@ -214,6 +210,25 @@ async def gateway_stack(
         for proc in procs.values():
             stop_process(proc)
         await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, port: int | None = None, max_header_bytes: int = 64 * 1024) -> AsyncIterator[int]:
+    """`app` under a real uvicorn (HTTP and WebSocket) configured as the gateway runs it (headers
+    bounded: gateway/http_server.py) on `port` (default: a free one), until the block ends;
+    yields the port."""
+    port = port or free_port()
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, max_header_bytes, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # it could not start: say why
+            await asyncio.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def wait_ready(client: httpx.AsyncClient, log: Path | None = None, timeout: float = 180.0) -> float:
@@ -226,6 +241,16 @@ async def wait_ready(client: httpx.AsyncClient, log: Path | None = None, timeout
         if asyncio.get_running_loop().time() - t0 > timeout:
             tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
             raise AssertionError(f"not ready within {timeout:g}s: {r.text}\n{tail}")
+        await asyncio.sleep(0.1)
+
+
+async def wait_storage(client: httpx.AsyncClient, log: Path, timeout: float = 120.0) -> None:
+    """Poll GET /schemas (a storage request) until storage answers."""
+    t0 = asyncio.get_running_loop().time()
+    while (r := await client.get("/schemas", params={"limit": "1"})).status_code == 503:
+        if asyncio.get_running_loop().time() - t0 > timeout:
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            raise AssertionError(f"storage did not answer within {timeout:g}s: {r.text}\n{tail}")
         await asyncio.sleep(0.1)
 
 
