@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from fhirschema_bus.config import ServiceConfig
-from fhirschema_bus.entry import load, watch
+from fhirschema_bus.entry import exit_now, load, watch
 from fhirschema_bus.settings import (
     AuthSettings,
     CorsSettings,
@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # own Server, we ask its config for the same choice.
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         runner.run(serve())
+    # Drained and closed: leave at once, as the workers do (entry.exit_now). The interpreter's
+    # own teardown of the heap made a stop within the first second, before the start-up heap is
+    # frozen, 0.44-0.55 s; now 0.13-0.23 s (SIGTERM right after /health, 3 runs each).
+    exit_now()
 
 
 def _bootstrap(settings: Settings) -> Container:
