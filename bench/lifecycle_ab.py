@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lifecycle_bench import ROOT, one, ready, register_core, wait_for
 
+from fhirschema_bus.processes import start_service, stop_process
 from fhirschema_bus.servers import S3_ACCESS_KEY, S3_SECRET_KEY, free_port, start_nats, start_redis, start_s3
 
 NAMES = ("validator", "storage", "converter", "gateway", "ig-ingest")
@@ -61,12 +62,11 @@ def main() -> int:
             if "gateway" in args.services:  # its /ready needs a replica holding R4 core
                 helpers.append(register_core(env, r4, base / "storage.log"))
                 port = free_port()
-                with (base / "validator-beside.log").open("wb") as out:
-                    helpers.append(subprocess.Popen(
-                        [sys.executable, "-m", "validator_service"], stdout=out, stderr=subprocess.STDOUT,
-                        env={**env, "FHIRSCHEMA_WORKER_HTTP_PORT": str(port),
-                             "FHIRSCHEMA_VALIDATOR_CACHE_DIR": str(base / "cache-beside")},
-                    ))  # fmt: skip
+                helpers.append(start_service(
+                    "validator_service",
+                    {**env, "FHIRSCHEMA_WORKER_HTTP_PORT": str(port), "FHIRSCHEMA_VALIDATOR_CACHE_DIR": str(base / "cache-beside")},
+                    base / "validator-beside.log",
+                ))  # fmt: skip
                 wait_for(lambda: ready(f"http://127.0.0.1:{port}/ready"), 120)
             print(f"{'service':<20}{'tree':<11}{'CPU s to ready':>22}{'stop s':>20}{'package load s':>22}")
             for name in args.services:
@@ -96,12 +96,7 @@ def main() -> int:
                           f"  exit {sorted({int(r['rc']) for r in rows})}", flush=True)  # fmt: skip
         finally:
             for proc in helpers:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process(proc)
             for server in (nats, redis, s3):
                 server.stop()
     return 0

@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "shared")]
 
+from fhirschema_bus.processes import start_service, stop_process  # noqa: E402
 from fhirschema_bus.servers import S3_ACCESS_KEY, S3_SECRET_KEY, free_port, start_nats, start_redis, start_s3  # noqa: E402
 
 SERVICES = [str(ROOT / "services" / n) for n in ("validator", "storage", "converter", "gateway", "ig-ingest")]
@@ -54,8 +55,7 @@ def one(
     module: str, env: dict[str, str], port: int, log: Path, before_stop: Callable[[], object] | None = None
 ) -> dict[str, float]:
     t0 = time.monotonic()
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_service(module, env, log)
     try:
         while not ready(f"http://127.0.0.1:{port}/ready"):
             if proc.poll() is not None or time.monotonic() - t0 > 120:
@@ -122,9 +122,7 @@ def register_core(env: dict[str, str], tgz: Path, log: Path) -> subprocess.Popen
     from fhirschema_bus.settings import S3Settings
     from fhirschema_bus.storage import StorageClient, nats_request
 
-    with log.open("wb") as out:
-        storage = subprocess.Popen([sys.executable, "-m", "storage_service"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)  # fmt: skip
+    storage = start_service("storage_service", env, log)
 
     async def run() -> None:
         settings = S3Settings(
@@ -191,12 +189,12 @@ def main() -> int:
                     # The gateway is ready only while a validator replica holds the configured
                     # packages (issue 9): one runs beside it, from the repository.
                     helper_port = free_port()
-                    with (base / "validator-beside.log").open("wb") as out:
-                        helper = subprocess.Popen(
-                            [sys.executable, "-m", "validator_service"], stdout=out, stderr=subprocess.STDOUT,
-                            env={**env, "FHIRSCHEMA_VALIDATOR_PACKAGES": "", "FHIRSCHEMA_WORKER_HTTP_PORT": str(helper_port),
-                                 "FHIRSCHEMA_VALIDATOR_CACHE_DIR": str(base / "cache")},
-                        )  # fmt: skip
+                    helper = start_service(
+                        "validator_service",
+                        {**env, "FHIRSCHEMA_VALIDATOR_PACKAGES": "", "FHIRSCHEMA_WORKER_HTTP_PORT": str(helper_port),
+                         "FHIRSCHEMA_VALIDATOR_CACHE_DIR": str(base / "cache")},
+                        base / "validator-beside.log",
+                    )  # fmt: skip
                     wait_for(lambda p=helper_port: ready(f"http://127.0.0.1:{p}/ready"), 120)
                 for run in range(args.runs):
                     port = free_port()
@@ -222,12 +220,7 @@ def main() -> int:
         finally:
             for proc in (helper, storage):  # also when a run failed: nothing left behind
                 if proc is not None:
-                    proc.terminate()
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                    stop_process(proc)
             for server in (nats, redis, s3):
                 server.stop()
     return 0
