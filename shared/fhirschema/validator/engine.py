@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from fhirschema.validator.extensions import allowed_here
+from fhirschema.validator.extensions import allowed_anywhere, allowed_here
 from fhirschema.validator.findings import Finding, finding
 from fhirschema.validator.issues import Issue, ValidationResult
 from fhirschema.validator.plans import Compiler, Plan
@@ -48,6 +48,7 @@ class Validator:
         self.overlays = [(s, s.get("url")) for s in overlays]
         self.anonymous = bool(overlays)
         self._context_memo: dict[tuple[str, str | None, str, str | None], tuple[bool, list[str]]] = {}
+        self._anywhere_memo: dict[tuple[str, str | None, str | None], bool] = {}
         self._type_names: dict[str, frozenset[str]] = {}
         # extension url -> (its schema chain, its StructureDefinition for the context rules)
         self._extensions: dict[str, tuple[tuple[dict[str, Any], ...], dict[str, Any] | None]] = {}
@@ -63,6 +64,7 @@ class Validator:
             resource_plan=self.resource_plan,
             extension=self.extension,
             context_allowed=self.context_allowed,
+            context_anywhere=self.context_anywhere,
             check_code=self.check_code,
         )
 
@@ -157,6 +159,18 @@ class Validator:
             found = allowed_here(sd, self.type_names(parent_type), path, host_url)
             if len(self._context_memo) < CODE_MEMO_SIZE:
                 self._context_memo[key] = found
+        return found
+
+    def context_anywhere(
+        self, url: str, sd: dict[str, Any], parent_type: str | None, host_url: str | None
+    ) -> bool:
+        """`extensions.allowed_anywhere`, remembered: most uses are decided without their path."""
+        key = (url, parent_type, host_url)
+        found = self._anywhere_memo.get(key)
+        if found is None:
+            found = allowed_anywhere(sd, self.type_names(parent_type), host_url)
+            if len(self._anywhere_memo) < CODE_MEMO_SIZE:
+                self._anywhere_memo[key] = found
         return found
 
     def type_names(self, type_name: str | None) -> frozenset[str]:

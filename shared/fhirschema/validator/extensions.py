@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fhirschema.validator.findings import Finding, finding
@@ -13,41 +14,59 @@ if TYPE_CHECKING:
 _ANYWHERE = frozenset(("Element", "Base"))
 
 
-def allowed_here(sd: dict[str, Any], parent_types: frozenset[str], path: str,
-                 host_url: str | None) -> tuple[bool, list[str]]:  # fmt: skip
-    """May the extension defined by `sd` sit on an element at `path` (e.g. `Patient.name`) whose
-    type is one of `parent_types` (the type and its bases), inside the extension `host_url` (when
-    its host is an extension)? (True, []) when a context admits it statically, else (False, the
-    FHIRPath contexts that may still admit it, evaluated against the data by the caller)."""
+def allowed_anywhere(sd: dict[str, Any], parent_types: frozenset[str], host_url: str | None) -> bool:
+    """Does a context of the extension defined by `sd` admit it on an element whose type is one of
+    `parent_types` (the type and its bases), inside the extension `host_url`, whatever the
+    element's path? The common case (`Element`, the resource's type), decided without the path."""
     contexts = sd.get("context")
     if not isinstance(contexts, list) or not contexts:
-        return True, []
-    path = _collapse(path)
-    fhirpath: list[str] = []
+        return True
     for context in contexts:
         if not isinstance(context, dict):
-            return True, []
+            return True
         kind, expression = context.get("type"), context.get("expression")
         if not isinstance(expression, str):
-            return True, []
+            return True
         if kind == "fhirpath":
-            fhirpath.append(expression)
             continue
         if kind == "extension":
             # On an extension with that url (`url` or `url#element`): sits in its `extension`.
             if host_url is not None and expression.split("#", 1)[0] == host_url:
-                return True, []
+                return True
             continue
         if kind != "element":
-            return True, []  # an unknown kind of context: not judged
+            return True  # an unknown kind of context: not judged
         expression = _collapse(expression)
-        if expression in _ANYWHERE or expression in parent_types or expression == path:
+        if expression in _ANYWHERE or expression in parent_types:
+            return True
+        if expression.endswith(".extension") and "Extension" in parent_types:
+            return True
+    return False
+
+
+def allowed_here(sd: dict[str, Any], parent_types: frozenset[str], path: str,
+                 host_url: str | None) -> tuple[bool, list[str]]:  # fmt: skip
+    """May the extension defined by `sd` sit on an element at `path` (e.g. `Patient.name`) whose
+    type is one of `parent_types`, inside the extension `host_url` (when its host is an
+    extension)? (True, []) when a context admits it statically, else (False, the FHIRPath
+    contexts that may still admit it, evaluated against the data by the caller)."""
+    if allowed_anywhere(sd, parent_types, host_url):
+        return True, []
+    path = _collapse(path)
+    fhirpath: list[str] = []
+    for context in sd["context"]:  # allowed_anywhere: a list of objects with string expressions
+        kind, expression = context.get("type"), context["expression"]
+        if kind == "fhirpath":
+            fhirpath.append(expression)
+            continue
+        if kind != "element":
+            continue
+        expression = _collapse(expression)
+        if expression == path:
             return True, []
         head, _, tail = expression.partition(".")
         # `Address.line` on `Patient.address.line`: a datatype's element, wherever the type is used
         if tail and path.endswith("." + tail) and head[:1].isupper() and head not in path.split(".", 1)[0]:
-            return True, []
-        if expression.endswith(".extension") and "Extension" in parent_types:
             return True, []
     return False, fhirpath
 
@@ -115,15 +134,15 @@ def extension_findings(
     extra: Schemas,
     host_url: str | None,
     parent: tuple[str | None, Any, str | None] | None,
-    path: str,
+    path: Callable[[], str],
     resource: dict[str, Any] | None,
     root: dict[str, Any] | None,
     config: WalkConfig,
 ) -> tuple[Schemas, list[Finding]]:
     """An extension with `url` (a `modifierExtension` when `modifier`), matched to a slice with
     schemas `extra` (or none), inside the extension `host_url`; `parent` is (type, element, url
-    of the extension it is in) of the element it sits on, at element `path` (`Patient.name`),
-    in `resource` with %rootResource `root`. Its definition's schemas (empty when unknown or a
+    of the extension it is in) of the element it sits on, at the element `path()` names
+    (`Patient.name`; asked only when the context depends on it), in `resource` with %rootResource `root`. Its definition's schemas (empty when unknown or a
     sub-extension) and the findings: an undefined url or sub-extension, a misplaced use, a failed
     context invariant."""
     if not isinstance(url, str) or ("://" not in url and not url.startswith("urn:")):
@@ -140,11 +159,16 @@ def extension_findings(
 
 
 def context_findings(url: str, definition: dict[str, Any], parent: tuple[str | None, Any, str | None],
-                     path: str, resource: dict[str, Any] | None, root: dict[str, Any] | None,
+                     path: Callable[[], str], resource: dict[str, Any] | None, root: dict[str, Any] | None,
                      config: WalkConfig) -> list[Finding]:  # fmt: skip
     """Is the extension `url` used where its definition's `context` allows (R4 §2.28.4)?"""
     parent_type, host, host_url = parent
-    ok, fhirpath = config.context_allowed(url, definition, parent_type, path, host_url)
+    ok = config.context_anywhere(url, definition, parent_type, host_url)
+    fhirpath: list[str] = []
+    where = ""
+    if not ok:  # the element's path is built only when a context depends on it
+        where = path()
+        ok, fhirpath = config.context_allowed(url, definition, parent_type, where, host_url)
     invariants = config.invariants
     focus = resource if resource is not None else host
     if not ok and fhirpath and invariants is not None:
@@ -154,7 +178,7 @@ def context_findings(url: str, definition: dict[str, Any], parent: tuple[str | N
     elif not ok and fhirpath:
         ok = True  # cannot evaluate FHIRPath here: not judged
     if not ok:
-        return [misplaced_extension(url, definition, path)]
+        return [misplaced_extension(url, definition, where)]
     out: list[Finding] = []
     if invariants is not None:
         for expression in context_invariants(definition):

@@ -405,6 +405,10 @@ class Compiler:
             self._chains[ref] = out
         return out
 
+    def is_type(self, name: str) -> bool:
+        """Is `name` a loaded type (or profile)?"""
+        return bool(self.chain(name))
+
     def types_of(self, url: str) -> set[str]:
         """Type names a reference to `url`'s instances may carry: the type and its bases."""
         found = self._types.get(url)
