@@ -74,7 +74,7 @@ class Validator:
         try:
             run.resource(resource, tuple(profiles))
         except RecursionError:
-            issues.append(Issue("fs1302", "error", list(run.path), "data nested too deeply to validate"))
+            issues.append(Issue("fs1302", "error", run.where(), "data nested too deeply to validate"))
         rtype = resource.get("resourceType") if isinstance(resource, dict) else None
         return ValidationResult(issues, rtype if isinstance(rtype, str) else None)
 

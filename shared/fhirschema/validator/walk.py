@@ -32,13 +32,18 @@ MAX_DEPTH: Final = 200  # deeper data is reported, not walked (no RecursionError
 # A resource's logical id is an `id` (R4 resource.html, Resource.id; the R4 package types it as a
 # System.String): 1-64 letters, digits, '-' and '.' — the reference checks it on every resource.
 _RESOURCE_ID: Final = checker("id")
+# The bottom of Run.path, never popped: a list popped to empty gives its item array back (CPython
+# reallocs it to 0 bytes, through the C allocator) and takes one again on the next append: ~300
+# instructions per element at a resource's top level (callgrind). Not a str: element paths skip it.
+_BOTTOM: Final = -1
+TOP: Final = 1  # where a resource's own path begins in Run.path
 
 
 class Run:
     def __init__(self, config: WalkConfig, issues: list[Issue]) -> None:
         self.config = config
         self.issues = issues
-        self.path: list[str | int] = []
+        self.path: list[str | int] = [_BOTTOM]  # the data's path from the validated resource: where()
         self.depth = 0
         self.too_deep = False
         self.resources: list[dict[str, Any]] = []  # enclosing resources, outermost first
@@ -47,10 +52,11 @@ class Run:
         self.roots: list[dict[str, Any]] = []
         self.starts: list[int] = []  # len(self.path) where each enclosing resource begins
         # The element whose extensions are walked: its type, the element itself, the url of the
-        # innermost extension it is in (or None), for the extensions' context rules.
-        self.ext_parents: list[tuple[str | None, Any, str | None]] = []
-        self.ext_urls: list[str | None] = []  # urls of the extensions being walked, outermost first
-        self.companions: list[str | None] = []  # primitive types whose `_x` companion is walked
+        # innermost extension it is in (or None), for the extensions' context rules. These three
+        # start with a None that is never popped (see _BOTTOM): none walked.
+        self.ext_parents: list[tuple[str | None, Any, str | None] | None] = [None]
+        self.ext_urls: list[str | None] = [None]  # urls of the extensions being walked, outermost first
+        self.companions: list[str | None] = [None]  # primitive types whose `_x` companion is walked
         self.bundle_targets: dict[str, set[str | None]] = {}
         self.bundle: dict[str, Any] | None = None  # the innermost Bundle walked
         self.bundle_index: BundleIndex | None = None  # its entries by fullUrl and Type/id
@@ -59,10 +65,14 @@ class Run:
 
     def issue(self, code: str, message: str, *, severity: str = "error", extra: list[str | int] | None = None,
               profile: str | None = None) -> None:  # fmt: skip
-        path = list(self.path)
+        path = self.path[TOP:]
         if extra:
             path.extend(extra)
         self.issues.append(Issue(code, severity, path, message, profile))
+
+    def where(self) -> list[str | int]:
+        """The current path in the validated resource (keys and indices)."""
+        return self.path[TOP:]
 
     def report(self, findings: Iterable[Finding]) -> None:
         """A rule module's findings, at the current path."""
@@ -247,9 +257,9 @@ class Run:
             path.append(key)
             if ep.is_extension:
                 parent = plan.type_name
-                if parent == "Element" and self.companions:
+                if parent == "Element" and self.companions[-1] is not None:
                     parent = self.companions[-1]  # `_birthDate`: extensions of a primitive's value
-                host_url = self.ext_urls[-1] if self.ext_urls else None
+                host_url = self.ext_urls[-1]
                 self.ext_parents.append((parent, data, host_url))
                 self.value(value, ep)
                 self.ext_parents.pop()
@@ -268,7 +278,7 @@ class Run:
                 if key in present_groups:
                     self.issue("fs207", f"element {key!r} is not allowed here", extra=[key], profile=origin)
         if self.config.invariants is not None and plan.has_constraints and not self.too_deep:
-            start = self.starts[-1] if self.starts else 0
+            start = self.starts[-1] if self.starts else TOP
             root = self.roots[-1] if self.roots else data
             found = check_constraints(
                 data,
@@ -306,7 +316,7 @@ class Run:
         """`Patient.name` for an extension at Patient.name[0].extension[2] (indices dropped)."""
         resource = self.resources[-1] if self.resources else {}
         keys = [
-            p.lstrip("_") for p in self.path[self.starts[-1] if self.starts else 0 :] if isinstance(p, str)
+            p.lstrip("_") for p in self.path[self.starts[-1] if self.starts else TOP :] if isinstance(p, str)
         ]
         while keys and keys[-1] in ("extension", "modifierExtension"):
             keys.pop()
@@ -390,7 +400,7 @@ class Run:
             if ep.is_extension:
                 url = item.get("url")
                 absolute = isinstance(url, str) and ("://" in url or url.startswith("urn:"))
-                self.ext_urls.append(url if absolute else (self.ext_urls[-1] if self.ext_urls else None))
+                self.ext_urls.append(url if absolute else self.ext_urls[-1])
                 self.node(item, child)
                 self.ext_urls.pop()
             else:
@@ -433,8 +443,8 @@ class Run:
                           extra: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:  # fmt: skip
         """The schemas of extension `item` (its definition's, after the slice's `extra`); the
         findings on its url and where it is used are reported."""
-        host_url = self.ext_urls[-1] if self.ext_urls else None
-        parents = self.ext_parents[-1] if self.ext_parents else None
+        host_url = self.ext_urls[-1]
+        parents = self.ext_parents[-1]
         resource = self.resources[-1] if self.resources else None
         root = self.roots[-1] if self.roots else None
         schemas, findings = extension_findings(
@@ -454,7 +464,7 @@ class Run:
             trial.depth = self.depth  # within the same depth bound
             trial.resources = list(self.resources)
             trial.roots = list(self.roots)
-            trial.starts = [0] * len(self.resources)
+            trial.starts = [TOP] * len(self.resources)
             trial.node(item, ep.child(extra + chain))
             if not any(i.severity in ("error", "fatal") for i in trial.issues):
                 return chain
