@@ -99,17 +99,25 @@ def set_build_info(service: str, version: str, engine: str = "", info: Info = BU
     info.labels(service).info({"version": version, "engine": engine, "python": platform.python_version()})
 
 
-_MESSAGE_CHILDREN: dict[tuple[str, str], tuple[Any, Any]] = {}
+class CountedTimer:
+    """A counter and a histogram of the same labels, fed together, their children kept per label
+    values: labels() costs more than the inc and observe it serves (a lock, a check of the
+    values), and ran twice per message or request. Bounded as the label sets are (durables,
+    route templates)."""
+
+    def __init__(self, counter: Counter, histogram: Histogram) -> None:
+        self.counter = counter
+        self.histogram = histogram
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
+
+    def observe(self, labels: tuple[str, ...], seconds: float) -> None:
+        if (children := self._children.get(labels)) is None:
+            children = self._children[labels] = (self.counter.labels(*labels), self.histogram.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
-def message_metrics(labels: tuple[str, str]) -> tuple[Any, Any]:
-    """MESSAGES_PROCESSED's and MESSAGE_SECONDS' children for (service, durable), kept: labels()
-    costs more than the inc and observe it serves (a lock, a check of the values), and it ran
-    twice per message. Bounded: a worker has a few durables."""
-    if (children := _MESSAGE_CHILDREN.get(labels)) is None:
-        children = (MESSAGES_PROCESSED.labels(*labels), MESSAGE_SECONDS.labels(*labels))
-        _MESSAGE_CHILDREN[labels] = children
-    return children
+MESSAGES = CountedTimer(MESSAGES_PROCESSED, MESSAGE_SECONDS)
 
 
 def failure_series(service: str, durables: list[str]) -> None:

@@ -376,9 +376,7 @@ class ReliableConsume(BaseMiddleware):
                 await msg.nack(delay=w.backoff(deliveries))
             return None
         await msg.ack()
-        processed, seconds = m.message_metrics(labels)
-        processed.inc()
-        seconds.observe(time.perf_counter() - t0)
+        m.MESSAGES.observe(labels, time.perf_counter() - t0)
         return result
 
     async def _dead(self, msg: NatsMessage, error: str, deliveries: int, labels: tuple[str, str]) -> None:

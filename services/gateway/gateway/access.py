@@ -15,11 +15,11 @@ import logging
 import os
 import re
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhirschema_bus import logs
+from fhirschema_bus.metrics import CountedTimer
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.access")
@@ -45,11 +45,7 @@ class RequestObserver:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self.metrics = metrics
-        # (method, route, status) -> the counter's and histogram's children: labels() costs
-        # more than the inc and observe it serves (a lock, a tuple check, str()s). Bounded as
-        # the metric's own label sets are (route templates, not paths).
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.requests = CountedTimer(metrics.requests, metrics.latency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -84,7 +80,7 @@ class RequestObserver:
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
                 method = scope.get("method", "WS")
                 if http:
-                    self._observe(method, route, status, seconds)
+                    self.requests.observe((method, route, str(status)), seconds)
                 if log.isEnabledFor(logging.INFO):
                     ms = seconds * 1000
                     extra = {"method": method, "route": route, "status": status, "duration_ms": round(ms, 2)}
@@ -94,14 +90,3 @@ class RequestObserver:
                         log.name, logging.INFO, __file__, 0, "%s %s %d %.1f ms", (method, route, status, ms),
                         None, "RequestObserver", extra,
                     ))  # fmt: skip
-
-    def _observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        if (children := self._children.get(key)) is None:
-            labels = (method, route, str(status))
-            children = self._children[key] = (
-                self.metrics.requests.labels(*labels),
-                self.metrics.latency.labels(*labels),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
