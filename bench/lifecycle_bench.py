@@ -1,7 +1,7 @@
 """Start and stop times of the service processes (issue 12 §3: ready ≤ 1 s once packages are
 loaded, stopped ≤ 5 s).
 
-    .venv/bin/python bench/lifecycle_bench.py [--runs 3] [--shared ../shared] [--services ...]
+    .venv/bin/python bench/lifecycle_bench.py [--runs 3] [--shared ../shared] [--services ...]   # default: every service
 
 Starts its own NATS, Valkey and SeaweedFS (the gateway's /ready checks all three), then per run and service:
 spawns `python -m <service>`, polls `/ready` every 10 ms, sends SIGTERM once ready and waits for
@@ -40,6 +40,8 @@ from fhirschema_bus.processes import start_service, stop_process  # noqa: E402
 from fhirschema_bus.servers import S3_ACCESS_KEY, S3_SECRET_KEY, free_port, start_nats, start_redis, start_s3  # noqa: E402
 
 SERVICES = [str(ROOT / "services" / n) for n in ("validator", "storage", "converter", "gateway", "ig-ingest")]
+# Every service, in one command: the gateway with a validator replica beside it (its /ready needs one).
+ALL = ["converter_service", "storage_service", "ig_ingest", "validator_service", "validator_repository", "gateway"]  # fmt: skip
 LOADED = re.compile(r"packages loaded in ([0-9.]+) s")
 
 
@@ -156,8 +158,7 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
-    parser.add_argument("--services", nargs="+",
-                        default=["converter_service", "validator_service", "validator_repository", "gateway"])  # fmt: skip
+    parser.add_argument("--services", nargs="+", default=ALL)
     args = parser.parse_args()
     r4 = args.shared / "fhir" / "packages" / "hl7.fhir.r4.core#4.0.1.tgz"
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,7 +173,7 @@ def main() -> int:
                 "FHIRSCHEMA_REDIS_URL": redis.url, "FHIRSCHEMA_S3_ACCESS_KEY": S3_ACCESS_KEY,
                 "FHIRSCHEMA_S3_SECRET_KEY": S3_SECRET_KEY, "FHIRSCHEMA_AUTH": "off", "FHIRSCHEMA_S3_ENDPOINT": f"127.0.0.1:{s3.port}", "FHIRSCHEMA_VALIDATOR_PACKAGES": str(r4),
             }  # fmt: skip
-            if "validator_repository" in args.services:
+            if {"validator_repository", "gateway"} & set(args.services):  # both need R4 core registered
                 storage = register_core(env, r4, base / "storage.log")
             print(f"{'service':<22}{'ready s':>9}{'CPU s':>7}{'load s':>9}{'after load':>12}{'stop s':>9}")
             for name in args.services:

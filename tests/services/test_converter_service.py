@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
-from converter_service import bootstrap
+from converter_service.bootstrap import bootstrap
 from nats.aio.client import Client
 
 from fhirschema.context import FhirContext

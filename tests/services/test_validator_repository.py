@@ -18,7 +18,7 @@ import orjson
 import pytest
 from nats.aio.client import Client
 from storage_service.app import Storage
-from validator_service import ValidatorSettings, bootstrap
+from validator_service.bootstrap import ValidatorSettings, bootstrap
 
 from fhirschema_bus import subjects as s
 from fhirschema_bus.contracts import (

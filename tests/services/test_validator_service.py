@@ -22,7 +22,7 @@ import orjson
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from validator_service import ValidatorSettings, bootstrap
+from validator_service.bootstrap import ValidatorSettings, bootstrap
 from validator_service.service import result_chunks
 
 from fhirschema import engine_build

@@ -1,6 +1,11 @@
 """`python -m converter_service [--config FILE] [flags]`: one converter replica, until SIGTERM/SIGINT."""
 
-from converter_service import bootstrap
+from fhirschema_bus import optional_imports
+
+if __name__ == "__main__":  # this process is the service: before any library is imported
+    optional_imports.skip(worker=True)
+
+from converter_service.bootstrap import bootstrap
 from fhirschema_bus.config import ServiceConfig
 from fhirschema_bus.entry import run_worker
 from fhirschema_bus.settings import LogSettings, NatsSettings, S3Settings

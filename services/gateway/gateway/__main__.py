@@ -3,6 +3,11 @@ host/port, reloading what can change safely on SIGHUP or a change of the config 
 
 from __future__ import annotations
 
+from fhirschema_bus import optional_imports
+
+if __name__ == "__main__":  # this process is the service: before any library is imported
+    optional_imports.skip(worker=False)
+
 import asyncio
 import logging
 import sys

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from fhirschema_bus import optional_imports
+
+if __name__ == "__main__":  # this process is the service: before any library is imported
+    optional_imports.skip(worker=True)
+
 from fhirschema_bus.config import ServiceConfig
 from fhirschema_bus.entry import run_worker
 from fhirschema_bus.settings import LogSettings, NatsSettings, RedisSettings, S3Settings, StorageSettings

@@ -1,8 +1,7 @@
 """The validator service: validates FHIR resources from JetStream (single requests and batch items).
 
 `python -m validator_service` runs one replica; run as many as load needs.
+
+Imports nothing itself: `python -m` imports a package before its `__main__`, which must first
+mark what the service never imports (optional_imports.py). Its parts: `.bootstrap` (ValidatorSettings, bootstrap).
 """
-
-from .bootstrap import ValidatorSettings, bootstrap
-
-__all__ = ["ValidatorSettings", "bootstrap"]

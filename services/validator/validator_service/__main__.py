@@ -1,11 +1,15 @@
 """`python -m validator_service [--config FILE] [flags]`: one validator replica, until SIGTERM/SIGINT."""
 
+from fhirschema_bus import optional_imports
+
+if __name__ == "__main__":  # this process is the service: before any library is imported
+    optional_imports.skip(worker=True)
+
 from fhirschema_bus.config import ServiceConfig
 from fhirschema_bus.entry import run_worker
 from fhirschema_bus.settings import LogSettings, NatsSettings, PackageSettings, S3Settings
 from fhirschema_bus.worker import WorkerSettings
-from validator_service import bootstrap
-from validator_service.bootstrap import ValidatorSettings
+from validator_service.bootstrap import ValidatorSettings, bootstrap
 
 CONFIG = ServiceConfig(
     "validator_service", LogSettings, NatsSettings, WorkerSettings, ValidatorSettings, PackageSettings,
