@@ -274,7 +274,7 @@ class Plan:
 
     __slots__ = (
         "_checks", "_elements", "compiler", "constraints", "excluded", "groups", "has_constraints", "has_required",
-        "keys", "required", "schemas", "sliced", "type_name",
+        "keys", "required", "required_items", "schemas", "sliced", "type_name",
     )  # fmt: skip
 
     def __init__(self, schemas: list[tuple[dict[str, Any], str | None]], compiler: Compiler) -> None:
@@ -303,6 +303,8 @@ class Plan:
             if any(_required_slices(el.get("slicing")) for el, _ in defs)
         ]  # fmt: skip
         self.has_required = bool(self.required) or bool(self.sliced)
+        # Walked at every node that has them: a tuple is indexed, a dict's items are not (compiled)
+        self.required_items: tuple[tuple[str, str | None], ...] = tuple(self.required.items())
         self.has_constraints = bool(self.constraints)
         self._elements: dict[str, ElementPlan | None] = {}
         self._checks: list[tuple[str, dict[str, Any], str | None, Any, Any]] | None = None

@@ -226,16 +226,15 @@ class Run:
                     self.report(absent_value_findings(key[1:], value, limits))
                     path.pop()
                 if companion is not None and companion.choice_of is not None and key[1:] not in data:
-                    if present_groups is None:
-                        present_groups = {}
-                    present_groups.setdefault(companion.choice_of, []).append(key[1:])
+                    present_groups = _present(present_groups, companion.choice_of, key[1:])
                 continue
             if key in plan.excluded:
                 path.append(key)
                 self.issue("fs207", f"element {key!r} is not allowed here", profile=plan.excluded[key])
                 path.pop()
                 continue
-            ep = plan.element(key)
+            if ep is None:  # not met in this plan yet (or unknown): made now; else looked up above
+                ep = plan.element(key)
             if ep is None or (ep.choices is not None and ep.type is None):
                 path.append(key)
                 hint = f" (use one of {', '.join(sorted(ep.choices or ()))})" if ep is not None else ""
@@ -251,9 +250,7 @@ class Run:
                         f"{key} is not an allowed type for {ep.choice_of}[x] here ({', '.join(sorted(allowed))})",
                     )
                     path.pop()
-                if present_groups is None:
-                    present_groups = {}
-                present_groups.setdefault(ep.choice_of, []).append(key)
+                present_groups = _present(present_groups, ep.choice_of, key)
             path.append(key)
             if ep.is_extension:
                 parent = plan.type_name
@@ -295,7 +292,7 @@ class Run:
 
     def missing(self, data: dict[str, Any], plan: Plan, present_groups: dict[str, list[str]] | None) -> None:
         """Required elements absent from `data`."""
-        for key, origin in plan.required.items():
+        for key, origin in plan.required_items:
             if key in data or (present_groups and key in present_groups):
                 continue
             if "_" + key in data:
@@ -500,6 +497,18 @@ class Run:
                 kind = target.get("resourceType") if target is not None else None
                 return kind if isinstance(kind, str) else None
         return None
+
+
+def _present(groups: dict[str, list[str]] | None, group: str, key: str) -> dict[str, list[str]]:
+    """`groups` with `key` added to the variants present of choice `group` (made on first use)."""
+    if groups is None:
+        return {group: [key]}
+    keys = groups.get(group)
+    if keys is None:
+        groups[group] = [key]
+    else:
+        keys.append(key)
+    return groups
 
 
 def _fits(ep: ElementPlan, value: Any) -> bool:
