@@ -1,9 +1,9 @@
 """Bulk validation for `fhirschema validate`: inputs in chunks, validated in this process or in
-forked worker processes, written in input order.
+forked worker processes (`fhirschema.cli.forked`), written in input order.
 
 An NDJSON file comes as runs of whole lines (`fhirschema.cli.ndjson`): a worker is sent a run's
 byte range and reads it itself. A worker's output (encoded lines) comes back through memory shared
-with this process, a slot per unit in flight: through the pool's pipe a unit's output cost the
+with this process, a slot per unit in flight (its lane): through a pipe a unit's output cost the
 parent ~4 us per kB (pickled, sent in 64 kB pieces, unpickled), as much as the rest of its work.
 Other inputs (JSON files, stdin) go in chunks of items.
 
@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import gc
 import mmap
-import multiprocessing
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from fhirschema import jsoninput
+from fhirschema.cli import forked
 from fhirschema.cli.common import read_error
 from fhirschema.cli.ndjson import Item, Lines
 from fhirschema.validator import ValidationResult, Validator
@@ -171,31 +169,17 @@ def _shipped(unit: Unit) -> Unit:
 def _parallel(task: Task, pending: Iterator[Unit], jobs: int, emit: Callable[[Done], None]) -> None:
     global _TASK, _SLOTS
     _TASK = task
-    flight = 2 * jobs + 1
+    lanes = 2 * jobs + 1
     # MAP_SHARED and anonymous: the workers forked below write into the same pages (only the
     # pages written are ever allocated)
-    _SLOTS = slots = mmap.mmap(-1, flight * SLOT_BYTES)
-    free = list(range(flight))
-    window: deque[tuple[Any, int]] = deque()
-
-    def finish() -> None:
-        result, slot = window.popleft()
-        size, done = result.get()
-        if size >= 0:
-            done = replace(done, output=slots[slot * SLOT_BYTES : slot * SLOT_BYTES + size])
-        free.append(slot)
-        emit(done)
-
+    _SLOTS = slots = mmap.mmap(-1, lanes * SLOT_BYTES)
     gc.freeze()  # and the caches warmed since: shared with the workers, untouched by their collections
     try:
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            for unit in pending:
-                slot = free.pop()
-                window.append((pool.apply_async(_work, (_shipped(unit), slot)), slot))
-                if len(window) == flight:
-                    finish()
-            while window:
-                finish()
+        results = forked.ordered(_work, map(_shipped, pending), jobs, lanes)
+        for slot, (size, done) in results:
+            if size >= 0:
+                done = replace(done, output=slots[slot * SLOT_BYTES : slot * SLOT_BYTES + size])
+            emit(done)
     finally:
         _TASK = _SLOTS = None
         slots.close()

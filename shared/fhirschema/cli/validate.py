@@ -3,7 +3,8 @@
 A fixed contract (other tools depend on it). One NDJSON line per input resource, in input order:
 `{"source": "<path>" | "<path>:<line>", "valid": bool, "outcome": <OperationOutcome>}`. Input
 that is not JSON is a result too (`valid: false`, a fatal issue with its line and column).
-Exit 0 all valid, 1 any invalid, 2 usage or I/O error (a file that cannot be read).
+Exit 0 all valid, 1 any invalid, 2 usage or I/O error (a file that cannot be read, a worker process
+that died).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fhirschema import jsoninput
-from fhirschema.cli import bulk, ndjson
+from fhirschema.cli import bulk, forked, ndjson
 from fhirschema.cli.common import (
     InputError,
     add_package_options,
@@ -98,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         bulk.run(task, _inputs(args.paths, counts), args.jobs or bulk.default_jobs(), emit)
+    except forked.WorkerDied as exc:
+        error("validate", str(exc))
+        return 2
     finally:
         progress.close()
     if counts["errors"]:

@@ -1,0 +1,78 @@
+"""fhirschema.cli.forked: units worked in forked processes, results in input order, failures told."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from fhirschema.cli import forked
+
+_LANES = mmap.mmap(-1, 8 * 7)  # shared with the forked workers: the unit that holds each lane
+
+
+def _hold_lane(unit: tuple[int, float], lane: int) -> tuple[int, int, bool]:
+    number, seconds = unit
+    _LANES[lane * 8 : lane * 8 + 8] = number.to_bytes(8, "little")
+    time.sleep(seconds)
+    mine = int.from_bytes(_LANES[lane * 8 : lane * 8 + 8], "little") == number
+    return number * number, os.getpid(), mine
+
+
+def test_results_come_in_input_order_and_a_lane_is_a_units_own() -> None:
+    rng = random.Random(7)
+    units = [(n, rng.choice((0.0, 0.001, 0.01))) for n in range(60)]
+    results, pids = [], set()
+    for n, (lane, (square, pid, mine)) in enumerate(forked.ordered(_hold_lane, units, 3, 7)):
+        assert mine, "another unit wrote into this unit's lane while it was worked"
+        assert 0 <= lane < 7 and int.from_bytes(_LANES[lane * 8 : lane * 8 + 8], "little") == n
+        results.append(square)
+        pids.add(pid)
+    assert results == [n * n for n in range(60)]
+    assert len(pids) == 3 and os.getpid() not in pids
+
+
+def test_large_units_and_results_go_through_the_pipes() -> None:
+    units = [bytes([n]) * (300_000 + n) for n in range(8)]  # larger than a pipe: no deadlock
+    out = [r for _, r in forked.ordered(lambda unit, lane: unit * 2, units, 2, 3)]
+    assert out == [u * 2 for u in units]
+
+
+def _fail_on_three(unit: int, lane: int) -> int:
+    if unit == 3:
+        raise ValueError(f"unit {unit} is bad")
+    return unit
+
+
+def test_an_exception_in_a_worker_is_raised_in_the_parent_and_the_workers_end() -> None:
+    with pytest.raises(ValueError, match="unit 3 is bad"):
+        list(forked.ordered(_fail_on_three, range(10), 2, 5))
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # no worker left behind
+
+
+def _die_on_three(unit: int, lane: int) -> int:
+    if unit == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return unit
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang() -> None:
+    started = time.monotonic()
+    with pytest.raises(forked.WorkerDied, match="was killed by SIGKILL before its work was done"):
+        list(forked.ordered(_die_on_three, range(10), 2, 5))
+    assert time.monotonic() - started < 10
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_the_consumer_stopping_early_ends_the_workers() -> None:
+    results = forked.ordered(lambda unit, lane: unit, range(1000), 2, 5)
+    assert next(results)[1] == 0
+    results.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
