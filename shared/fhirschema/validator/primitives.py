@@ -12,26 +12,28 @@ from fhirschema.validator.narrative import is_div
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 
+# Anchored with \Z, not `$`: `$` also matches before a final newline, which FHIR's regexes (whole
+# values) do not allow: "2020-01-01\n" is no date.
 _YEAR = r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)"
-_DATE = re.compile(rf"^{_YEAR}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?$")
+_DATE = re.compile(rf"^{_YEAR}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?\Z")
 _TZ = r"(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
 _TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?"
-_DATETIME = re.compile(rf"^{_YEAR}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01])(T{_TIME}{_TZ})?)?)?$")
-_INSTANT = re.compile(rf"^{_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T{_TIME}{_TZ}$")
-_TIME_ONLY = re.compile(rf"^{_TIME}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_OID = re.compile(r"^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$")
-_UUID = re.compile(r"^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
-_INTEGER64 = re.compile(r"^(0|-?[1-9][0-9]*)$")
+_DATETIME = re.compile(rf"^{_YEAR}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01])(T{_TIME}{_TZ})?)?)?\Z")
+_INSTANT = re.compile(rf"^{_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T{_TIME}{_TZ}\Z")
+_TIME_ONLY = re.compile(rf"^{_TIME}\Z")
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
+_OID = re.compile(r"^urn:oid:[0-2](\.(0|[1-9][0-9]*))+\Z")
+_UUID = re.compile(r"^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_CODE = re.compile(r"^[^\s]+( [^\s]+)*\Z")
+_INTEGER64 = re.compile(r"^(0|-?[1-9][0-9]*)\Z")
 # base64Binary's alphabet plus the whitespace the FHIR regex allows, checked with bytes.translate:
 # Attachment.data runs to megabytes, where a regex character class is ~5x slower.
 _BASE64_ALPHABET = (
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\n\r\f\v\x1c\x1d\x1e\x1f"
 )
-_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")  # the rule itself; non-ASCII text (Unicode \s) goes here
-_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$")
-_NO_WS = re.compile(r"^\S*\Z")  # \Z: `$` also matches before a final newline
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+\Z")  # the rule itself; non-ASCII text (Unicode \s) goes here
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+\Z")
+_NO_WS = re.compile(r"^\S*\Z")
 
 STRING_TYPES = frozenset(
     [
