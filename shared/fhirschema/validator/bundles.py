@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhirschema.validator.findings import Finding, finding
-from fhirschema.validator.references import REFERENCE
+from fhirschema.validator.references import split_reference
 
 # Bundle types whose entries may go without a fullUrl (R4 §2.36.4: a transaction's or batch's
 # new resources have no identity yet; the responses echo them)
@@ -15,16 +15,23 @@ Targets = dict[str, set[str | None]]  # `Type/id` -> the fullUrls of the entries
 
 class BundleIndex:
     """Where a Bundle's entries are found: by fullUrl (its version dropped) and by `Type/id` —
-    built once per Bundle, so that resolving a reference does not scan the entries."""
+    built once per Bundle, so that resolving a reference does not scan the entries; and each
+    entry's fullUrl read once as a RESTful URL, not once per reference written in the entry."""
 
     def __init__(self, entries: list[Any]) -> None:
         self.entries = entries
         self.by_url: dict[str, int] = {}
         self.by_name: dict[str, int] = {}
+        self.restful: list[tuple[str, str, str] | None] = []  # each entry's _restful(fullUrl)
+        self.unnamed: list[bool] = []  # each entry: no fullUrl (or not an object)
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
+                self.restful.append(None)
+                self.unnamed.append(True)
                 continue
             full = entry.get("fullUrl")
+            self.restful.append(_restful(full))
+            self.unnamed.append(full is None)
             if isinstance(full, str):
                 self.by_url.setdefault(full.split("/_history/", 1)[0], i)
             res = entry.get("resource")
@@ -35,21 +42,23 @@ class BundleIndex:
             ):
                 self.by_name.setdefault(f"{res['resourceType']}/{res['id']}", i)
 
-    def resolve(self, ref: str, from_full_url: Any) -> int | None:
-        """The entry a reference names, by R4 §2.36.4.1: absolute references and urns by fullUrl;
-        a relative `Type/id` against the base of the referring entry's RESTful fullUrl, from a
-        urn-named entry as `urn:uuid:id`, from an entry without fullUrl by type and id."""
-        ref = ref.split("/_history/", 1)[0]
+    def resolve(self, ref: str, at: int) -> int | None:
+        """The entry a reference written in entry `at` names, by R4 §2.36.4.1: absolute
+        references and urns by fullUrl; a relative `Type/id` against the base of the referring
+        entry's RESTful fullUrl, from a urn-named entry as `urn:uuid:id`, from an entry without
+        fullUrl by type and id."""
+        if "/_history/" in ref:
+            ref = ref.split("/_history/", 1)[0]
         if ref.startswith("urn:") or "://" in ref:
             return self.by_url.get(ref)
-        m = REFERENCE.match(ref)
-        if m is None:
+        parts = split_reference(ref)
+        if parts is None:
             return None
-        base = _restful(from_full_url)
+        base = self.restful[at]
         # From a urn-named entry, `Type/x` names the entry `urn:uuid:x` (as the reference resolves it).
-        found = self.by_url.get(f"{base[0]}/{ref}" if base is not None else f"urn:uuid:{m.group('id')}")
-        if found is None and from_full_url is None:
-            found = self.by_name.get(f"{m.group('type')}/{m.group('id')}")
+        found = self.by_url.get(f"{base[0]}/{ref}" if base is not None else f"urn:uuid:{parts[2]}")
+        if found is None and self.unnamed[at]:
+            found = self.by_name.get(f"{parts[1]}/{parts[2]}")
         return found
 
     def resource(self, index: int) -> dict[str, Any] | None:
@@ -97,7 +106,8 @@ def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets, BundleIn
     if expected and (not isinstance(first, dict) or first.get("resourceType") != expected):
         out.append(finding("fs1202", f"a {kind} Bundle must start with a {expected}",
                            extra=("entry", 0, "resource")))  # fmt: skip
-    out += full_url_findings(entries)
+    index = BundleIndex(entries)
+    out += full_url_findings(index)
     if not (isinstance(kind, str) and kind in _NO_FULL_URL):  # (a malformed `type` may be a list)
         for i, entry in enumerate(entries):
             if (
@@ -108,7 +118,6 @@ def check_bundle(data: dict[str, Any]) -> tuple[list[Finding], Targets, BundleIn
             ):
                 out.append(finding("fs1203", "an entry of this Bundle needs a fullUrl, the identity of its resource "
                                    "(only transactions and batches may omit it)", extra=("entry", i)))  # fmt: skip
-    index = BundleIndex(entries)
     if kind == "document":
         out += document_findings(entries, index)
     targets: Targets = {}
@@ -129,19 +138,17 @@ def _restful(full: Any) -> tuple[str, str, str] | None:
     """`http://base/Patient/1` → (base, Patient, 1); None for urns and other URLs."""
     if not isinstance(full, str):
         return None
-    m = REFERENCE.match(full)
-    if m is None or not m.group("base"):
-        return None
-    return m.group("base"), m.group("type"), m.group("id")
+    parts = split_reference(full)
+    return parts if parts is not None and parts[0] else None
 
 
-def full_url_findings(entries: list[Any]) -> list[Finding]:
+def full_url_findings(index: BundleIndex) -> list[Finding]:
     """A RESTful fullUrl (`base/Type/id`) names its resource: type and id must agree (R4 §2.36.4)."""
     out: list[Finding] = []
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(index.entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
             continue
-        parts = _restful(entry.get("fullUrl"))
+        parts = index.restful[i]
         res = entry["resource"]
         if parts is None or not isinstance(res.get("resourceType"), str):
             continue
@@ -207,7 +214,7 @@ def document_findings(entries: list[Any], index: BundleIndex) -> list[Finding]:
         found: list[tuple[str, tuple[str | int, ...]]] = []
         _references(entry["resource"], (), 0, found)
         for ref, path in found:
-            target = index.resolve(ref, entry.get("fullUrl"))
+            target = index.resolve(ref, i)
             if target is not None:
                 links[i].add(target)
                 links[target].add(i)

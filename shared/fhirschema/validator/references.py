@@ -18,6 +18,66 @@ _AT_REFERENCE = ("reference",)
 MEMO_SIZE = 10_000  # verdicts remembered per element: bounded, a validator lives as long as its process
 
 
+def split_reference(ref: str) -> tuple[str, str, str] | None:
+    """(base or "", type, id) of a literal reference as `REFERENCE` reads it; None when it is not
+    one. The common forms — `Type/id`, `http(s)://base/Type/id` — are decided by loops over the
+    characters (compiled, a few instructions each; the regex's lazy base tried every `/` of a
+    fullUrl, thousands of instructions); anything else (`_history`, odd characters) goes to the
+    regex, so the answer is always the regex's."""
+    head, sep, rid = ref.rpartition("/")
+    if not sep:
+        return None  # REFERENCE needs a `/`
+    base, sep, rtype = head.rpartition("/")
+    if _type_name(rtype) and _id(rid):
+        if not sep:
+            return "", rtype, rid
+        if _http_base(base):
+            return base, rtype, rid
+    m = REFERENCE.match(ref)
+    if m is None:
+        return None
+    return m.group("base") or "", m.group("type"), m.group("id")
+
+
+def _type_name(s: str) -> bool:
+    """`[A-Z][A-Za-z]+`"""
+    if len(s) < 2 or not 65 <= ord(s[0]) <= 90:
+        return False
+    for i in range(1, len(s)):
+        c = ord(s[i])
+        if not (97 <= c <= 122 or 65 <= c <= 90):
+            return False
+    return True
+
+
+def _id(s: str) -> bool:
+    """`[A-Za-z0-9\\-.]{1,64}`"""
+    if not 0 < len(s) <= 64:
+        return False
+    for i in range(len(s)):
+        c = ord(s[i])
+        if not (97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57 or c == 45 or c == 46):
+            return False
+    return True
+
+
+def _http_base(s: str) -> bool:
+    """`https?://\\S+` in printable ASCII (other characters: left to the regex)."""
+    if s.startswith("http://"):
+        start = 7
+    elif s.startswith("https://"):
+        start = 8
+    else:
+        return False
+    if len(s) <= start:
+        return False
+    for i in range(start, len(s)):
+        c = ord(s[i])
+        if not 33 <= c <= 126:
+            return False
+    return True
+
+
 class ReferenceResolver(Protocol):
     def exists(self, reference: str) -> bool | None: ...  # None: cannot tell
 
@@ -50,10 +110,10 @@ def check_reference(
             if isinstance(kind, str) and is_type(kind) and kind not in allowed:
                 out.append(_wrong_type(kind, allowed, "error"))
         return out
-    m = REFERENCE.match(ref)
-    named = m.group("type") if m else None
+    parts = split_reference(ref)
+    named = parts[1] if parts is not None else None
     # Only judge real resource types: `.../Network/x` (an IG's own URL scheme) says nothing.
-    known = m is not None and named is not None and (not m.group("base") or is_type(named))
+    known = parts is not None and named is not None and (not parts[0] or is_type(named))
     exists = resolver.exists(ref) if resolver is not None and not ref.startswith("urn:") else None
     if target_type is not None:
         # Resolved inside the Bundle (R4 §2.36.4.1), the target is judged by its real type, as a
@@ -68,9 +128,9 @@ def check_reference(
         # The reference validator judges a literal reference's type only when the reference
         # resolves (a Bundle entry, a contained or fetched resource); an unresolved one with a type
         # outside the allowed ones is no error there (fhir-test-cases type-ref-unchecked): a warning.
-        resolved = exists is True or (m is not None and _in_bundle(ref, m, bundle_targets))
+        resolved = exists is True or (parts is not None and _in_bundle(ref, parts, bundle_targets))
         out.append(_wrong_type(named, allowed, "error" if resolved else "warning"))
-    if m and not m.group("base") and len(bundle_targets.get(ref, ())) > 1:
+    if parts is not None and not parts[0] and len(bundle_targets.get(ref, ())) > 1:
         out.append(finding("fs1004", f"{ref} matches several Bundle entries with different fullUrls",
                            severity="warning", extra=_AT_REFERENCE))  # fmt: skip
     if exists is False:
@@ -86,13 +146,13 @@ def _wrong_type(target_type: str, allowed: set[str], severity: str) -> Finding:
     )  # fmt: skip
 
 
-def _in_bundle(ref: str, m: re.Match[str], bundle_targets: dict[str, set[str | None]]) -> bool:
+def _in_bundle(ref: str, parts: tuple[str, str, str], bundle_targets: dict[str, set[str | None]]) -> bool:
     """Does `ref` name an entry of the Bundle at hand (`Type/id`, or an entry's absolute fullUrl)?"""
-    name = f"{m.group('type')}/{m.group('id')}"
-    fulls = bundle_targets.get(name)
+    base, rtype, rid = parts
+    fulls = bundle_targets.get(f"{rtype}/{rid}")
     if not fulls:
         return False
-    return not m.group("base") or ref.split("/_history/", 1)[0] in fulls
+    return not base or ref.split("/_history/", 1)[0] in fulls
 
 
 def reference_findings(
@@ -110,10 +170,17 @@ def reference_findings(
         return ()
     # A plain reference's verdict depends on the string alone, unless it names several Bundle
     # entries, resolves to one, or a resolver is in play: remembered per element (real data
-    # repeats references).
+    # repeats references). The keys of the other kinds start with \x00 or \x01, which no
+    # remembered reference does.
     key: str | None = ref
-    if ref[:1] == "#" or resolver is not None or target_type is not None:
+    if ref[:1] in ("#", "\x00", "\x01") or resolver is not None:
         key = None
+    elif target_type is not None:
+        # Resolved to a Bundle entry, the verdict depends on the string and the target's type —
+        # and on whether the Bundle holds that `Type/id` more than once (not remembered then).
+        # A Bundle's entries referring to the same few resources repeat such references.
+        targets = bundle_targets.get(ref)
+        key = f"\x01{target_type}\x00{ref}" if targets is None or len(targets) <= 1 else None
     elif bundle_targets:
         # Inside a Bundle the verdict also depends on its entries (a resolved target's wrong type
         # is an error, an unresolved one's a warning): a `Type/id` the Bundle holds once is
@@ -143,14 +210,14 @@ def contained_resource(owner: dict[str, Any], local_id: str) -> dict[str, Any] |
 def bundle_entry(bundle: dict[str, Any], ref: str) -> dict[str, Any] | None:
     """The entry resource `ref` names: by fullUrl, or `Type/id` against entries' type and id."""
     entries = bundle.get("entry")
-    m = REFERENCE.match(ref)
+    parts = split_reference(ref)
     for entry in entries if isinstance(entries, list) else ():
         if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
             continue
         res: dict[str, Any] = entry["resource"]
         if entry.get("fullUrl") == ref:
             return res
-        if m is not None and res.get("resourceType") == m.group("type") and res.get("id") == m.group("id"):
+        if parts is not None and res.get("resourceType") == parts[1] and res.get("id") == parts[2]:
             return res
     return None
 

@@ -491,8 +491,7 @@ class Run:
                 at = path[s + 1] if len(path) > s + 1 and path[s] == "entry" else None
                 if not isinstance(at, int):
                     return None  # the Bundle's own reference (its signature), from no entry
-                entry = index.entries[at]
-                found = index.resolve(ref, entry.get("fullUrl") if isinstance(entry, dict) else None)
+                found = index.resolve(ref, at)
                 target = index.resource(found) if found is not None else None
                 kind = target.get("resourceType") if target is not None else None
                 return kind if isinstance(kind, str) else None
