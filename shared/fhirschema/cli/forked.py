@@ -164,6 +164,11 @@ def ordered(work: Callable[[Any, int], Any], units: Iterable[Any], jobs: int, la
     failed = True
     try:
         while True:
+            # the results in order first: their lanes are free for the units sent next
+            while flight and flight[0][0] in done:
+                first, lane = flight.popleft()
+                yield lane, done.pop(first)
+                free.append(lane)
             while free and not exhausted:
                 if ahead is _NONE:
                     ahead = next(pending, _NONE)
@@ -180,15 +185,9 @@ def ordered(work: Callable[[Any, int], Any], units: Iterable[Any], jobs: int, la
                 flight.append((index, lane))
                 index += 1
                 ahead = _NONE
-            while flight and flight[0][0] in done:
-                first, lane = flight.popleft()
-                yield lane, done.pop(first)
-                free.append(lane)
-            if not flight:
-                if exhausted:
-                    failed = False
-                    return
-                continue
+            if not flight:  # every lane free, so every worker idle: nothing was left to send
+                failed = False
+                return
             for fd, _event in poller.poll():
                 worker = by_fd[fd]
                 try:
