@@ -13,6 +13,7 @@ from fhirschema.validator.references import REFERENCE
 
 if TYPE_CHECKING:
     from fhirschema.validator.plans import ElementPlan
+    from fhirschema.validator.walkconfig import CodeLookup as CheckCode
 
 
 class Slice:
@@ -91,10 +92,12 @@ Resolve = Callable[[str], dict[str, Any] | None]  # a reference's target among w
 
 
 def assign_slices(
-    items: list[Any], ep: ElementPlan, conforms: Conforms, terminology: Any, resolve: Resolve
-) -> tuple[list[tuple[dict[str, Any], ...]], list[Finding]]:
+    items: list[Any], ep: ElementPlan, conforms: Conforms, terminology: Any, resolve: Resolve,
+    check_code: CheckCode,
+) -> tuple[list[tuple[dict[str, Any], ...]], list[Finding]]:  # fmt: skip
     """Classify items into slices: the extra schemas of each item's slice, and the findings on
-    slice cardinality, order and closed slicing."""
+    slice cardinality, order and closed slicing. `check_code` is `terminology.check` remembered
+    (the Validator's)."""
     slicing = ep.slicing
     assert slicing is not None
     named = [s for s in slicing.slices.values() if s.name != "@default"]
@@ -107,7 +110,7 @@ def assign_slices(
 
     def check(op: str, data: Any, want: Any) -> bool:
         if op == "$valueset":
-            return _in_value_set(terminology, data, want)
+            return _in_value_set(terminology, check_code, data, want)
         if op == "$resolve":
             return _target_check(data, want, resolve, memo, conforms)
         return _profile_check(data, want, memo, conforms)
@@ -178,7 +181,7 @@ def absent_slices(key: str, slicing: Slicing) -> list[Finding]:
     ]
 
 
-def _in_value_set(terminology: Any, data: Any, value_set: str) -> bool:
+def _in_value_set(terminology: Any, check_code: CheckCode, data: Any, value_set: str) -> bool:
     if terminology is None:
         return True  # cannot tell: do not split slices on it
     if isinstance(data, str):
@@ -188,11 +191,18 @@ def _in_value_set(terminology: Any, data: Any, value_set: str) -> bool:
         codes = [(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)]
     else:
         return False
-    return any(
-        terminology.check(value_set, system, code).status != "not-member"
-        for system, code in codes
-        if isinstance(code, str)
-    )
+    for system, code in codes:
+        if not isinstance(code, str):
+            continue
+        # The verdicts the bindings remembered (keyed by strings: any other system asks directly)
+        verdict = (
+            check_code(value_set, system, code, None)
+            if system is None or isinstance(system, str)
+            else terminology.check(value_set, system, code)
+        )
+        if verdict.status != "not-member":
+            return True
+    return False
 
 
 def _target_check(data: Any, want: dict[str, Any], resolve: Resolve, memo: dict[tuple[int, str], bool],

@@ -344,7 +344,7 @@ class Run:
             extras = None
             if ep.slicing is not None:
                 extras, findings = assign_slices(
-                    items, ep, self.conforms, self.config.terminology, self.resolve
+                    items, ep, self.conforms, self.config.terminology, self.resolve, self.config.check_code
                 )
                 self.report(findings)
             path = self.path
