@@ -8,7 +8,7 @@ ENGINE := shared/fhirschema/.compiled
 ENGINE_SRC := $(wildcard shared/fhirschema/validator/*.py shared/fhirschema/fastpath/*.py) \
 	shared/fhirschema/slicing.py scripts/build_engine.py
 
-.PHONY: up test lint bench install engine clean
+.PHONY: up test lint bench install engine bytecode clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,11 +27,17 @@ $(ENGINE): $(STAMP) $(ENGINE_SRC)
 		&& echo "warning: the validator could not be compiled; it runs as Python (about 3x slower)"; }
 	touch $(ENGINE)  # also after a failed build: retried when a source changes
 
-install: $(STAMP) $(ENGINE)
+# The tree's own modules as bytecode, as pip leaves installed packages (the images): with
+# PYTHONDONTWRITEBYTECODE=1 in the environment, every service start compiled them again (the
+# gateway's imports: 2760 -> 2410 M instructions, callgrind). Files already current are skipped.
+bytecode: $(STAMP)
+	$(PY) -m compileall -q shared services
+
+install: $(STAMP) $(ENGINE) bytecode
 
 engine: $(ENGINE)
 
-test: $(STAMP) $(ENGINE)
+test: $(STAMP) $(ENGINE) bytecode
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -41,7 +47,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check .
 
-up: $(STAMP) $(ENGINE)
+up: $(STAMP) $(ENGINE) bytecode
 	$(PY) -m fhirschema_bus.devstack
 
 clean:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lifecycle_bench import ROOT, one, ready, register_core, wait_for
+from lifecycle_bench import ROOT, compile_tree, one, ready, register_core, wait_for
 
 from fhirschema_bus.processes import start_service, stop_process
 from fhirschema_bus.servers import S3_ACCESS_KEY, S3_SECRET_KEY, free_port, start_nats, start_redis, start_s3
@@ -48,6 +48,8 @@ def main() -> int:
     args = parser.parse_args()
     trees = {"A (this)": ROOT, "B (other)": args.other.resolve()}
     r4 = args.shared / "fhir" / "packages" / "hl7.fhir.r4.core#4.0.1.tgz"
+    for tree in trees.values():  # both as installed: bytecode (a tree without it pays a compile per start)
+        compile_tree(tree)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         nats, redis, s3 = start_nats(base), start_redis(base), start_s3(base)

@@ -6,6 +6,7 @@ once, leaves one identical set of streams and consumers.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -106,24 +107,33 @@ def consumer_config(durable: Durable, settings: NatsSettings) -> ConsumerConfig:
 
 
 async def ensure_topology(js: JetStreamContext, settings: NatsSettings | None = None) -> None:
+    """Streams and buckets at once, then the durables (each in its stream): each call is a round
+    trip to the server, and a service makes all of them before it is ready."""
     settings = settings or NatsSettings()
-    for config in STREAMS:
+    await asyncio.gather(*(_stream(js, c) for c in STREAMS), *(_bucket(js, kv) for kv in KV_BUCKETS))
+    await asyncio.gather(*(_durable(js, d, settings) for d in DURABLES))
+
+
+async def _stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)  # exists with other settings: converge
+
+
+async def _durable(js: JetStreamContext, durable: Durable, settings: NatsSettings) -> None:
+    stream = await js.find_stream_name_by_subject(durable.subject.replace(">", "x"))
+    try:
+        await js.consumer_info(stream, durable.name)
+    except NotFoundError:
         try:
-            await js.add_stream(config)
+            await js.add_consumer(stream, consumer_config(durable, settings))
         except BadRequestError:
-            await js.update_stream(config)  # exists with other settings: converge
-    for durable in DURABLES:
-        stream = await js.find_stream_name_by_subject(durable.subject.replace(">", "x"))
-        consumer = consumer_config(durable, settings)
-        try:
-            await js.consumer_info(stream, durable.name)
-        except NotFoundError:
-            try:
-                await js.add_consumer(stream, consumer)
-            except BadRequestError:
-                pass  # another replica created it between the two calls
-    for kv in KV_BUCKETS:
-        try:
-            await js.key_value(kv.bucket)
-        except (BucketNotFoundError, NotFoundError):
-            await js.create_key_value(kv)
+            pass  # another replica created it between the two calls
+
+
+async def _bucket(js: JetStreamContext, kv: KeyValueConfig) -> None:
+    try:
+        await js.key_value(kv.bucket)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_key_value(kv)

@@ -194,6 +194,14 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._beat_once()
 
+    def _probe_readiness(self) -> Readiness:
+        """/ready: a service that says it is ready during its start-up hooks (storage, once its
+        index is loaded) answers 200 only once the broker has subscribed too; before, a request to
+        it found no responder."""
+        if self.readiness.ready and not self._subscribers_started:
+            return Readiness(False, "starting: subscribing to its subjects")
+        return self.readiness
+
     def _middleware(self, msg: Any, context: Any) -> ReliableConsume:
         return ReliableConsume(msg, context=context, worker=self)
 
@@ -208,9 +216,7 @@ class Worker:
         for hook in self._startup_hooks:
             await hook()
         if self.settings.http_port:
-            self._probes = ProbeServer(
-                self.settings.http_port, lambda: self.readiness, self.settings.http_host
-            )
+            self._probes = ProbeServer(self.settings.http_port, self._probe_readiness, self.settings.http_host)
             self._probes.start()
         self._heartbeat = asyncio.create_task(self._beat(), name=f"{self.service}-heartbeat")
         if self.settings.stats_seconds > 0:
