@@ -37,9 +37,16 @@ def test_results_come_in_input_order_and_a_lane_is_a_units_own() -> None:
 
 
 def test_large_units_and_results_go_through_the_pipes() -> None:
-    units = [bytes([n]) * (300_000 + n) for n in range(8)]  # larger than a pipe: no deadlock
-    out = [r for _, r in forked.ordered(lambda unit, lane: unit * 2, units, 2, 3)]
-    assert out == [u * 2 for u in units]
+    # frames that queue in a busy worker's pipe and frames that wait for an idle one, results
+    # larger than a pipe: no deadlock
+    for size in (30_000, 300_000, 700_000, 3_000_000):
+        units = [bytes([n]) * (size + n) for n in range(8)]
+        out = [r for _, r in forked.ordered(lambda unit, lane: unit * 2, units, 2, 5)]
+        assert out == [u * 2 for u in units]
+    read, write = os.pipe()
+    assert forked._pipe_room(write) >= 4096
+    os.close(read)
+    os.close(write)
 
 
 def _fail_on_three(unit: int, lane: int) -> int:

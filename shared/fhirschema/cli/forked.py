@@ -8,15 +8,16 @@ goes to one worker through its own pipe as one pickled frame and its result come
 way; the parent waits for any worker with `poll`, and has no threads. A worker that ends early is
 an error (`WorkerDied`).
 
-A busy worker is sent more units only when their frames are small (a run of lines is a byte
-range, ~150 bytes pickled), so that all it has queued fits in its pipe: the parent never blocks writing
-to a worker that is itself blocked writing a large result back. A worker with queued units never
+A busy worker is sent more units only while all it has been sent fits in its task pipe (asked
+for 1 MB; a run of lines is a byte range, ~150 bytes pickled): the parent never blocks writing to
+a worker that is itself blocked writing a large result back. A worker with queued units never
 waits for the parent (the parent is a third process on the workers' CPUs, and on a loaded
 machine its turn can come late).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import select
@@ -30,7 +31,7 @@ from typing import Any
 
 HEADER = struct.Struct("<Q")  # a frame: its length, then the pickle
 LANE = struct.Struct("<Q")  # a unit's frame comes after its lane
-PIPE_PAGE = 4096  # what the smallest pipe holds (a pipe over the user's page budget gets one page)
+PIPE_BYTES = 1 << 20  # asked for a task pipe (the default 64 kB holds ~16 chunks of file paths)
 
 
 _NONE = object()
@@ -45,7 +46,9 @@ class _Worker:
     pid: int
     tasks: int  # the parent writes units here
     results: int  # and reads results here
-    units: deque[int] = field(default_factory=deque)  # the indexes it was sent, in order
+    room: int  # what its task pipe holds
+    units: deque[tuple[int, int]] = field(default_factory=deque)  # (index, frame bytes) sent, in order
+    queued: int = 0  # bytes of the frames sent whose results have not come back (an upper bound)
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -100,6 +103,14 @@ def _serve(work: Callable[[Any, int], Any], tasks: int, results: int) -> None:
         _write(results, reply)
 
 
+def _pipe_room(fd: int) -> int:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:  # over /proc/sys/fs/pipe-max-size or the user's pipe budget: what it has
+        pass
+    return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+
+
 def _start(jobs: int, work: Callable[[Any, int], Any]) -> list[_Worker]:
     workers: list[_Worker] = []
     for _ in range(jobs):
@@ -118,7 +129,7 @@ def _start(jobs: int, work: Callable[[Any, int], Any]) -> list[_Worker]:
                 os._exit(code)
         os.close(task_read)
         os.close(result_write)
-        workers.append(_Worker(pid, task_write, result_read))
+        workers.append(_Worker(pid, task_write, result_read, _pipe_room(task_write)))
     return workers
 
 
@@ -177,11 +188,16 @@ def ordered(work: Callable[[Any, int], Any], units: Iterable[Any], jobs: int, la
                         break
                     ahead_frame = _frame(ahead)
                 worker = min(workers, key=lambda w: len(w.units))
-                if worker.units and len(ahead_frame) > PIPE_PAGE // lanes:
-                    break  # a large frame waits for an idle worker: the write must not block
+                size = LANE.size + len(ahead_frame)
+                if worker.units and worker.queued + size > worker.room:
+                    break  # it waits for an idle worker: a write to a busy one must not block
                 lane = free.pop()
-                _write(worker.tasks, LANE.pack(lane) + ahead_frame)
-                worker.units.append(index)
+                try:
+                    _write(worker.tasks, LANE.pack(lane) + ahead_frame)
+                except BrokenPipeError:
+                    raise WorkerDied(_death(worker.pid)) from None
+                worker.units.append((index, size))
+                worker.queued += size
                 flight.append((index, lane))
                 index += 1
                 ahead = _NONE
@@ -196,6 +212,8 @@ def ordered(work: Callable[[Any, int], Any], units: Iterable[Any], jobs: int, la
                     raise WorkerDied(_death(worker.pid)) from None
                 if not ok:
                     raise value
-                done[worker.units.popleft()] = value
+                unit, size = worker.units.popleft()
+                worker.queued -= size
+                done[unit] = value
     finally:
         _stop(workers, failed)
