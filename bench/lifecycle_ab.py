@@ -1,6 +1,7 @@
 """Start to ready, this tree against another checkout, run by run in turn (A B A B ...): CPU
-seconds to ready and stop seconds, medians and ranges. On a loaded machine one tree's runs all
-together would meet another load than the other's; in turn, both meet the same.
+seconds to ready, wall seconds to ready (which the load stretches) and stop seconds, medians
+and ranges. On a loaded machine one tree's runs all together would meet another load than the
+other's; in turn, both meet the same.
 
     git worktree add --detach /tmp/base main && (cd /tmp/base && make engine)
     .venv/bin/python bench/lifecycle_ab.py /tmp/base [--runs 5] [--services converter_service ...]
@@ -45,11 +46,14 @@ def main() -> int:
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
     parser.add_argument("--services", nargs="+",
                         default=["converter_service", "storage_service", "ig_ingest", "validator_service", "gateway"])  # fmt: skip
+    parser.add_argument("--other-as-is", action="store_true",
+                        help="no bytecode written for the other tree: as a tree before `make bytecode` ran")  # fmt: skip
     args = parser.parse_args()
     trees = {"A (this)": ROOT, "B (other)": args.other.resolve()}
     r4 = args.shared / "fhir" / "packages" / "hl7.fhir.r4.core#4.0.1.tgz"
-    for tree in trees.values():  # both as installed: bytecode (a tree without it pays a compile per start)
-        compile_tree(tree)
+    for label, tree in trees.items():  # as installed: bytecode (a tree without it pays a compile per start)
+        if not (args.other_as_is and label.startswith("B")):
+            compile_tree(tree)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         nats, redis, s3 = start_nats(base), start_redis(base), start_s3(base)
@@ -70,7 +74,8 @@ def main() -> int:
                     base / "validator-beside.log",
                 ))  # fmt: skip
                 wait_for(lambda: ready(f"http://127.0.0.1:{port}/ready"), 120)
-            print(f"{'service':<20}{'tree':<11}{'CPU s to ready':>22}{'stop s':>20}{'package load s':>22}")
+            print(f"{'service':<20}{'tree':<11}{'CPU s to ready':>22}{'wall s to ready':>22}{'stop s':>20}"
+                  f"{'package load s':>22}")  # fmt: skip
             for name in args.services:
                 got: dict[str, list[dict[str, float]]] = {t: [] for t in trees}
                 for run in range(args.runs + 1):  # the first pair warms caches: not counted
@@ -94,7 +99,7 @@ def main() -> int:
                             got[label].append(r)
                 for label, rows in got.items():
                     print(f"{name:<20}{label:<11}{summary([r['cpu'] for r in rows]):>22}"
-                          f"{summary([r['stop'] for r in rows]):>20}{summary([r['load'] for r in rows]):>22}"
+                          f"{summary([r['ready'] for r in rows]):>22}{summary([r['stop'] for r in rows]):>20}{summary([r['load'] for r in rows]):>22}"
                           f"  exit {sorted({int(r['rc']) for r in rows})}", flush=True)  # fmt: skip
         finally:
             for proc in helpers:
