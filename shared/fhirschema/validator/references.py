@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from fhirschema.validator.findings import Finding, Findings, finding
 
@@ -24,37 +24,47 @@ def split_reference(ref: str) -> tuple[str, str, str] | None:
     characters (compiled, a few instructions each; the regex's lazy base tried every `/` of a
     fullUrl, thousands of instructions); anything else (`_history`, odd characters) goes to the
     regex, so the answer is always the regex's."""
-    head, sep, rid = ref.rpartition("/")
-    if not sep:
+    j = ref.rfind("/")
+    if j < 0:
         return None  # REFERENCE needs a `/`
-    base, sep, rtype = head.rpartition("/")
-    if _type_name(rtype) and _id(rid):
-        if not sep:
-            return "", rtype, rid
+    k = ref.rfind("/", 0, j)
+    if _type_name(ref, k + 1, j) and _id(ref, j + 1, len(ref)):
+        if k < 0:
+            return "", ref[:j], ref[j + 1 :]
+        base = ref[:k]
         if _http_base(base):
-            return base, rtype, rid
+            return base, ref[k + 1 : j], ref[j + 1 :]
     m = REFERENCE.match(ref)
     if m is None:
         return None
     return m.group("base") or "", m.group("type"), m.group("id")
 
 
-def _type_name(s: str) -> bool:
-    """`[A-Z][A-Za-z]+`"""
-    if len(s) < 2 or not 65 <= ord(s[0]) <= 90:
+def plain_slash(ref: str) -> int:
+    """Where the `/` of a plain `Type/id` reference is (REFERENCE without base or version, ASCII
+    only); -1 when `ref` is not one — then `split_reference` says what the regex makes of it."""
+    j = ref.find("/")
+    if j < 0 or ref.find("/", j + 1) >= 0 or not _type_name(ref, 0, j) or not _id(ref, j + 1, len(ref)):
+        return -1
+    return j
+
+
+def _type_name(s: str, start: int, end: int) -> bool:
+    """Is s[start:end] `[A-Z][A-Za-z]+`? (No slice made: compiled, a loop over the string.)"""
+    if end - start < 2 or not 65 <= ord(s[start]) <= 90:
         return False
-    for i in range(1, len(s)):
+    for i in range(start + 1, end):
         c = ord(s[i])
         if not (97 <= c <= 122 or 65 <= c <= 90):
             return False
     return True
 
 
-def _id(s: str) -> bool:
-    """`[A-Za-z0-9\\-.]{1,64}`"""
-    if not 0 < len(s) <= 64:
+def _id(s: str, start: int, end: int) -> bool:
+    """Is s[start:end] `[A-Za-z0-9\\-.]{1,64}`?"""
+    if not 0 < end - start <= 64:
         return False
-    for i in range(len(s)):
+    for i in range(start, end):
         c = ord(s[i])
         if not (97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57 or c == 45 or c == 46):
             return False
@@ -62,20 +72,18 @@ def _id(s: str) -> bool:
 
 
 def _http_base(s: str) -> bool:
-    """`https?://\\S+` in printable ASCII (other characters: left to the regex)."""
-    if s.startswith("http://"):
-        start = 7
-    elif s.startswith("https://"):
+    """Is `s` `https?://\\S+`, with printable characters? (Unprintable ones: left to the regex.)"""
+    if s.startswith("https://"):
         start = 8
+    elif s.startswith("http://"):
+        start = 7
     else:
         return False
-    if len(s) <= start:
-        return False
-    for i in range(start, len(s)):
-        c = ord(s[i])
-        if not 33 <= c <= 126:
-            return False
-    return True
+    # Printable and no space: no whitespace (every other whitespace character is unprintable).
+    return len(s) > start and " " not in s and _isprintable(s)
+
+
+_isprintable: Final = str.isprintable
 
 
 class ReferenceResolver(Protocol):
@@ -171,9 +179,9 @@ def reference_findings(
     # A plain reference's verdict depends on the string alone, unless it names several Bundle
     # entries, resolves to one, or a resolver is in play: remembered per element (real data
     # repeats references). The keys of the other kinds start with \x00 or \x01, which no
-    # remembered reference does.
+    # remembered reference does (`ref < "\x02"`: empty, or starting with one of them).
     key: str | None = ref
-    if ref[:1] in ("#", "\x00", "\x01") or resolver is not None:
+    if ref[:1] == "#" or resolver is not None or ref < "\x02":
         key = None
     elif target_type is not None:
         # Resolved to a Bundle entry, the verdict depends on the string and the target's type —

@@ -492,9 +492,7 @@ class Run:
                 if not isinstance(at, int):
                     return None  # the Bundle's own reference (its signature), from no entry
                 found = index.resolve(ref, at)
-                target = index.resource(found) if found is not None else None
-                kind = target.get("resourceType") if target is not None else None
-                return kind if isinstance(kind, str) else None
+                return index.types[found] if found is not None else None
         return None
 
 
