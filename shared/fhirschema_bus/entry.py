@@ -5,6 +5,7 @@ until SIGTERM/SIGINT. The services' `__main__` modules are this plus their `Serv
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -21,7 +22,11 @@ if TYPE_CHECKING:  # the gateway starts here too, and needs no FastStream (about
 
 
 def load(config: ServiceConfig, argv: Sequence[str] | None = None) -> LoadedConfig:
-    """The configuration, or exit 2 with the message saying what to change."""
+    """The configuration, or exit 2 with the message saying what to change. The service's imports
+    are done: the collector, paused by its `__main__` while they ran, runs again (what imports
+    build lives as long as the process; collecting it on the way cost the gateway's imports 4% of
+    their instructions: 2410 -> 2308 M, callgrind)."""
+    gc.enable()
     try:
         loaded = config.load(argv)
     except ConfigError as e:

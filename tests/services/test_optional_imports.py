@@ -70,3 +70,14 @@ def test_only_a_service_run_as_the_program_skips_anything() -> None:
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_the_collector_runs_again_once_the_configuration_is_loaded() -> None:
+    # A service's __main__ pauses it while its modules are imported; entry.load() resumes it.
+    code = ("import gc; gc.disable(); from converter_service.__main__ import CONFIG; "
+            "from fhirschema_bus.entry import load; load(CONFIG, []); print(gc.isenabled())")  # fmt: skip
+    path = os.pathsep.join([str(ROOT / "shared"), str(ROOT / "services" / "converter")])
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": path},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"

@@ -3,9 +3,12 @@ host/port, reloading what can change safely on SIGHUP or a change of the config 
 
 from __future__ import annotations
 
+import gc
+
 from fhirschema_bus import optional_imports
 
 if __name__ == "__main__":  # this process is the service: before any library is imported
+    gc.disable()  # while its modules are imported; entry.load() resumes the collector
     optional_imports.skip(worker=False)
 
 import asyncio
