@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lifecycle_bench import ROOT, compile_tree, one, ready, register_core, wait_for
+from lifecycle_bench import ROOT, compile_tree, one, ready, register_core, settled, wait_for
 
 from fhirschema_bus.processes import start_service, stop_process
 from fhirschema_bus.servers import S3_ACCESS_KEY, S3_SECRET_KEY, free_port, start_nats, start_redis, start_s3
@@ -74,6 +74,7 @@ def main() -> int:
                     base / "validator-beside.log",
                 ))  # fmt: skip
                 wait_for(lambda: ready(f"http://127.0.0.1:{port}/ready"), 120)
+                settled(helpers[-1].pid)
             print(f"{'service':<20}{'tree':<11}{'CPU s to ready':>22}{'wall s to ready':>22}{'stop s':>20}"
                   f"{'package load s':>22}")  # fmt: skip
             for name in args.services:
