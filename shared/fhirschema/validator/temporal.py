@@ -1,8 +1,8 @@
 """date, dateTime and instant values in their plain form, decided without the regex engine.
 
-`canonical` only ever says "certainly valid": anything else (other shapes, a trailing newline the
-regex's `$` lets through, an impossible day) goes on to the regex and `_real_date` in
-primitives.py, which stay the rule's one full statement. Compiled (scripts/build_engine.py), this
+`canonical` only ever says "certainly valid": anything else (other shapes, a final newline, an
+impossible day) goes on to the regex and `_real_date` in primitives.py, which stay the rule's one
+full statement. Compiled (scripts/build_engine.py), this
 is a few dozen C comparisons instead of a backtracking match plus three slices and int() calls.
 """
 
@@ -13,7 +13,8 @@ from typing import Final
 DATE: Final = 0  # YYYY, YYYY-MM, YYYY-MM-DD
 DATETIME: Final = 1  # those, or a full date with a time and a zone
 INSTANT: Final = 2  # a full date with a time and a zone only
-_DAYS_IN_MONTH: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# Not Final: compiled, a Final tuple is a C struct, boxed into a new 13-item tuple at every index.
+_DAYS_IN_MONTH: tuple[int, ...] = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def _number(value: str, start: int, width: int) -> int:
