@@ -40,7 +40,9 @@ def summary(values: list[float]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("other", type=Path, help="the other checkout (B)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
@@ -82,11 +84,16 @@ def main() -> int:
                 for run in range(args.runs + 1):  # the first pair warms caches: not counted
                     for label, tree in trees.items():
                         port = free_port()
-                        key = "FHIRSCHEMA_GATEWAY_PORT" if name == "gateway" else "FHIRSCHEMA_WORKER_HTTP_PORT"
+                        key = (
+                            "FHIRSCHEMA_GATEWAY_PORT" if name == "gateway" else "FHIRSCHEMA_WORKER_HTTP_PORT"
+                        )
                         cache = base / f"local-cache-{label[0]}"
                         extra = {"PYTHONPATH": pythonpath(tree), key: str(port)}
                         if name == "validator_service":
-                            extra |= {"FHIRSCHEMA_VALIDATOR_PACKAGES": str(r4), "FHIRSCHEMA_VALIDATOR_CACHE_DIR": str(cache)}
+                            extra |= {
+                                "FHIRSCHEMA_VALIDATOR_PACKAGES": str(r4),
+                                "FHIRSCHEMA_VALIDATOR_CACHE_DIR": str(cache),
+                            }
                         if name == "ig_ingest":  # nothing to ingest at start: no registry is reached
                             extra |= {"FHIRSCHEMA_PACKAGES": ""}
                         # The first run's cache is written after ready: let it finish (a tree

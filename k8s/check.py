@@ -123,7 +123,11 @@ def check_compose(path: Path = ROOT / "docker-compose.yml") -> tuple[list[str], 
             for host in re.findall(r"^[a-z]+://([A-Za-z0-9_-]+)[:/]", str(value)):
                 if host not in services:
                     errs.append(f"compose {name}: {key} points at unknown host {host}")
-            if key.endswith("_ENDPOINT") and "${" not in str(value) and str(value).split(":")[0] not in services:
+            if (
+                key.endswith("_ENDPOINT")
+                and "${" not in str(value)
+                and str(value).split(":")[0] not in services
+            ):
                 errs.append(f"compose {name}: {key} points at unknown host {value}")
     return errs, missing
 

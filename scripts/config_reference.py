@@ -105,7 +105,9 @@ def render() -> str:
             else:
                 shown = f"`{default}`" if default != "" else "*(empty)*"
             kind = getattr(info.annotation, "__name__", str(info.annotation)).replace("|", "\\|")
-            flag = "*(secret: env or file)*" if is_secret(info.annotation) else f"`--{flag_name(model, field)}`"
+            flag = (
+                "*(secret: env or file)*" if is_secret(info.annotation) else f"`--{flag_name(model, field)}`"
+            )
             reload = "reload" if field in model.reloadable else "restart"
             lines.append(f"| `{(prefix + field).upper()}` | {flag} | {shown} | {kind} | {reload} |")
     return "\n".join(lines) + "\n"

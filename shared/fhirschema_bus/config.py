@@ -224,7 +224,9 @@ class ServiceConfig:
             except ValidationError as e:
                 if model in self.optional and all(err["type"] == "missing" for err in e.errors()):
                     continue
-                raise ConfigError(f"[{model.section}] settings of the {self.service}: {describe(model, e)}") from e
+                raise ConfigError(
+                    f"[{model.section}] settings of the {self.service}: {describe(model, e)}"
+                ) from e
         return LoadedConfig(self, layers, built)
 
 
@@ -256,4 +258,3 @@ class LoadedConfig:
         found = self.sections.get(model)
         assert found is None or isinstance(found, model)
         return found
-

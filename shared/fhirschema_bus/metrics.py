@@ -77,14 +77,21 @@ INGEST_JOB_SECONDS = Histogram(
     "fhirschema_ingest_job_seconds", "Time of a whole ingest job (its closure), scheduled or not",
     ["scheduled"], buckets=INGEST_BUCKETS,
 )  # fmt: skip
-INGEST_SCHEDULED_RUNS = Counter("fhirschema_ingest_scheduled_runs", "Scheduled runs finished, by result", ["result"])
+INGEST_SCHEDULED_RUNS = Counter(
+    "fhirschema_ingest_scheduled_runs", "Scheduled runs finished, by result", ["result"]
+)
 INGEST_SCHEDULE_LAST_SUCCESS = Gauge(
-    "fhirschema_ingest_schedule_last_success_timestamp_seconds", "Unix time of the last scheduled run that succeeded"
+    "fhirschema_ingest_schedule_last_success_timestamp_seconds",
+    "Unix time of the last scheduled run that succeeded",
 )
 INGEST_NOTICES = Counter(
-    "fhirschema_ingest_failure_notices", "Failure notices by channel (bus, webhook) and result", ["channel", "result"]
+    "fhirschema_ingest_failure_notices",
+    "Failure notices by channel (bus, webhook) and result",
+    ["channel", "result"],
 )
-INGEST_RETENTION_REMOVED = Counter("fhirschema_ingest_retention_removed", "Package versions removed by retention")
+INGEST_RETENTION_REMOVED = Counter(
+    "fhirschema_ingest_retention_removed", "Package versions removed by retention"
+)
 
 # Results as they are written in labels: a closed set.
 RESULTS = ("valid", "invalid", "failed")

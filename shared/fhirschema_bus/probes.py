@@ -88,7 +88,10 @@ class ProbeServer:
         # the default 0.5 s that was 0.5 s of every stop (measured: an idle converter's shutdown
         # 0.50 s, 0.48 s of it here, the event loop blocked). A select() every 50 ms costs nothing.
         self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": POLL_SECONDS}, name="probes", daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": POLL_SECONDS},
+            name="probes",
+            daemon=True,
         )
 
     def start(self) -> None:

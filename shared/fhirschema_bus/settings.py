@@ -193,7 +193,9 @@ class RateLimitSettings(Section):
 
     model_config = SettingsConfigDict(env_prefix="FHIRSCHEMA_")
     section = "rate_limit"
-    reloadable = frozenset({"rate_limit", "rate_limit_scopes", "shed_validate_pending", "shed_retry_after_seconds"})
+    reloadable = frozenset(
+        {"rate_limit", "rate_limit_scopes", "shed_validate_pending", "shed_retry_after_seconds"}
+    )
 
     # Per caller (API key or token name; the client address when auth is off), e.g. `600/minute`
     # or `20/second;600/minute` (the `limits` notation); empty: no limit.
@@ -229,7 +231,9 @@ def _parse_limit(value: str, scope: str = "") -> None:
         parse_many(value)
     except ValueError as e:
         where = f" (scope {scope})" if scope else ""
-        raise ValueError(f"{value!r}{where} is not a rate limit like 600/minute or 20/second;600/minute") from e
+        raise ValueError(
+            f"{value!r}{where} is not a rate limit like 600/minute or 20/second;600/minute"
+        ) from e
 
 
 class CorsSettings(Section):

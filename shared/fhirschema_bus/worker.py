@@ -216,7 +216,9 @@ class Worker:
         for hook in self._startup_hooks:
             await hook()
         if self.settings.http_port:
-            self._probes = ProbeServer(self.settings.http_port, self._probe_readiness, self.settings.http_host)
+            self._probes = ProbeServer(
+                self.settings.http_port, self._probe_readiness, self.settings.http_host
+            )
             self._probes.start()
         self._heartbeat = asyncio.create_task(self._beat(), name=f"{self.service}-heartbeat")
         if self.settings.stats_seconds > 0:
@@ -268,7 +270,9 @@ class Worker:
         cancels them and `ReliableConsume` NAKs them) before the service's own shutdown hooks
         close what the handlers use (FastStream runs those hooks before it stops subscribers)."""
         t0 = time.perf_counter()
-        in_flight = sum(int(getattr(getattr(sub, "lock", None), "qsize", 0)) for sub in self.broker.subscribers)
+        in_flight = sum(
+            int(getattr(getattr(sub, "lock", None), "qsize", 0)) for sub in self.broker.subscribers
+        )
         async with anyio.create_task_group() as tg:
             for sub in self.broker.subscribers:
                 tg.start_soon(sub.stop)

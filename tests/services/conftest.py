@@ -76,7 +76,9 @@ async def stack(
 
 
 @pytest.fixture
-async def storage(nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer) -> AsyncIterator[Any]:
+async def storage(
+    nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer
+) -> AsyncIterator[Any]:
     """The storage service in-process on the module's servers (a module may define its own)."""
     from tests.services.test_storage_service import start_storage
 

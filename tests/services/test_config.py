@@ -53,7 +53,9 @@ def test_precedence_flags_env_file_defaults(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_yaml_and_the_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    file = write(tmp_path / "c.yaml", "log:\n  level: DEBUG\nworker:\n  fetch_batch: 4\nvalidator:\n  lru_size: 2\n")
+    file = write(
+        tmp_path / "c.yaml", "log:\n  level: DEBUG\nworker:\n  fetch_batch: 4\nvalidator:\n  lru_size: 2\n"
+    )
     monkeypatch.setenv("FHIRSCHEMA_CONFIG", str(file))
     loaded = WORKER.load([])  # [validator] is another service's table: not an error here
     assert loaded.get(LogSettings).level == "DEBUG" and loaded.get(WorkerSettings).fetch_batch == 4
@@ -103,7 +105,9 @@ def test_unknown_file_kind_and_missing_file(tmp_path: Path) -> None:
         GATEWAY.load(["--config", str(tmp_path / "nope.toml")])
 
 
-async def test_reload_applies_reloadable_fields_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_reload_applies_reloadable_fields_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     file = write(tmp_path / "c.toml", '[log]\nlevel = "INFO"\n[nats]\nmax_deliver = 5\n')
     loaded = GATEWAY.load(["--config", str(file)])
     reloads = Reloads()

@@ -86,10 +86,14 @@ def test_the_gateways_nats_options_are_the_workers_broker_security(tmp_path: Pat
         NatsSettings(url="tls://h:4222", tls_ca_file=str(ca_file), tls_hostname="nats.internal"),
     ]
     for settings in kinds:
-        expected = {k: v for k, v in parse_security(nats_security(settings)).items() if v not in (None, False)}
+        expected = {
+            k: v for k, v in parse_security(nats_security(settings)).items() if v not in (None, False)
+        }
         got = nats_options(settings)
         assert got.keys() == expected.keys(), settings
-        assert {k: v for k, v in got.items() if k != "tls"} == {k: v for k, v in expected.items() if k != "tls"}
+        assert {k: v for k, v in got.items() if k != "tls"} == {
+            k: v for k, v in expected.items() if k != "tls"
+        }
         assert type(got.get("tls")) is type(expected.get("tls"))
 
 

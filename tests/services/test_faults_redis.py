@@ -61,7 +61,9 @@ async def test_valkey_restarted_empty_mid_batch(stack: Stack, redis_server: Runn
         await asyncio.sleep(2)
         redis_server.restart()  # no persistence in the tests: it comes back empty
         took = await until(all_core, REBUILT_WITHIN)
-        obs = await client.get("/schemas", params={"url": "http://hl7.org/fhir/StructureDefinition/Observation"})
+        obs = await client.get(
+            "/schemas", params={"url": "http://hl7.org/fhir/StructureDefinition/Observation"}
+        )
         assert obs.status_code == 200 and [r["package"] for r in obs.json()] == [CORE]
         one = await client.get(f"/schemas/{obs.json()[0]['id']}")
         assert one.status_code == 200 and one.json()["type"] == "Observation"

@@ -177,9 +177,13 @@ async def gateway_stack(
         procs[name] = start_service("validator_service", as_user("validator", env), logs / f"{name}.log")
     if ingest_sources is not None:
         ingest_env = {**env, "FHIRSCHEMA_PACKAGE_SOURCES": ingest_sources}
-        procs["ig-ingest"] = start_service("ig_ingest", as_user("ig-ingest", ingest_env), logs / "ig-ingest.log")
+        procs["ig-ingest"] = start_service(
+            "ig_ingest", as_user("ig-ingest", ingest_env), logs / "ig-ingest.log"
+        )
     if (ROOT / "services" / "converter" / "converter_service" / "__main__.py").is_file():
-        procs["converter"] = start_service("converter_service", as_user("converter", env), logs / "converter.log")
+        procs["converter"] = start_service(
+            "converter_service", as_user("converter", env), logs / "converter.log"
+        )
         converter = None
     else:  # until the converter service exists: the real engine behind the shared durable
         converter = asyncio.create_task(fake_converter(js, nc, jobs))

@@ -72,7 +72,9 @@ def stop_timed(proc: subprocess.Popen[bytes]) -> float:
     return time.monotonic() - t0
 
 
-async def test_converter_reads_its_config_file_and_reloads(nats_server: RunningServer, tmp_path: Path) -> None:
+async def test_converter_reads_its_config_file_and_reloads(
+    nats_server: RunningServer, tmp_path: Path
+) -> None:
     port = free_port()
     cfg = tmp_path / "fhirschema.toml"
     cfg.write_text(f'[log]\nlevel = "INFO"\n[worker]\nhttp_port = {port}\n[nats]\nmax_deliver = 5\n')
@@ -180,7 +182,11 @@ WORKER_KINDS = ["validator_service", "storage_service", "converter_service", "ig
 
 @pytest.mark.parametrize("module", WORKER_KINDS)
 async def test_each_worker_kind_stops_within_5_s_right_after_ready(
-    module: str, nats_server: RunningServer, s3_server: RunningServer, redis_server: RunningServer, tmp_path: Path
+    module: str,
+    nats_server: RunningServer,
+    s3_server: RunningServer,
+    redis_server: RunningServer,
+    tmp_path: Path,
 ) -> None:
     extra = {
         "FHIRSCHEMA_S3_ENDPOINT": f"127.0.0.1:{s3_server.port}", "FHIRSCHEMA_S3_ACCESS_KEY": S3_ACCESS_KEY,
@@ -192,7 +198,9 @@ async def test_each_worker_kind_stops_within_5_s_right_after_ready(
     for run in range(STARTS):
         port = free_port()
         log = tmp_path / f"{module}-{run}.log"
-        proc = start_service(module, env_for(nats_server, FHIRSCHEMA_WORKER_HTTP_PORT=str(port), **extra), log)
+        proc = start_service(
+            module, env_for(nats_server, FHIRSCHEMA_WORKER_HTTP_PORT=str(port), **extra), log
+        )
         try:
             await wait_ready(port, proc, timeout=120)
             stops.append(stop_timed(proc))

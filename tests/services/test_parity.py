@@ -193,7 +193,9 @@ async def test_an_uploaded_profile_replaced_holds_on_every_replica(parity: Parit
         schema_id = r.json()["id"]
         t0 = time.monotonic()
         while await verdicts() != {"invalid"}:
-            assert time.monotonic() - t0 < PROPAGATION_S, f"the uploaded profile was not enforced within {PROPAGATION_S} s"
+            assert time.monotonic() - t0 < PROPAGATION_S, (
+                f"the uploaded profile was not enforced within {PROPAGATION_S} s"
+            )
         uploaded = time.monotonic() - t0
         r = await c.put(f"/schemas/{schema_id}", json=profile_requiring(PROFILE, "gender"))
         assert r.status_code == 200, r.text
@@ -203,7 +205,9 @@ async def test_an_uploaded_profile_replaced_holds_on_every_replica(parity: Parit
         # reached the revision, and no request (a dozen at a time, both replicas pulling) sees
         # the old one.
         while not (await replicas_at(revision) and await verdicts() == {"valid"}):
-            assert time.monotonic() - t0 < PROPAGATION_S, f"the replaced profile did not hold within {PROPAGATION_S} s"
+            assert time.monotonic() - t0 < PROPAGATION_S, (
+                f"the replaced profile did not hold within {PROPAGATION_S} s"
+            )
         replaced = time.monotonic() - t0
         assert await verdicts(24) == {"valid"}
         r = await c.post("/validate", json={"resourceType": "Patient"}, params={"profile": PROFILE})

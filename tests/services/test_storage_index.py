@@ -45,7 +45,9 @@ async def start(
     nats_srv: RunningServer, s3_srv: RunningServer, redis_url: str, bucket: str, http_port: int = 0
 ) -> Storage:
     base = settings_for(s3_srv)
-    s3 = base.model_copy(update={f"bucket_{k}": f"{bucket}-{k}" for k in ("schemas", "packages", "results", "payloads")})
+    s3 = base.model_copy(
+        update={f"bucket_{k}": f"{bucket}-{k}" for k in ("schemas", "packages", "results", "payloads")}
+    )
     store = ObjectStore(s3, attempts=2, wait_min=0.05, wait_max=0.1, timeout=1.0)
     st = bootstrap(
         NatsSettings(url=nats_srv.url), s3, RedisSettings(url=redis_url), store=store,

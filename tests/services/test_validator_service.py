@@ -288,9 +288,7 @@ async def test_killed_replica_loses_nothing(nc: Client, spawn: Any) -> None:
     second = spawn("rescuer", metrics_port=port)
     final = await wait_job(store, job.id, timeout=60)
     metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
-    assert (
-        'fhirschema_messages_processed_total{durable="validator-batch",service="validator"}' in metrics
-    )
+    assert 'fhirschema_messages_processed_total{durable="validator-batch",service="validator"}' in metrics
     assert "fhirschema_message_seconds_bucket" in metrics
     # A clean SIGTERM stop of the second replica (graceful shutdown) within a few seconds.
     second.send_signal(signal.SIGTERM)

@@ -137,7 +137,9 @@ class Container:
         try:
             await self.redis.ping()
         except Exception as e:
-            raise BusUnavailable(f"Redis at {redact_url(self.settings.redis.url)}: {e or type(e).__name__}") from e
+            raise BusUnavailable(
+                f"Redis at {redact_url(self.settings.redis.url)}: {e or type(e).__name__}"
+            ) from e
 
 
 def bootstrap(settings: Settings | None = None) -> Container:

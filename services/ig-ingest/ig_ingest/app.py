@@ -76,7 +76,9 @@ def bootstrap(
         state["startup"] = asyncio.create_task(queue_startup_packages())
         lease = Lease(status.kv, worker.instance, ttl=ingest.lease_seconds)
         discover = Discovery(configured, ingest.feeds_url, http_limits(ingest))
-        scheduler = Scheduler(state["schedule"], lease, publish_request, discover, poll_seconds=ingest.schedule_poll_seconds)
+        scheduler = Scheduler(
+            state["schedule"], lease, publish_request, discover, poll_seconds=ingest.schedule_poll_seconds
+        )
         state["scheduler"] = scheduler
         state["scheduling"] = asyncio.create_task(scheduler.run_forever())
         pinned = pinned_versions(packages.package_list())
@@ -91,7 +93,9 @@ def bootstrap(
 
     async def publish_request(req: IngestRequest) -> None:
         # The message id is the job id: a request published twice (two leaders, a retry) is kept once.
-        await worker.js.publish(s.INGEST_PACKAGE, req.model_dump_json().encode(), headers={HEADER_MSG_ID: req.job_id})
+        await worker.js.publish(
+            s.INGEST_PACKAGE, req.model_dump_json().encode(), headers={HEADER_MSG_ID: req.job_id}
+        )
 
     async def publish_event(subject: str, body: bytes, headers: dict[str, str]) -> None:
         await worker.js.publish(subject, body, headers=headers)
@@ -199,5 +203,10 @@ async def handle_ingest(state: dict[str, Any], req: IngestRequest, msg: NatsMess
     if "beat" in state:  # said at once, not at the next heartbeat
         with contextlib.suppress(Exception):
             await state["beat"]()
-    log.info("job %s %s: %s", job.job, job.state, ", ".join(f"{p.name}#{p.version} {p.state}" for p in job.packages))
+    log.info(
+        "job %s %s: %s",
+        job.job,
+        job.state,
+        ", ".join(f"{p.name}#{p.version} {p.state}" for p in job.packages),
+    )
     return job

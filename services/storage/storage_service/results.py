@@ -30,7 +30,9 @@ class ResultAssembler:
         self.store = store
         self.bucket = bucket
 
-    async def assemble_when_s3_answers(self, job_id: str, budget: float = S3_OUTAGE_BUDGET) -> ObjectRef | None:
+    async def assemble_when_s3_answers(
+        self, job_id: str, budget: float = S3_OUTAGE_BUDGET
+    ) -> ObjectRef | None:
         """`assemble`, retried while S3 is unavailable for up to `budget` seconds: a job that
         finished during an S3 outage is assembled once S3 is back (the event's few redeliveries
         alone, 22 s of backoff, ended in the dead-letter stream after a 45 s outage)."""

@@ -136,6 +136,7 @@ def bootstrap(
             "engine": engine, "repository_revision": sync.revision,
             "packages": sorted(contexts.materialised.packages),
         }  # fmt: skip
+
         async def publish(readiness: Readiness) -> None:
             await worker.set_readiness(readiness)
             if readiness.ready and "warm" not in state:  # after, not before, the replica is ready

@@ -119,7 +119,9 @@ class RepositorySync:
     async def _download(self, stored: StoredPackage) -> Package:
         cached: Package | None = await self.blocking(self.cache.load, stored.sha256)
         if cached is not None:
-            log.info("package %s loaded from %s (%d resources)", stored.package, cached.source, len(cached.entries))
+            log.info(
+                "package %s loaded from %s (%d resources)", stored.package, cached.source, len(cached.entries)
+            )
             return cached
         if self.tarballs is None:
             raise RuntimeError("no S3 credentials (FHIRSCHEMA_S3_*): package tarballs cannot be read")
