@@ -13,11 +13,34 @@ from fhirschema.validator.findings import Finding, finding
 ALLOWED = frozenset(
     ["a", "abbr", "acronym", "address", "b", "big", "blockquote", "br", "caption", "cite", "code", "col", "colgroup", "dd", "dfn", "div", "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "kbd", "li", "ol", "p", "pre", "q", "samp", "small", "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "tt", "ul", "var"]
 )  # fmt: skip
+
+
+def _trie(words: list[str]) -> str:
+    """A regular expression for exactly `words`, as a prefix tree: `a(?:bbr|cronym|ddress)?|b...`.
+
+    A flat alternation of the 50 names is tried name by name at every tag; the tree tries one
+    branch per letter (callgrind: the narrative scan was the largest cost invariants added)."""
+    heads: dict[str, list[str]] = {}
+    for word in sorted(words):
+        heads.setdefault(word[0], []).append(word[1:])
+    out = []
+    for head, rests in heads.items():
+        longer = [rest for rest in rests if rest]
+        if not longer:
+            out.append(re.escape(head))
+        else:
+            out.append(re.escape(head) + "(?:" + _trie(longer) + ")" + ("?" if "" in rests else ""))
+    return "|".join(out)
+
+
 # One linear pass each: the first tag outside ALLOWED, active content, some text after a tag.
 _BAD_TAG = re.compile(
-    r"<(?![/!?])(?!(?:" + "|".join(sorted(ALLOWED, key=len, reverse=True)) + r")[\s/>])\s*([A-Za-z][\w:.-]*)?"
+    r"<(?![/!?])(?!(?:" + _trie(sorted(ALLOWED)) + r")[\s/>])\s*([A-Za-z][\w:.-]*)?"
 )  # XHTML names are lower case: `<P>` is no html element, `onClick` no attribute
-_EVENT_ATTRIBUTE = re.compile(r"on[a-z]+\s*=")  # matched only where " on" starts (str.find is faster)
+# Searched, then the character before is checked: one scan of the text, where finding each of
+# " on", "\non" and "\ton" took three (and "script:" a fourth).
+_EVENT_ATTRIBUTE = re.compile(r"on[a-z]+\s*=")
+_ATTRIBUTE_GAP = frozenset(" \n\t")
 _TEXT = re.compile(r">\s*[^\s<]")
 _XHTML_NS = "{http://www.w3.org/1999/xhtml}"
 _LANG = ("lang", "{http://www.w3.org/XML/1998/namespace}lang")
@@ -57,12 +80,12 @@ def _active(div: str) -> bool:
     """Event attributes (`onclick=`) or script urls."""
     if "script:" in div:  # javascript:, vbscript:
         return True
-    for gap in (" on", "\non", "\ton"):
-        i = div.find(gap)
-        while i >= 0:
-            if _EVENT_ATTRIBUTE.match(div, i + 1) is not None:
-                return True
-            i = div.find(gap, i + 3)
+    found = _EVENT_ATTRIBUTE.search(div)
+    while found is not None:
+        start = found.start()
+        if start > 0 and div[start - 1] in _ATTRIBUTE_GAP:
+            return True
+        found = _EVENT_ATTRIBUTE.search(div, start + 1)
     return False
 
 
