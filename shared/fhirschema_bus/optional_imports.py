@@ -8,6 +8,7 @@ script that imports a service's modules beside others keeps every library import
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Mapping
 
@@ -50,3 +51,11 @@ def skip(worker: bool, env: Mapping[str, str] | None = None) -> None:
     on = tracing.enabled() if env is None else tracing.enabled(env)
     for name in unused(worker, on):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "import X" raises ImportError
+
+
+def service_process(worker: bool) -> None:
+    """First thing in a service's `__main__` when run as the program, before any library is
+    imported: the collector paused while the service's modules are imported (what they build
+    lives as long as the process; `entry.load()` resumes it), and what it never uses skipped."""
+    gc.disable()
+    skip(worker)

@@ -1,12 +1,9 @@
 """`python -m converter_service [--config FILE] [flags]`: one converter replica, until SIGTERM/SIGINT."""
 
-import gc
-
 from fhirschema_bus import optional_imports
 
 if __name__ == "__main__":  # this process is the service: before any library is imported
-    gc.disable()  # while its modules are imported; entry.load() resumes the collector
-    optional_imports.skip(worker=True)
+    optional_imports.service_process(worker=True)
 
 from converter_service.bootstrap import bootstrap
 from fhirschema_bus.config import ServiceConfig

@@ -3,13 +3,10 @@ host/port, reloading what can change safely on SIGHUP or a change of the config 
 
 from __future__ import annotations
 
-import gc
-
 from fhirschema_bus import optional_imports
 
 if __name__ == "__main__":  # this process is the service: before any library is imported
-    gc.disable()  # while its modules are imported; entry.load() resumes the collector
-    optional_imports.skip(worker=False)
+    optional_imports.service_process(worker=False)
 
 import asyncio
 import logging

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import gc
-
 from fhirschema_bus import optional_imports
 
 if __name__ == "__main__":  # this process is the service: before any library is imported
-    gc.disable()  # while its modules are imported; entry.load() resumes the collector
-    optional_imports.skip(worker=True)
+    optional_imports.service_process(worker=True)
 
 from fhirschema_bus.config import ServiceConfig
 from fhirschema_bus.entry import run_worker
