@@ -156,9 +156,10 @@ def _stop(workers: list[_Worker], failed: bool) -> None:
 
 
 def ordered(work: Callable[[Any, int], Any], units: Iterable[Any], jobs: int, lanes: int) -> Iterator[Any]:
-    """`work(unit, LANE.unpack(lane)[0])` for every unit in `jobs` forked processes; the results in input order.
-    At most `lanes` units are in flight; a unit's lane (0..lanes-1) is its own until its result
-    has been taken (the next one is asked for): a place for its output that nobody else writes."""
+    """`work(unit, lane)` for every unit in `jobs` forked processes; yields (lane, result) in
+    input order. At most `lanes` units are in flight; a unit's lane (0..lanes-1) is its own until
+    its result has been taken (the next one is asked for): a place for its output that nobody
+    else writes."""
     workers = _start(jobs, work)
     by_fd = {w.results: w for w in workers}
     poller = select.poll()
