@@ -6,8 +6,10 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from fhirpathpy.engine.invocations import invocation_registry, logic
-from fhirpathpy.engine.nodes import ResourceNode, TypeInfo
+from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.engine.util import get_data
+
+from fhirschema.fhirpath_types import TYPE_FUNCTIONS, is_primitive_extension
 
 # FHIR's additional FHIRPath functions (R4 §2.1.9.1). They receive fhirpathpy's context and the
 # input collection of ResourceNodes/values, then the evaluated arguments.
@@ -120,13 +122,6 @@ def _bundle_entry(bundle: object, ref: str) -> dict | None:
     return None
 
 
-def _as(ctx: dict, inputs: list, type_info: TypeInfo) -> list:
-    """`as(T)` filters like `ofType(T)`: R4's dom-3 applies it to `descendants()`, and
-    fhirpathpy (following later FHIRPath) raises on a collection of more than one item."""
-    TypeInfo.model = ctx.get("model")  # fhirpathpy's type checks read this global
-    return [item for item in inputs if TypeInfo.from_value(item).is_(type_info)]
-
-
 def _boolean(value: list) -> bool | list:
     """FHIRPath singleton evaluation: one boolean is itself, any other single item is true.
 
@@ -153,17 +148,7 @@ def _values_only(coll: list) -> list:
 
     Without this, per-1 on `{"_start": {...}, "end": "2013"}` raises instead of holding.
     """
-    return [
-        item
-        for item in coll
-        if not (
-            isinstance(item, ResourceNode)
-            and isinstance(item.data, dict)
-            and item.path
-            and item.path[0].islower()  # a primitive type name: dateTime, string, ...
-            and item.data.keys() <= {"id", "extension"}
-        )
-    ]
+    return [item for item in coll if not is_primitive_extension(item)]
 
 
 def _comparison(name: str) -> dict:
@@ -185,7 +170,7 @@ FHIR_FUNCTIONS: dict[str, dict] = {
     "xor": _logic(logic.xor_op),
     "implies": _logic(logic.implies_op),
     **{op: _comparison(op) for op in ("=", "!=", "~", "!~", "<", "<=", ">", ">=")},
-    "as": {"fn": _as, "arity": {1: ["TypeSpecifier"]}},
+    **TYPE_FUNCTIONS,
     "hasValue": {"fn": _has_value},
     "getValue": {"fn": _get_value},
     "htmlChecks": {"fn": _true},

@@ -77,6 +77,12 @@ def _collapse_type_slicing(elements: list[dict[str, Any]]) -> list[dict[str, Any
                 sliced.add(field + tname)
                 variant = {k: v for k, v in sub.items() if k != "sliceName"}
                 variant.update(path=variant_path, choiceOf=field)
+                # The choice's constraints hold for the value of every type, sliced or not
+                # (IPS's ips-1 on `effective[x]`, whose dateTime slice repeats none of them).
+                own = {c.get("key") for c in sub.get("constraint") or ()}
+                inherited = [c for c in el.get("constraint") or () if c.get("key") not in own]
+                if inherited:
+                    variant["constraint"] = [*inherited, *(sub.get("constraint") or ())]
                 collapsed.append(variant)
             elif sub["path"].startswith(root + ".") and variant_path:
                 collapsed.append({**sub, "path": variant_path + sub["path"][len(root) :]})

@@ -39,15 +39,17 @@ def check_constraints(data: Any, plan: Plan, invariants: Any, resources: list[di
     return out
 
 
-def primitive_constraints(value: Any, constraints: list[tuple[str, dict[str, Any], str | None]],
+def primitive_constraints(value: Any, type_name: str | None, constraints: list[tuple[str, dict[str, Any], str | None]],
                           invariants: Any, resource: dict[str, Any], root: Any,
                           terminology: Any = None) -> list[Finding]:  # fmt: skip
     """Constraints declared on a primitive element, on one of its values (the reference evaluates
-    them as every element's: a profile's invariant on `HumanName.given`)."""
+    them as every element's: a profile's invariant on `HumanName.given`). The value is typed by
+    its element (`type_name`, e.g. dateTime): untyped, it would be a System.String, and
+    `$this as dateTime` (vs-1) or `$this is DateTime` (us-core-1) would never apply."""
     out: list[Finding] = []
     for key, c, origin in constraints:
         verdict = invariants.evaluate(
-            c["expression"], value, resource=resource, root=root, terminology=terminology
+            c["expression"], value, resource=resource, root=root, path=type_name, terminology=terminology
         )
         if verdict.ok is False:
             severity = "warning" if c.get("severity") == "warning" else "error"

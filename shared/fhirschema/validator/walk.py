@@ -433,8 +433,8 @@ class Run:
         if ep.constraints and self.config.invariants is not None and not self.too_deep:
             resource = self.resources[-1] if self.resources else {}
             root = self.roots[-1] if self.roots else resource
-            self.report(primitive_constraints(item, ep.constraints, self.config.invariants, resource, root,
-                                              self.config.terminology))  # fmt: skip
+            self.report(primitive_constraints(item, ep.type, ep.constraints, self.config.invariants, resource,
+                                              root, self.config.terminology))  # fmt: skip
 
     def extension_schemas(self, item: dict[str, Any], ep: ElementPlan,
                           extra: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:  # fmt: skip
