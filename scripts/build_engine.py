@@ -19,6 +19,7 @@ SHARED = Path(__file__).resolve().parent.parent / "shared"
 # Everything `Validator.validate` runs per resource: one mypyc group, so calls between these
 # modules are direct C calls.
 COMPILED = [
+    "fhirschema/fastpath/checks.py",
     "fhirschema/fastpath/operators.py",
     "fhirschema/fastpath/parser.py",
     "fhirschema/validator/bindings.py",
