@@ -4,12 +4,13 @@ fhirpathpy types a FHIR value by the model (`Observation.effectiveDateTime` is F
 `code` is a FHIR.string) and a System value by its Python type, but never relates the two
 namespaces: `effective is DateTime`, written in US Core 6.1.0's us-core-1, and `answer is Boolean`
 (R4's que-7) were false on every value. The reference (the HL7 Java validator) compares a FHIR
-element's type name with the type specifier ignoring case, so a FHIR primitive is also the System
-type of its own name: dateTime is DateTime / System.DateTime, boolean is Boolean, string is String.
-That is the rule here, for all three operators: FHIR names keep the model's inheritance (a `code`
-is a `string`), and the System name is matched only for the primitive of that name (the FHIR-to-
-System mapping's other pairs, an instant as a DateTime or a code as a String, are not matched,
-as in the reference).
+element's type name with the type specifier ignoring case, so a FHIR primitive is also named by
+the System type of its own name, unqualified: dateTime is DateTime, boolean is Boolean. That is the
+rule here, for all three operators. FHIR names keep the model's inheritance (a `code` is a
+`string`); a qualified `System.DateTime` names the System type alone, which FHIR data is not
+(FHIRPath: FHIR.dateTime and System.DateTime are different types, and the reference's name
+comparison never matches the qualified name); nor are the FHIR-to-System mapping's other pairs
+matched (an instant is no `DateTime`, a code no `String`), as in the reference.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fhirpathpy.engine.nodes import ResourceNode, TypeInfo
 
 __all__ = ["TYPE_FUNCTIONS", "conforms", "is_primitive_extension"]
 
-# The System types a FHIR primitive of the same name (ignoring case) also is (FHIRPath §"Types").
+# System type names that, unqualified, also name the FHIR primitive of the same name ignoring case.
 _SYSTEM_PRIMITIVES = frozenset({"Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time"})
 
 
@@ -34,7 +35,7 @@ def conforms(item: object, spec: TypeInfo, model: Any) -> bool:
         return True
     return (
         actual.namespace == TypeInfo.FHIR
-        and spec.namespace in (None, TypeInfo.System)
+        and spec.namespace is None
         and spec.name in _SYSTEM_PRIMITIVES
         and actual.name.lower() == spec.name.lower()
     )

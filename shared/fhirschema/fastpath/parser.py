@@ -31,6 +31,29 @@ from fhirschema.fastpath.operators import (
     _xor,
 )  # fmt: skip
 
+# `x.ofType(T)` on a choice: the key `xT`, and those of T's specialisations in R4 (FHIRPath: an
+# Age is a Quantity, a code a string; fhirpath_types.py decides the same for the full engine). A
+# capitalised primitive name names a type only as the System type of its name (`DateTime`: the
+# dateTime key); `Code` or `Instant` name none, and an abstract type none of a choice's keys.
+_SPECIALISATIONS: dict[str, tuple[str, ...]] = {
+    "Quantity": ("Age", "Count", "Distance", "Duration"),
+    "string": ("Code", "Id", "Markdown"),
+    "uri": ("Url", "Canonical", "Oid", "Uuid"),
+    "integer": ("PositiveInt", "UnsignedInt"),
+}
+_NOT_CHOICE_TYPES = frozenset({
+    "Base64Binary", "Canonical", "Code", "Id", "Instant", "Markdown", "Oid", "PositiveInt", "UnsignedInt",
+    "Uri", "Url", "Uuid", "Xhtml", "Element", "BackboneElement", "DataType", "PrimitiveType",
+})  # fmt: skip
+
+
+def _children_of_keys(items: list, keys: list[str]) -> list:
+    out: list = []
+    for key in keys:
+        out.extend(_children_exact(items, key))
+    return out
+
+
 _TOKEN = re.compile(
     r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')|(?P<num>\d+(?:\.\d+)?)|(?P<op><=|>=|!=|[=<>|()+.,&])"
     r"|(?P<var>%[A-Za-z]+)|(?P<name>`[^`]+`|\$this|[A-Za-z_][A-Za-z0-9_]*))"
@@ -185,10 +208,14 @@ class _Parser:
                 self.i += 3
                 kind, type_name = self.take()
                 self.expect(")")
-                if kind != "name":
+                if kind != "name" or type_name in _NOT_CHOICE_TYPES:
                     raise ValueError("ofType")
-                key = name + type_name[:1].upper() + type_name[1:]
-                current = (lambda c, k: lambda n, env: _children_exact(c(n, env), k))(current, key)
+                suffixes = (type_name[:1].upper() + type_name[1:], *_SPECIALISATIONS.get(type_name, ()))
+                keys = [name + suffix for suffix in suffixes]
+                if len(keys) == 1:
+                    current = (lambda c, k: lambda n, env: _children_exact(c(n, env), k))(current, keys[0])
+                else:
+                    current = (lambda c, ks: lambda n, env: _children_of_keys(c(n, env), ks))(current, keys)
             elif current is base and not literal_base and name[:1].isupper():
                 # `Patient.active`: a leading type name filters the focus (FHIRPath §4.1); a
                 # datatype's node carries no type of its own, and its constraints name its type
