@@ -40,7 +40,13 @@ class Lines:
 
     def items(self, data: bytes) -> Iterator[Item]:
         """The run's lines that are not blank, "path:number" each, without the line end."""
-        find, path, end = data.find, self.path, min(self.size, len(data))
+        path = self.path
+        for number, line in self.numbered(data):
+            yield f"{path}:{number}", line
+
+    def numbered(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+        """The run's lines that are not blank, with their numbers, without the line end."""
+        find, end = data.find, min(self.size, len(data))
         start, number = 0, self.first
         while start < end:
             stop = find(b"\n", start, end)
@@ -49,7 +55,7 @@ class Lines:
             line = data[start:stop]
             if line and not line.isspace():  # isspace() stops at the first other byte
                 # without its line end: a fault's position is on this line
-                yield f"{path}:{number}", line.rstrip(b"\r") if line.endswith(b"\r") else line
+                yield number, line.rstrip(b"\r") if line.endswith(b"\r") else line
             start, number = stop + 1, number + 1
 
 
