@@ -25,6 +25,7 @@ from json.decoder import scanstring  # type: ignore[attr-defined]  # public, not
 from typing import Any, Final, Protocol
 
 import jiter
+import orjson
 
 from fhirschema.validator.issues import Issue, ValidationResult
 
@@ -110,6 +111,21 @@ def validate(
     except JsonInputError as exc:
         return exc.result()
     return parsed.result(validator.validate(parsed.value, profiles))
+
+
+def compact_value(data: bytes) -> Any:
+    """The value of `data` when `data` is exactly the JSON that orjson writes for it, else None.
+    Then no key is repeated (orjson writes each key of an object once), so this is the value
+    `validate` validates, found without jiter's repeated-key check: that check costs ~6 us of a
+    7.6 kB line's ~18 us parse, orjson.dumps and the comparison ~2.5 us. NDJSON written by orjson,
+    JSON.stringify or json.dumps(separators=(",", ":"), ensure_ascii=False) mostly is so."""
+    try:
+        value = jiter.from_json(data, allow_inf_nan=False, cache_mode="keys")
+        if orjson.dumps(value) == data:
+            return value
+    except (ValueError, TypeError):  # not JSON (or nested too deeply); orjson: an int over 64 bits
+        pass
+    return None
 
 
 def parse(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> ParsedInput:

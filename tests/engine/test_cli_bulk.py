@@ -70,6 +70,31 @@ def test_a_line_is_what_orjson_makes_of_the_result(task: bulk.Task) -> None:
         )
 
 
+def test_a_run_of_compact_lines_still_finds_a_repeated_key(task: bulk.Task, tmp_path: Path) -> None:
+    # compact lines take jsoninput.compact_value; a repeated key, a line in another form and one
+    # that is not JSON are results as from jsoninput.validate, in any order
+    compact = [
+        orjson.dumps(orjson.loads(p.read_bytes()))
+        for p in sorted((EXAMPLES / "r4-spec").glob("Patient-*.json"))[:3]
+    ]
+    odd = [
+        b'{"resourceType":"Patient","gender":"male","gender":"female"}',
+        b'{"resourceType": "Patient"}',
+        b"{",
+    ]
+    for data in ([*compact, *odd, *compact], [*odd, *compact], [compact[0], odd[0], compact[1]]):
+        path = tmp_path / "lines.ndjson"
+        path.write_bytes(b"\n".join(data) + b"\n")
+        with open(path, "rb") as handle:
+            [run] = ndjson.runs(str(path), handle)
+        expected = b"".join(
+            orjson.dumps({"source": f"{path}:{n}", "valid": r.valid, "outcome": r.to_outcome()}) + b"\n"
+            for n, r in enumerate((jsoninput.validate(task.validator, line) for line in data), 1)
+        )
+        assert task.run(run).output == expected
+        assert b"fs1304" in expected
+
+
 class _Unseekable(io.BytesIO):
     def seekable(self) -> bool:
         return False

@@ -164,6 +164,55 @@ def test_the_precise_pass_agrees_with_jiter_on_mutated_input() -> None:
             assert parsed.value == ([{"k": 1}, expected] if wrap and source.strip() else expected)
 
 
+def test_compact_value_is_the_value_only_when_no_key_can_be_repeated() -> None:
+    for data in _examples()[:50]:
+        compact = orjson.dumps(orjson.loads(data))
+        assert jsoninput.compact_value(compact) == parse(compact).value
+    repeated = [
+        b'{"a":1,"a":1}', b'{"a":1,"a":22}', b'{"a":22,"a":1}', b'{"b":{"a":{},"a":{"c":[1,2,3]}}}',
+        b'[{"x":1},{"k":"v","k":"v"}]', b'{"a":{"b":1},"a":{"b":1}}', b'{"resourceType":"Patient","id":"a","id":"b"}',
+    ]  # fmt: skip
+    for data in repeated:
+        assert jsoninput.compact_value(data) is None, data
+        assert parse(data).issues
+    other_forms = [b'{"a": 1}', b'{"a":1.50}', b'{"a":"\\/"}', b'{"a":"\\u00e9"}', b'{"a":1e5}', b' {"a":1}']
+    for data in [*other_forms, b'{"a":1', b"", b"null", b"123456789012345678901234567890", b"\xef\xbb\xbf{}"]:
+        assert jsoninput.compact_value(data) is None, data
+
+
+def test_compact_value_agrees_with_parse_on_mutated_compact_input() -> None:
+    """Compact resources edited at random, some given a repeated key (an object's first key again
+    at its start): a value is always parse()'s value with no issue; a repeated key is never one."""
+    rng = random.Random(20261204)
+    examples = [orjson.dumps(orjson.loads(data)) for data in _examples()[:60]]
+    seen = {"value": 0, "repeated": 0}
+    for _ in range(1500):
+        data = bytearray(rng.choice(examples))
+        for _ in range(rng.randint(1, 2)):
+            if rng.random() < 0.5:  # repeat the first key of an object: '{"k":' -> '{"k":0,"k":'
+                starts = [n for n in range(len(data) - 1) if data[n : n + 2] == b'{"']
+                at = rng.choice(starts) + 1
+                key = data[at : data.index(b'":', at) + 2]
+                data[at:at] = key + rng.choice((b"0", b'"x"', b"{}", b"[1]")) + b","
+            else:
+                pos = rng.randrange(len(data))
+                data[pos : pos + rng.randint(0, 1)] = rng.choice(
+                    (b"", b" ", b",", b'"', b"1", b"\\", b"\xc3")
+                )
+        source = bytes(data)
+        value = jsoninput.compact_value(source)
+        try:
+            parsed: ParsedInput | None = parse(source)
+        except JsonInputError:
+            parsed = None
+        if value is not None:
+            assert parsed == ParsedInput(value), source
+            seen["value"] += 1
+        elif parsed is not None and parsed.issues:
+            seen["repeated"] += 1
+    assert seen["value"] > 100 and seen["repeated"] > 300, seen
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.seen: list[object] = []

@@ -105,8 +105,14 @@ class Task:
         out: list[bytes] = []
         count = invalid = 0
         validate, validator, profiles = jsoninput.validate, self.validator, self.profiles
+        compact = True  # the lines are orjson's compact JSON, until one is not (jsoninput.compact_value)
         for number, line in unit.numbered(data):
-            result = validate(validator, line, profiles)
+            value = jsoninput.compact_value(line) if compact else None
+            if value is not None:
+                result = validator.validate(value, profiles)
+            else:  # another form, not JSON, or a repeated key: the rest of the run as any JSON
+                compact = False
+                result = validate(validator, line, profiles)
             count += 1
             if result.issues:
                 valid = result.valid
