@@ -14,25 +14,18 @@ class Unsupported(Exception):
     """This input needs the full FHIRPath engine."""
 
 
-def _children(items: list[Any], name: str, choices: Any = None) -> list[Any]:
-    """Step to `name`. `choices`: the choice groups known at this node, None when unknown."""
+def _children(items: list[Any], name: str, choices: Any, under: str) -> list[Any]:
+    """Step to `name`. `choices`: the choice groups known at this node, None when unknown;
+    `under`: "_" + name (the parser makes it once, not each time a value is absent)."""
     out: list[Any] = []
     for item in items:
         if not isinstance(item, dict):
             continue
         value = item.get(name)
         if value is None and (choices is None or name in choices):
-            # choice element: `value` means valueQuantity, valueString, ... but `response` is not
-            # `responseCode`: only the schema can tell, so without it leave this to fhirpathpy.
-            for key, v in item.items():
-                if key.startswith(name) and len(key) > len(name) and key[len(name)].isupper():
-                    if choices is None:
-                        raise Unsupported(f"is {name} a choice element?")
-                    if name in choices:
-                        value = v
-                    break
+            value = _choice(item, name, choices)
         if value is None:
-            if "_" + name in item:
+            if under in item:
                 raise Unsupported("primitive with only an extension")
             continue
         if isinstance(value, list):
@@ -40,6 +33,22 @@ def _children(items: list[Any], name: str, choices: Any = None) -> list[Any]:
         else:
             out.append(value)
     return out
+
+
+def _choice(item: dict[str, Any], name: str, choices: Any) -> Any:
+    """The value of choice element `name` in `item` (None: absent). `value` means valueQuantity,
+    valueString, ... but `response` is not `responseCode`: only the schema can tell, so without it
+    (`choices` None) leave this to fhirpathpy. The caller asks only when `name` is in `choices`.
+
+    `item` typed: compiled, `key` is then a str, and startswith a C call, not a method lookup
+    (a step to an absent element tries every key of the node)."""
+    size = len(name)
+    for key, v in item.items():
+        if len(key) > size and key.startswith(name) and key[size].isupper():
+            if choices is None:
+                raise Unsupported(f"is {name} a choice element?")
+            return v
+    return None
 
 
 def _single(coll: list[Any]) -> Any:

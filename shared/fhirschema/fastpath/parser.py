@@ -225,9 +225,13 @@ class _Parser:
                     )
                 )(name)
             elif current is base and not literal_base:  # a step from the focus: its schema is known
-                current = (lambda nm: lambda n, env: _children([n], nm, env.get("groups")))(name)
+                current = (lambda nm, un: lambda n, env: _children([n], nm, env.get("groups"), un))(
+                    name, "_" + name
+                )
             else:
-                current = (lambda c, nm: lambda n, env: _children(c(n, env), nm))(current, name)
+                current = (lambda c, nm, un: lambda n, env: _children(c(n, env), nm, None, un))(
+                    current, name, "_" + name
+                )
         return current
 
     def function(self, base: Eval, name: str) -> Eval:
