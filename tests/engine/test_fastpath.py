@@ -6,9 +6,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fhirschema.context import FhirContext
 from fhirschema.fastpath import compile_subset
+from fhirschema.fastpath.checks import US_CORE_17
 from fhirschema.invariants import Invariants
 from fhirschema.validator import Validator
 from tests.conftest import EXAMPLES, PACKAGES
@@ -178,3 +181,25 @@ def test_native_subset_cases(
 def test_huge_expressions_are_left_to_fhirpathpy(expression: str) -> None:
     # Compiled, the subset's parser and closures recurse in C: past its bounds they must not run.
     assert compile_subset(expression) is None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    value=st.one_of(
+        st.text(alphabet="0123456789", min_size=10, max_size=12),
+        st.text(alphabet="0123456789 -x\u0663", max_size=12),  # others are left to fhirpathpy
+    )
+)
+def test_us_core_17_npi_check_digit_agrees_with_fhirpathpy(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = {"system": "http://hl7.org/fhir/sid/us-npi", "value": value}
+    native, slow = _both(US_CORE_17, node, "Identifier", monkeypatch)
+    digits = len(value) >= 10 and all(c in "0123456789" for c in value[:10])
+    assert native is (slow if digits else None)
+
+
+def test_us_core_17_on_known_npis(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, ok in (("1234567893", True), ("1234567890", False), ("12345678930", True)):
+        assert _both(US_CORE_17, {"value": value}, "Identifier", monkeypatch) == (ok, ok)
+    assert _both(US_CORE_17, {"system": "x"}, "Identifier", monkeypatch)[0] is None  # no value
