@@ -12,7 +12,9 @@ the fork and the tail, so the per-resource figures are the steady state:
 - workers us/res: the workers' CPU per resource, against `--jobs 1`'s CPU per resource;
 - minflt: minor page faults per worker (copy-on-write of the frozen heap, fresh buffers);
 - busy: the big run's workers' CPU over (jobs x their wall): what of the CPUs they had;
-- blocked: big - small, wall seconds a worker waited to read its next unit (its queue empty).
+- blocked: big - small, wall seconds a worker waited to read its next unit (its queue empty);
+- context switches (voluntary and not) of the parent after the fork and its workers, and the bytes
+  they read (files and pipes, /proc/<pid>/io rchar), per resource.
 
     .venv/bin/python bench/cli_cpu_split.py [--small 20] [--big 80] [--rounds 3] [--jobs 2]
 """
@@ -43,12 +45,20 @@ out_path = sys.argv[1]
 seen = {"workers": [], "sent": 0, "received": 0, "fork": None}
 
 def _cpu(ru):
-    return {"cpu": ru.ru_utime + ru.ru_stime, "sys": ru.ru_stime, "minflt": ru.ru_minflt}
+    return {"cpu": ru.ru_utime + ru.ru_stime, "sys": ru.ru_stime, "minflt": ru.ru_minflt,
+            "switches": ru.ru_nvcsw + ru.ru_nivcsw, "read": _read_bytes()}
+
+def _read_bytes():  # what this process has read so far (files and pipes), /proc/self/io's rchar
+    with open("/proc/self/io") as handle:
+        return int(next(line for line in handle if line.startswith("rchar:")).split()[1])
 
 wait4 = os.wait4
 def waitpid(pid, options):
+    # rchar counts a reaped child's reads as the parent's: the parent's own, before any is reaped
+    seen.setdefault("read_before_reaping", _read_bytes())
     got, status, ru = wait4(pid, options)
-    seen["workers"].append({**_cpu(ru), "wall": time.monotonic() - seen["fork"]["at"]})
+    mine = json.load(open(f"{out_path}.{got}"))
+    seen["workers"].append({**_cpu(ru), **mine, "wall": time.monotonic() - seen["fork"]["at"]})
     return got, status
 os.waitpid = waitpid
 
@@ -76,7 +86,7 @@ def _serve(work, tasks, results):
         serve(work, tasks, results)
     finally:
         with open(f"{out_path}.{os.getpid()}", "w") as handle:
-            json.dump({"waited": waited[0]}, handle)
+            json.dump({"waited": waited[0], "read": _read_bytes()}, handle)
 forked._start, forked._write, forked._read, forked._serve = _start, _write, _read, _serve
 
 code = cli.main(sys.argv[2:])
@@ -102,10 +112,8 @@ def run(args: list[str], pin: bool, record: Path) -> dict:
     if proc.returncode not in (0, 1):
         raise SystemExit(proc.stderr.decode())
     seen = json.loads(record.read_text())
-    waits = list(record.parent.glob(record.name + ".*"))
-    seen["waited"] = sum(json.loads(w.read_text())["waited"] for w in waits)
-    for w in waits:
-        w.unlink()
+    for mine in record.parent.glob(record.name + ".*"):
+        mine.unlink()
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return {**seen, "wall": wall, "total": cpu, "output": len(proc.stdout)}
 
@@ -137,8 +145,8 @@ def main() -> int:
                 for t in (args.small, args.big)
             ]
 
-            def parent(r: dict) -> float:
-                return r["self"]["cpu"] - r["fork"]["cpu"]
+            def parent(r: dict, key: str = "cpu") -> float:
+                return r["self"][key] - r["fork"][key]
 
             def workers(r: dict, key: str = "cpu") -> float:
                 return sum(w[key] for w in r["workers"])
@@ -156,7 +164,25 @@ def main() -> int:
                 "busy": workers(par[1]) / (args.jobs * max(w["wall"] for w in par[1]["workers"])),
                 "pipe_bytes": (par[1]["sent"] + par[1]["received"] - par[0]["sent"] - par[0]["received"]) / n,
                 "out_bytes": (par[1]["output"] - par[0]["output"]) / n,
-                "waited": (par[1]["waited"] - par[0]["waited"]) / args.jobs,
+                "waited": (workers(par[1], "waited") - workers(par[0], "waited"))
+                / max(1, len(par[1]["workers"])),
+                "switches": (
+                    parent(par[1], "switches")
+                    - parent(par[0], "switches")
+                    + workers(par[1], "switches")
+                    - workers(par[0], "switches")
+                )
+                / n
+                * 1000,
+                "read": (
+                    par[1]["read_before_reaping"]
+                    - par[1]["fork"]["read"]
+                    - par[0]["read_before_reaping"]
+                    + par[0]["fork"]["read"]
+                    + workers(par[1], "read")
+                    - workers(par[0], "read")
+                )
+                / n,
             }
             rows.append(row)
             print(
@@ -164,7 +190,7 @@ def main() -> int:
                 f"--jobs {args.jobs}: parent {row['parent_us']:.2f} us/res, workers {row['workers_us']:.1f} "
                 f"(sys {row['sys_us']:.2f}), all {row['total_us']:.1f} us/res CPU, {row['rate']:,.0f} res/s "
                 f"(ratio {row['rate'] / row['one_rate']:.2f}); worker minflt {row['minflt_small']:,.0f} small, {row['minflt']:,.0f} big; busy "
-                f"{row['busy']:.3f}, blocked for a unit {row['waited']:.3f} s/worker; pipes {row['pipe_bytes']:.1f} B/res, stdout {row['out_bytes']:.0f} B/res; "
+                f"{row['busy']:.3f}, blocked for a unit {row['waited']:.3f} s/worker; context switches {row['switches']:.1f} per 1000 res; read {row['read']:,.0f} B/res; pipes {row['pipe_bytes']:.1f} B/res, stdout {row['out_bytes']:.0f} B/res; "
                 f"load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import orjson
 import pytest
 
 from fhirschema import jsoninput
-from fhirschema.cli import bulk, ndjson, validate
+from fhirschema.cli import bulk, forked, ndjson, validate
 from fhirschema.context import FhirContext
 from fhirschema.validator import Validator
 from tests.conftest import EXAMPLES, PACKAGES
@@ -42,12 +43,12 @@ def test_workers_give_the_same_lines_in_the_same_order(
     monkeypatch.setattr(bulk, "CHUNK_ITEMS", 5)
     items = _items(tmp_path)
     serial = _collect(task, items, 1)
-    forked: list[int] = []
+    used: list[int] = []
     parallel = bulk._parallel
     monkeypatch.setattr(bulk, "SERIAL_SECONDS", 0.0)
-    monkeypatch.setattr(bulk, "_parallel", lambda *a: (forked.append(1), parallel(*a)))
+    monkeypatch.setattr(bulk, "_parallel", lambda *a: (used.append(1), parallel(*a)))
     two = _collect(task, items, 2)
-    assert forked, "the workers were not used"
+    assert used, "the workers were not used"
     assert b"".join(d.output for d in two) == b"".join(d.output for d in serial)
     assert [(d.items, d.invalid, d.errors) for d in two] == [(d.items, d.invalid, d.errors) for d in serial]
     out = [orjson.loads(line) for line in b"".join(d.output for d in serial).splitlines()]
@@ -118,13 +119,13 @@ def test_ndjson_runs_of_lines_are_the_lines_of_the_file(
         runs = list(validate._inputs([str(path)], {"errors": 0}))
         assert all(isinstance(run, ndjson.Lines) for run in runs)
         assert [item for run in runs for item in run.items(run.read())] == expected
-        # a worker's copy: the byte range only, read from the file
-        shipped = [bulk._shipped(run) for run in runs]
+        # a worker's copy (pickled): the byte range only, read from the file
+        shipped = [pickle.loads(pickle.dumps(run)) for run in runs]
         assert all(isinstance(run, ndjson.Lines) and run.data is None for run in shipped)
         assert [item for run in shipped for item in run.items(run.read())] == expected
         # a file that cannot be read again (a pipe): the runs keep their bytes
         unseekable = list(ndjson.runs(str(path), _Unseekable(text)))
-        assert [bulk._shipped(run) for run in unseekable] == unseekable
+        assert [pickle.loads(pickle.dumps(run)) for run in unseekable] == unseekable
         assert [item for run in unseekable for item in run.items(run.read())] == expected
 
 
@@ -142,11 +143,14 @@ def test_workers_read_their_runs_of_lines_from_the_file(
         runs = list(ndjson.runs(str(path), handle))
     serial = _collect(task, runs, 1)
     sent: list[bulk.Unit] = []
-    shipped = bulk._shipped
+    frame = forked._frame  # what the parent sends a worker (and a worker its results)
     monkeypatch.setattr(bulk, "SERIAL_SECONDS", 0.0)
-    monkeypatch.setattr(bulk, "_shipped", lambda unit: sent.append(shipped(unit)) or sent[-1])
+    monkeypatch.setattr(
+        forked, "_frame", lambda unit: sent.append(pickle.loads(pickle.dumps(unit))) or frame(unit)
+    )
     two = _collect(task, runs, 2)
     assert len(sent) >= 5 and all(isinstance(u, ndjson.Lines) and u.data is None for u in sent)
+    assert len(sent) < len(runs), "this process validated none of the runs itself"
     assert b"".join(d.output for d in two) == b"".join(d.output for d in serial)
     monkeypatch.setattr(bulk, "SLOT_BYTES", 2000)  # outputs larger than a slot: through the pipe
     assert b"".join(d.output for d in _collect(task, runs, 2)) == b"".join(d.output for d in serial)

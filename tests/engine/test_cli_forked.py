@@ -49,6 +49,24 @@ def test_large_units_and_results_go_through_the_pipes() -> None:
     os.close(write)
 
 
+def test_this_process_works_units_too_between_the_workers_results() -> None:
+    rng = random.Random(11)
+    units = [(n, rng.choice((0.0, 0.001, 0.005))) for n in range(80)]
+    results, pids = [], []
+    for n, (lane, (square, pid, mine)) in enumerate(forked.ordered(_hold_lane, units, 1, 7, _hold_lane, 2)):
+        assert mine, "another unit wrote into this unit's lane while it was worked"
+        assert 0 <= lane < 7 and int.from_bytes(_LANES[lane * 8 : lane * 8 + 8], "little") == n
+        results.append(square)
+        pids.append(pid)
+    assert results == [n * n for n in range(80)]
+    assert len(set(pids)) == 2 and os.getpid() in pids, "the units were not shared with the worker"
+    assert pids[-1] == os.getpid(), "the last unit went to a worker: this process would wait for it idle"
+    with pytest.raises(ValueError, match="unit 3 is bad"):  # a failure here ends the workers too
+        list(forked.ordered(lambda unit, lane: unit, range(10), 1, 5, _fail_on_three, 1))
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
 def _fail_on_three(unit: int, lane: int) -> int:
     if unit == 3:
         raise ValueError(f"unit {unit} is bad")

@@ -9,10 +9,12 @@ Other inputs (JSON files, stdin) go in chunks of items.
 
 Every input becomes one result line, whatever its bytes are (`fhirschema.jsoninput`: input that
 is not JSON is an invalid result with a fatal issue); only a file that cannot be read is an I/O
-error (reported on stderr, exit 2). The workers are forked after this process has validated for
-a while, so they start with its loaded packages and warm caches; memory stays bounded because
-at most `LANES_PER_JOB * jobs + 1` units are in flight (their outputs in
-slots of at most SLOT_BYTES each).
+error (reported on stderr, exit 2). The `jobs - 1` workers are forked after this process has
+validated for a while, so they start with its loaded packages and warm caches; this process goes
+on validating its share of the units between the workers' results (on two CPUs, two busy
+processes rather than two and a third that wakes for every result). Memory stays bounded because
+at most `2 * LANES_PER_JOB * jobs + 1` units are in flight (the workers' outputs in slots of at
+most SLOT_BYTES each).
 """
 
 from __future__ import annotations
@@ -194,23 +196,26 @@ def _work(unit: Unit, slot: int) -> tuple[int, Done]:
     return size, replace(done, output=b"")
 
 
-def _shipped(unit: Unit) -> Unit:
-    """What a worker is sent: a run of lines as its byte range when the worker can read it."""
-    if isinstance(unit, Lines) and unit.reread:
-        return replace(unit, data=None)
-    return unit
+def _here(unit: Unit, lane: int) -> tuple[int, Done]:
+    """A unit validated in this process: its Done keeps its output."""
+    assert _TASK is not None
+    return -1, _TASK.run(unit)
 
 
 def _parallel(task: Task, pending: Iterator[Unit], jobs: int, emit: Callable[[Done], None]) -> None:
     global _TASK, _SLOTS
     _TASK = task
-    lanes = LANES_PER_JOB * jobs + 1
+    # this process validates too, between the `jobs - 1` workers' results (forked.ordered's
+    # `here`); a worker holds up to LANES_PER_JOB units, and this process's units done meanwhile
+    # wait for theirs (input order): ~twice as many in flight as the workers hold
+    lanes = 2 * LANES_PER_JOB * jobs + 1
     # MAP_SHARED and anonymous: the workers forked below write into the same pages (only the
     # pages written are ever allocated)
     _SLOTS = slots = mmap.mmap(-1, lanes * SLOT_BYTES)
     gc.freeze()  # and the caches warmed since: shared with the workers, untouched by their collections
     try:
-        results = forked.ordered(_work, map(_shipped, pending), jobs, lanes)
+        # a run of lines sent to a worker is its byte range only (ndjson.Lines pickles so)
+        results = forked.ordered(_work, pending, jobs - 1, lanes, _here, LANES_PER_JOB)
         for slot, (size, done) in results:
             if size >= 0:
                 done = replace(done, output=slots[slot * SLOT_BYTES : slot * SLOT_BYTES + size])

@@ -5,14 +5,13 @@ result per unit cost the parent CPU on the same two CPUs as the workers (for the
 x30, 211 units: 0.175-0.207 s of parent CPU with the Pool, ~0.1 s of it in its threads; 0.138-0.144
 s here), and a worker that dies (killed, out of memory) left the Pool waiting forever. Here a unit
 goes to one worker through its own pipe as one pickled frame and its result comes back the same
-way; the parent waits for any worker with `poll`, and has no threads. A worker that ends early is
-an error (`WorkerDied`).
+way; the parent waits for any worker with `poll` (or, working units itself, looks between
+them), and has no threads. A worker that ends early is an error (`WorkerDied`).
 
 A busy worker is sent more units only while all it has been sent fits in its task pipe (asked
 for 1 MB; a run of lines is a byte range, ~150 bytes pickled): the parent never blocks writing to
 a worker that is itself blocked writing a large result back. A worker with queued units never
-waits for the parent (the parent is a third process on the workers' CPUs, and on a loaded
-machine its turn can come late).
+waits for the parent (on a loaded machine the parent's turn can come late).
 """
 
 from __future__ import annotations
@@ -155,11 +154,25 @@ def _stop(workers: list[_Worker], failed: bool) -> None:
             pass
 
 
-def ordered(work: Callable[[Any, int], Any], units: Iterable[Any], jobs: int, lanes: int) -> Iterator[Any]:
+def ordered(
+    work: Callable[[Any, int], Any],
+    units: Iterable[Any],
+    jobs: int,
+    lanes: int,
+    here: Callable[[Any, int], Any] | None = None,
+    queue: int = 0,
+) -> Iterator[Any]:
     """`work(unit, lane)` for every unit in `jobs` forked processes; yields (lane, result) in
     input order. At most `lanes` units are in flight; a unit's lane (0..lanes-1) is its own until
     its result has been taken (the next one is asked for): a place for its output that nobody
-    else writes."""
+    else writes.
+
+    With `here`, this process works too: a worker is sent units while it holds fewer than
+    `queue` (and, at the end, fewer than are left), and the next unit is `here(unit, lane)`, done
+    in this process between looks at the workers' results (which never block then); up to
+    `queue` + 1 units are taken from `units` ahead. On two CPUs that is two processes busy instead of
+    a third waking for every result: no CPU goes to switching between them, and this process's
+    share of the units is neither sent, read again nor copied back."""
     workers = _start(jobs, work)
     by_fd = {w.results: w for w in workers}
     poller = select.poll()
@@ -169,8 +182,12 @@ def ordered(work: Callable[[Any, int], Any], units: Iterable[Any], jobs: int, la
     flight: deque[tuple[int, int]] = deque()  # (index, lane) in input order
     done: dict[int, Any] = {}
     pending = iter(units)
-    ahead: Any = _NONE  # a unit taken from `pending`, not sent yet, and its frame
-    ahead_frame = b""
+    # units taken from `pending`, not sent yet; with `here`, `queue` + 1 of them, so that the last
+    # few are seen coming and shared out (a worker left with a full queue at the end would be
+    # working alone)
+    ahead: deque[Any] = deque()
+    look = queue + 1 if here is not None else 1
+    ahead_frame = b""  # ahead[0]'s frame, once made
     exhausted = False
     index = 0
     failed = True
@@ -181,14 +198,19 @@ def ordered(work: Callable[[Any, int], Any], units: Iterable[Any], jobs: int, la
                 first, lane = flight.popleft()
                 yield lane, done.pop(first)
                 free.append(lane)
-            while free and not exhausted:
-                if ahead is _NONE:
-                    ahead = next(pending, _NONE)
-                    if ahead is _NONE:
+            while free:
+                while not exhausted and len(ahead) < look:
+                    unit = next(pending, _NONE)
+                    if unit is _NONE:
                         exhausted = True
-                        break
-                    ahead_frame = _frame(ahead)
+                    else:
+                        ahead.append(unit)
+                if not ahead:
+                    break
                 worker = min(workers, key=lambda w: len(w.units))
+                if here is not None and len(worker.units) >= min(queue, len(ahead) - 1):
+                    break  # the workers hold enough (or the rest is done here): the next unit is done here
+                ahead_frame = ahead_frame or _frame(ahead[0])
                 size = LANE.size + len(ahead_frame)
                 if worker.units and worker.queued + size > worker.room:
                     break  # it waits for an idle worker: a write to a busy one must not block
@@ -201,11 +223,20 @@ def ordered(work: Callable[[Any, int], Any], units: Iterable[Any], jobs: int, la
                 worker.queued += size
                 flight.append((index, lane))
                 index += 1
-                ahead = _NONE
-            if not flight:  # every lane free, so every worker idle: nothing was left to send
+                ahead.popleft()
+                ahead_frame = b""
+            busy_here = False
+            if here is not None and free and ahead:
+                busy_here = True
+                lane = free.pop()
+                flight.append((index, lane))
+                ahead_frame = b""
+                done[index] = here(ahead.popleft(), lane)
+                index += 1
+            elif not flight:  # every lane free, so every worker idle: nothing was left to send
                 failed = False
                 return
-            for fd, _event in poller.poll():
+            for fd, _event in poller.poll(0 if busy_here else None):
                 worker = by_fd[fd]
                 try:
                     ok, value = _receive(fd)

@@ -31,6 +31,11 @@ class Lines:
     data: bytes | None = None
     reread: bool = True
 
+    def __reduce__(self) -> tuple[type[Lines], tuple[str, int, int, int, bytes | None, bool]]:
+        # sent to a worker (pickled): the byte range only when the worker can read the file
+        data = None if self.reread else self.data
+        return Lines, (self.path, self.start, self.size, self.first, data, self.reread)
+
     def read(self) -> bytes:
         if self.data is not None:
             return self.data
