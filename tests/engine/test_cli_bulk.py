@@ -158,3 +158,22 @@ def test_workers_read_their_runs_of_lines_from_the_file(
     assert [x["source"] for x in out] == [f"{path}:{n}" for n in [*range(1, 31), 32, 33]]
     assert [x["valid"] for x in out[-2:]] == [False, False]
     assert "fs1304" in str(out[-1]["outcome"])
+
+
+def test_a_unit_done_here_looks_after_the_workers_between_its_items(task: bulk.Task, tmp_path: Path) -> None:
+    files = sorted((EXAMPLES / "r4-spec").glob("Observation-*.json"))[:40]
+    lines = [orjson.dumps(orjson.loads(p.read_bytes())) for p in files]
+    path = tmp_path / "many.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with path.open("rb") as handle:
+        [run] = list(ndjson.runs(str(path), handle))
+    items = [(f"line:{n}", line) for n, line in enumerate(lines)]
+    ticks: list[int] = []
+    bulk._TASK = task
+    try:
+        for unit in (run, items):
+            ticks.clear()
+            assert bulk._here(unit, 0, lambda: ticks.append(1)) == (-1, task.run(unit))
+            assert len(ticks) == 40 // bulk.TICK_ITEMS
+    finally:
+        bulk._TASK = None

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -53,7 +54,8 @@ def test_this_process_works_units_too_between_the_workers_results() -> None:
     rng = random.Random(11)
     units = [(n, rng.choice((0.0, 0.001, 0.005))) for n in range(80)]
     results, pids = [], []
-    for n, (lane, (square, pid, mine)) in enumerate(forked.ordered(_hold_lane, units, 1, 7, _hold_lane, 2)):
+    here = lambda unit, lane, tick: _hold_lane(unit, lane)  # noqa: E731
+    for n, (lane, (square, pid, mine)) in enumerate(forked.ordered(_hold_lane, units, 1, 7, here, 2)):
         assert mine, "another unit wrote into this unit's lane while it was worked"
         assert 0 <= lane < 7 and int.from_bytes(_LANES[lane * 8 : lane * 8 + 8], "little") == n
         results.append(square)
@@ -62,9 +64,36 @@ def test_this_process_works_units_too_between_the_workers_results() -> None:
     assert len(set(pids)) == 2 and os.getpid() in pids, "the units were not shared with the worker"
     assert pids[-1] == os.getpid(), "the last unit went to a worker: this process would wait for it idle"
     with pytest.raises(ValueError, match="unit 3 is bad"):  # a failure here ends the workers too
-        list(forked.ordered(lambda unit, lane: unit, range(10), 1, 5, _fail_on_three, 1))
+        list(
+            forked.ordered(
+                lambda unit, lane: unit, range(10), 1, 5, lambda u, lane, tick: _fail_on_three(u, lane), 1
+            )
+        )
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def _stamp(unit: int, lane: int) -> tuple[int, int, float]:
+    return unit, os.getpid(), time.monotonic()
+
+
+def test_a_long_unit_here_keeps_the_workers_fed_through_its_ticks() -> None:
+    long: list[float] = []
+
+    def here(unit: int, lane: int, tick: Callable[[], None]) -> tuple[int, int, float]:
+        if not long:  # the first unit done here takes 0.3 s, looking after the workers meanwhile
+            end = time.monotonic() + 0.3
+            while time.monotonic() < end:
+                tick()
+                time.sleep(0.005)
+            long.append(end)
+        return _stamp(unit, lane)
+
+    out = [r for _, r in forked.ordered(_stamp, range(40), 1, 7, here, 2)]
+    assert [unit for unit, _, _ in out] == list(range(40))
+    during = [unit for unit, pid, at in out if pid != os.getpid() and at < long[0]]
+    # a queue of 2 without ticks; with them, as many as the lanes allow (7, one of them here's)
+    assert len(during) >= 5, during
 
 
 def _fail_on_three(unit: int, lane: int) -> int:

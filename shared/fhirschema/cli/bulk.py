@@ -24,7 +24,7 @@ import mmap
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -196,10 +196,49 @@ def _work(unit: Unit, slot: int) -> tuple[int, Done]:
     return size, replace(done, output=b"")
 
 
-def _here(unit: Unit, lane: int) -> tuple[int, Done]:
-    """A unit validated in this process: its Done keeps its output."""
+TICK_ITEMS = 16  # a unit done here looks after the workers every 16 resources (~1 ms)
+
+
+@dataclass(frozen=True)
+class _TickingLines(Lines):
+    """A run of lines validated here: `tick` is called every TICK_ITEMS lines."""
+
+    tick: Callable[[], None] = field(kw_only=True)
+
+    def numbered(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+        tick = self.tick
+        for n, line in enumerate(super().numbered(data), 1):
+            yield line
+            if not n % TICK_ITEMS:
+                tick()
+
+
+class _TickingItems(list[Item]):
+    """Items validated here: `tick` is called every TICK_ITEMS items."""
+
+    def __init__(self, items: list[Item], tick: Callable[[], None]) -> None:
+        super().__init__(items)
+        self.tick = tick
+
+    def __iter__(self) -> Iterator[Item]:
+        for n, item in enumerate(super().__iter__(), 1):
+            yield item
+            if not n % TICK_ITEMS:
+                self.tick()
+
+
+def _here(unit: Unit, lane: int, tick: Callable[[], None]) -> tuple[int, Done]:
+    """A unit validated in this process (its Done keeps its output), looking after the workers
+    between its items: a unit that takes long here (the copy-on-write faults after the fork, a
+    turn lost to another process) must not leave them without work."""
     assert _TASK is not None
-    return -1, _TASK.run(unit)
+    if isinstance(unit, Lines):
+        ticking: Unit = _TickingLines(
+            unit.path, unit.start, unit.size, unit.first, unit.data, unit.reread, tick=tick
+        )
+    else:
+        ticking = _TickingItems(unit, tick)
+    return -1, _TASK.run(ticking)
 
 
 def _parallel(task: Task, pending: Iterator[Unit], jobs: int, emit: Callable[[Done], None]) -> None:

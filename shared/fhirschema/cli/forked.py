@@ -154,12 +154,95 @@ def _stop(workers: list[_Worker], failed: bool) -> None:
             pass
 
 
+class _Flight:
+    """The parent's side of `ordered`: the units taken ahead, those sent, their results."""
+
+    def __init__(self, workers: list[_Worker], units: Iterable[Any], lanes: int, queue: int, here: bool):
+        self.workers = workers
+        self.by_fd = {w.results: w for w in workers}
+        self.poller = select.poll()
+        for worker in workers:
+            self.poller.register(worker.results, select.POLLIN)
+        self.free = list(range(lanes))
+        self.flight: deque[tuple[int, int]] = deque()  # (index, lane) in input order
+        self.done: dict[int, Any] = {}
+        self.pending = iter(units)
+        # units taken from `pending`, not sent yet; with `here`, `queue` + 1 of them, so that the
+        # last few are seen coming and shared out (a worker left with a full queue at the end
+        # would be working alone)
+        self.ahead: deque[Any] = deque()
+        self.look = queue + 1 if here else 1
+        self.queue = queue if here else 0  # 0: no limit but the lanes and the pipes
+        self.ahead_frame = b""  # ahead[0]'s frame, once made
+        self.exhausted = False
+        self.index = 0
+
+    def send(self) -> None:
+        """Units to the workers while there are lanes and they take them."""
+        free, ahead = self.free, self.ahead
+        while free:
+            while not self.exhausted and len(ahead) < self.look:
+                unit = next(self.pending, _NONE)
+                if unit is _NONE:
+                    self.exhausted = True
+                else:
+                    ahead.append(unit)
+            if not ahead:
+                return
+            worker = min(self.workers, key=lambda w: len(w.units))
+            if self.queue and len(worker.units) >= min(self.queue, len(ahead) - 1):
+                return  # the workers hold enough (or the rest is done here): the next is done here
+            self.ahead_frame = self.ahead_frame or _frame(ahead[0])
+            size = LANE.size + len(self.ahead_frame)
+            if worker.units and worker.queued + size > worker.room:
+                return  # it waits for an idle worker: a write to a busy one must not block
+            lane = free.pop()
+            try:
+                _write(worker.tasks, LANE.pack(lane) + self.ahead_frame)
+            except BrokenPipeError:
+                raise WorkerDied(_death(worker.pid)) from None
+            worker.units.append((self.index, size))
+            worker.queued += size
+            self.flight.append((self.index, lane))
+            self.index += 1
+            ahead.popleft()
+            self.ahead_frame = b""
+
+    def take(self) -> tuple[int, Any, int]:
+        """The next unit for this process: (its index, it, its lane)."""
+        lane = self.free.pop()
+        index = self.index
+        self.index += 1
+        self.flight.append((index, lane))
+        self.ahead_frame = b""
+        return index, self.ahead.popleft(), lane
+
+    def receive(self, timeout: int | None) -> None:
+        """The results that have come (waiting for one unless `timeout` is 0)."""
+        for fd, _event in self.poller.poll(timeout):
+            worker = self.by_fd[fd]
+            try:
+                ok, value = _receive(fd)
+            except EOFError:
+                raise WorkerDied(_death(worker.pid)) from None
+            if not ok:
+                raise value
+            unit, size = worker.units.popleft()
+            worker.queued -= size
+            self.done[unit] = value
+
+    def tick(self) -> None:
+        """Between the items of a unit done here: the workers' results taken, more units sent."""
+        self.receive(0)
+        self.send()
+
+
 def ordered(
     work: Callable[[Any, int], Any],
     units: Iterable[Any],
     jobs: int,
     lanes: int,
-    here: Callable[[Any, int], Any] | None = None,
+    here: Callable[[Any, int, Callable[[], None]], Any] | None = None,
     queue: int = 0,
 ) -> Iterator[Any]:
     """`work(unit, lane)` for every unit in `jobs` forked processes; yields (lane, result) in
@@ -168,28 +251,15 @@ def ordered(
     else writes.
 
     With `here`, this process works too: a worker is sent units while it holds fewer than
-    `queue` (and, at the end, fewer than are left), and the next unit is `here(unit, lane)`, done
-    in this process between looks at the workers' results (which never block then); up to
-    `queue` + 1 units are taken from `units` ahead. On two CPUs that is two processes busy instead of
-    a third waking for every result: no CPU goes to switching between them, and this process's
-    share of the units is neither sent, read again nor copied back."""
+    `queue` (and, at the end, fewer than are left), and the next unit is `here(unit, lane, tick)`,
+    done in this process; `here` calls `tick()` now and then (between items: every ~1 ms), which
+    takes the workers' results and sends them more, so a long unit here does not leave them
+    idle. Up to `queue` + 1 units are taken from `units` ahead. On two CPUs that is two processes
+    busy instead of a third waking for every result: no CPU goes to switching between them, and
+    this process's share of the units is neither sent, read again nor copied back."""
     workers = _start(jobs, work)
-    by_fd = {w.results: w for w in workers}
-    poller = select.poll()
-    for worker in workers:
-        poller.register(worker.results, select.POLLIN)
-    free = list(range(lanes))
-    flight: deque[tuple[int, int]] = deque()  # (index, lane) in input order
-    done: dict[int, Any] = {}
-    pending = iter(units)
-    # units taken from `pending`, not sent yet; with `here`, `queue` + 1 of them, so that the last
-    # few are seen coming and shared out (a worker left with a full queue at the end would be
-    # working alone)
-    ahead: deque[Any] = deque()
-    look = queue + 1 if here is not None else 1
-    ahead_frame = b""  # ahead[0]'s frame, once made
-    exhausted = False
-    index = 0
+    state = _Flight(workers, units, lanes, queue, here is not None)
+    flight, done, free = state.flight, state.done, state.free
     failed = True
     try:
         while True:
@@ -198,54 +268,15 @@ def ordered(
                 first, lane = flight.popleft()
                 yield lane, done.pop(first)
                 free.append(lane)
-            while free:
-                while not exhausted and len(ahead) < look:
-                    unit = next(pending, _NONE)
-                    if unit is _NONE:
-                        exhausted = True
-                    else:
-                        ahead.append(unit)
-                if not ahead:
-                    break
-                worker = min(workers, key=lambda w: len(w.units))
-                if here is not None and len(worker.units) >= min(queue, len(ahead) - 1):
-                    break  # the workers hold enough (or the rest is done here): the next unit is done here
-                ahead_frame = ahead_frame or _frame(ahead[0])
-                size = LANE.size + len(ahead_frame)
-                if worker.units and worker.queued + size > worker.room:
-                    break  # it waits for an idle worker: a write to a busy one must not block
-                lane = free.pop()
-                try:
-                    _write(worker.tasks, LANE.pack(lane) + ahead_frame)
-                except BrokenPipeError:
-                    raise WorkerDied(_death(worker.pid)) from None
-                worker.units.append((index, size))
-                worker.queued += size
-                flight.append((index, lane))
-                index += 1
-                ahead.popleft()
-                ahead_frame = b""
-            busy_here = False
-            if here is not None and free and ahead:
-                busy_here = True
-                lane = free.pop()
-                flight.append((index, lane))
-                ahead_frame = b""
-                done[index] = here(ahead.popleft(), lane)
-                index += 1
+            state.send()
+            busy_here = here is not None and bool(free) and bool(state.ahead)
+            if busy_here:
+                assert here is not None
+                index, unit, lane = state.take()
+                done[index] = here(unit, lane, state.tick)
             elif not flight:  # every lane free, so every worker idle: nothing was left to send
                 failed = False
                 return
-            for fd, _event in poller.poll(0 if busy_here else None):
-                worker = by_fd[fd]
-                try:
-                    ok, value = _receive(fd)
-                except EOFError:
-                    raise WorkerDied(_death(worker.pid)) from None
-                if not ok:
-                    raise value
-                unit, size = worker.units.popleft()
-                worker.queued -= size
-                done[unit] = value
+            state.receive(0 if busy_here else None)
     finally:
         _stop(workers, failed)
