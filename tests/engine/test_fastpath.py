@@ -104,12 +104,15 @@ def test_same_invariant_verdicts_with_and_without_the_native_subset(monkeypatch:
     assert fast == slow
 
 
-def _both(expression: str, node: dict, path: str, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object]:
-    """(native verdict or None, fhirpathpy verdict) for `expression` on `node` as the resource."""
+def _both(
+    expression: str, node: dict, path: str, monkeypatch: pytest.MonkeyPatch, groups: dict | None = None
+) -> tuple[object, object]:
+    """(native verdict or None, fhirpathpy verdict) for `expression` on `node` as the resource;
+    `groups`: the node's choice groups, as its plan gives them (unknown: choices are fhirpathpy's)."""
     import fhirschema.invariants as invariants
 
     fast = compile_subset(expression)
-    native = fast(node, {"root": node, "resource": node}) if fast else None
+    native = fast(node, {"root": node, "resource": node, "groups": groups}) if fast else None
     with monkeypatch.context() as m:
         m.setattr(invariants, "compile_subset", lambda e: None)
         m.setattr(invariants, "guard", lambda e: None)
@@ -143,6 +146,15 @@ def _observation(**extra: object) -> dict:
     return {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, **extra}
 
 
+def _components(codes: list[dict], component_codes: list[dict]) -> dict:
+    """An Observation with a value, coded `codes`, and one component coded `component_codes`."""
+    return _observation(
+        valueString="v", code={"coding": codes}, component=[{"code": {"coding": component_codes}}]
+    )
+
+
+LOINC_A = {"system": "http://loinc.org", "code": "8480-6"}
+LOINC_B = {"system": "http://loinc.org", "code": "8462-4"}
 NESTED_UNIQUE = {"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string"}]}
 NESTED_REPEATED = {"linkId": "1", "type": "group", "item": [{"linkId": "1", "type": "string"}]}
 WITH_EXTENSION = {"linkId": "1", "type": "string", "_text": {"extension": []}}
@@ -162,7 +174,18 @@ WITH_EXTENSION = {"linkId": "1", "type": "string", "_text": {"extension": []}}
         (PER_1, {"start": "2020-01-02", "end": "2020-01-01"}, "Period", False),
         (PER_1, {"start": "2020", "end": "2020-01-01"}, "Period", None),  # precisions differ
         (OBS_7, _observation(), "Observation", True),  # decided by `value.empty()` alone
-        (OBS_7, _observation(valueString="v", component=[{"code": {"text": "y"}}]), "Observation", None),
+        (
+            OBS_7,
+            _observation(valueString="v", component=[{"code": {"text": "y"}}]),
+            "Observation",
+            None,
+        ),  # no groups
+        (
+            "code.coding.intersect(code.coding).exists()",
+            _observation(),
+            "Observation",
+            None,
+        ),  # relative: fhirpathpy
     ],
 )
 def test_native_subset_cases(
@@ -172,6 +195,25 @@ def test_native_subset_cases(
     assert native is native_expected
     if native is not None:
         assert native == slow
+
+
+@pytest.mark.parametrize(
+    ("codes", "component_codes", "expected"),
+    [
+        ([LOINC_A], [LOINC_A], False),
+        ([LOINC_A], [LOINC_B], True),
+        ([LOINC_A, LOINC_B], [{**LOINC_A, "display": "x"}], True),  # every property counts
+        ([LOINC_A, LOINC_B], [LOINC_B, LOINC_B], False),
+        ([], [LOINC_A], True),
+    ],
+)
+def test_obs_7_intersect_natively(
+    codes: list[dict], component_codes: list[dict], expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    observation = _components(codes, component_codes)
+    native, slow = _both(OBS_7, observation, "Observation", monkeypatch, groups={"value": {"valueString"}})
+    assert native is expected
+    assert slow is expected
 
 
 @pytest.mark.parametrize(

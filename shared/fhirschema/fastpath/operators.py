@@ -213,6 +213,24 @@ def _is_distinct(base: Eval) -> Eval:
     return fn
 
 
+def _intersect(base: Eval, other: Eval) -> Eval:
+    """`a.intersect(b)`: the items of `a` equal to some item of `b`, each once. fhirpathpy
+    compares the JSON values with Python's ==, as here."""
+
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        left = base(n, env)
+        if not left:
+            return []
+        right = other(n, env)
+        out: list[Any] = []
+        for x in left:
+            if x in right and x not in out:  # `in` is == (after identity)
+                out.append(x)
+        return out
+
+    return fn
+
+
 def _concat(a: Eval, b: Eval) -> Eval:
     """`a & b`: string concatenation where an empty side counts as ''."""
 

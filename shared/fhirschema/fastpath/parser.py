@@ -19,6 +19,7 @@ from fhirschema.fastpath.operators import (
     _exists,
     _implies,
     _in,
+    _intersect,
     _is_distinct,
     _is_resource,
     _matches,
@@ -265,6 +266,10 @@ class _Parser:
         if name == "isDistinct":
             self.expect(")")
             return _is_distinct(base)
+        if name == "intersect" and self._absolute_path_argument():
+            # Only an absolute argument (`%resource.code.coding`): which focus a relative one
+            # is evaluated on is the full engine's business.
+            return _intersect(base, self.criteria())
         if name in ("contains", "startsWith", "endsWith"):
             kind, arg = self.take()
             self.expect(")")
@@ -283,3 +288,13 @@ class _Parser:
                 self.implies()
         self.expect(")")
         return _unsupported(name)
+
+    def _absolute_path_argument(self) -> bool:
+        """Is the argument ahead `%resource` or `%rootResource` followed only by `.name` steps?"""
+        i = self.i
+        if i >= len(self.t) or self.t[i] not in (("var", "%resource"), ("var", "%rootResource")):
+            return False
+        i += 1
+        while i + 1 < len(self.t) and self.t[i] == ("op", ".") and self.t[i + 1][0] == "name":
+            i += 2
+        return i < len(self.t) and self.t[i] == ("op", ")")
