@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The validator compiled with mypyc (scripts/build_engine.py), rebuilt when its sources change.
 ENGINE := shared/fhirschema/.compiled
 ENGINE_SRC := $(wildcard shared/fhirschema/validator/*.py shared/fhirschema/fastpath/*.py) \
-	shared/fhirschema/slicing.py scripts/build_engine.py
+	shared/fhirschema/slicing.py shared/fhirschema/cli/outcome.py scripts/build_engine.py
 
 .PHONY: up test lint bench install engine bytecode clean
 

@@ -19,6 +19,7 @@ SHARED = Path(__file__).resolve().parent.parent / "shared"
 # Everything `Validator.validate` runs per resource: one mypyc group, so calls between these
 # modules are direct C calls.
 COMPILED = [
+    "fhirschema/cli/outcome.py",  # not the validator: the CLI's outcome of an input with findings
     "fhirschema/fastpath/checks.py",
     "fhirschema/fastpath/operators.py",
     "fhirschema/fastpath/parser.py",

@@ -33,6 +33,7 @@ from fhirschema import jsoninput
 from fhirschema.cli import forked
 from fhirschema.cli.common import read_error
 from fhirschema.cli.ndjson import Item, Lines
+from fhirschema.cli.outcome import ALL_OK, outcome_json
 from fhirschema.validator import ValidationResult, Validator
 
 CHUNK_ITEMS = 256
@@ -43,7 +44,6 @@ SLOT_BYTES = 4 << 20  # a unit's output up to this size comes back through share
 # (with 2 per worker, corpus x30 at load 4.5, the two workers waited 0.08-0.60 s of a 2.3-4.4 s
 # run for their next unit; with 8, 0.01-0.13 s of 1.1-2.2 s; 16 gave no less)
 LANES_PER_JOB = 8
-ALL_OK = orjson.dumps(ValidationResult().to_outcome())
 _ALL_OK_TAIL = b'","valid":true,"outcome":' + ALL_OK + b"}\n"  # after a source's last digit
 
 
@@ -127,7 +127,7 @@ class Task:
 
 def _ndjson(source: str, valid: bool, result: ValidationResult) -> bytes:
     # orjson.dumps({"source": ..., "valid": ..., "outcome": ...}), byte for byte, built from parts
-    outcome = orjson.dumps(result.to_outcome()) if result.issues else ALL_OK
+    outcome = outcome_json(result)
     middle = b',"valid":true,"outcome":' if valid else b',"valid":false,"outcome":'
     return b'{"source":' + orjson.dumps(source) + middle + outcome + b"}\n"
 
