@@ -9,14 +9,15 @@ from fhirpathpy.engine.invocations import invocation_registry, logic
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.engine.util import get_data
 
-from fhirschema.fhirpath_types import TYPE_FUNCTIONS, is_primitive_extension
+from fhirschema.fhirpath_nodes import NODE_FUNCTIONS, has_value
+from fhirschema.fhirpath_types import TYPE_FUNCTIONS
 
 # FHIR's additional FHIRPath functions (R4 §2.1.9.1). They receive fhirpathpy's context and the
 # input collection of ResourceNodes/values, then the evaluated arguments.
 
 
 def _primitives(inputs: list) -> list:
-    """Primitive values of the input; fhirpathpy yields a `_x` extension object as its own item."""
+    """Primitive values of the input (an element with only extensions has none)."""
     return [v for v in (get_data(i) for i in inputs) if v is not None and not isinstance(v, dict)]
 
 
@@ -144,11 +145,11 @@ def _logic(op: Callable[[dict, Any, Any], Any]) -> dict:
 
 
 def _values_only(coll: list) -> list:
-    """Drop the `_x` extension objects fhirpathpy yields beside (or instead of) a primitive value.
+    """Drop elements that have only extensions: they have no value to compare.
 
     Without this, per-1 on `{"_start": {...}, "end": "2013"}` raises instead of holding.
     """
-    return [item for item in coll if not is_primitive_extension(item)]
+    return [item for item in coll if has_value(item)]
 
 
 def _comparison(name: str) -> dict:
@@ -171,6 +172,7 @@ FHIR_FUNCTIONS: dict[str, dict] = {
     "implies": _logic(logic.implies_op),
     **{op: _comparison(op) for op in ("=", "!=", "~", "!~", "<", "<=", ">", ">=")},
     **TYPE_FUNCTIONS,
+    **NODE_FUNCTIONS,
     "hasValue": {"fn": _has_value},
     "getValue": {"fn": _get_value},
     "htmlChecks": {"fn": _true},

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirpathpy.engine.nodes import ResourceNode, TypeInfo
+from fhirpathpy.engine.nodes import TypeInfo
 
-__all__ = ["TYPE_FUNCTIONS", "conforms", "is_primitive_extension"]
+__all__ = ["TYPE_FUNCTIONS", "conforms"]
 
 # System type names that, unqualified, also name the FHIR primitive of the same name ignoring case.
 _SYSTEM_PRIMITIVES = frozenset({"Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time"})
@@ -42,26 +42,13 @@ def conforms(item: object, spec: TypeInfo, model: Any) -> bool:
 
 
 def _one_element(coll: list, operator: str) -> object | None:
-    """The single item `is`/`as` apply to. A primitive's value and its `_x` extension object
-    are one element: fhirpathpy yields them as two items, the value first."""
+    """The single item `is`/`as` apply to (a primitive and its `_x` object are one node:
+    fhirpath_nodes.py)."""
     if not coll:
         return None
-    if len(coll) == 2 and is_primitive_extension(coll[1]) and not is_primitive_extension(coll[0]):
-        return coll[0]
     if len(coll) > 1:
         raise ValueError(f"'{operator}' needs a single item, got {len(coll)}")
     return coll[0]
-
-
-def is_primitive_extension(item: object) -> bool:
-    """The `_x` object fhirpathpy yields for a primitive's id and extensions."""
-    return (
-        isinstance(item, ResourceNode)
-        and isinstance(item.data, dict)
-        and bool(item.path)
-        and item.path[:1].islower()  # a primitive type name: dateTime, string, ...
-        and item.data.keys() <= {"id", "extension"}
-    )
 
 
 def _is(ctx: dict, coll: list, spec: TypeInfo) -> list:

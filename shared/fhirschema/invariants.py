@@ -32,6 +32,7 @@ from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from fhirschema.fastpath import compile_subset, guard
 from fhirschema.fhirpath_functions import FHIR_FUNCTIONS, TERMINOLOGY_VAR
+from fhirschema.fhirpath_nodes import NODES_FLAG
 
 __all__ = ["InvariantResult", "InvariantSyntaxError", "Invariants"]
 
@@ -199,6 +200,7 @@ class Invariants:
             "model": self.model,
             "userInvocationTable": self.functions,
             "traceFn": _ignore_trace,
+            NODES_FLAG: True,  # a primitive and its `_x` object are one node (fhirpath_nodes.py)
         }
         with self._lock:
             constants.reset()  # today()/now() are fixed per evaluation

@@ -12,8 +12,9 @@ from pathlib import Path
 from tests.conftest import ROOT, SHARED
 
 SCORE = SHARED / "fhir-test-cases" / "score.py"
-PASS_FAIL_FLOOR = 140  # of 141 steps: the same valid/invalid verdict as the reference
-EXACT_FLOOR = 129  # of 141 steps: the same number of errors
+# de-address-example [profile] agreed only by two false alarms of ours (docs/conformance.md)
+PASS_FAIL_FLOOR = 139  # of 141 steps: the same valid/invalid verdict as the reference
+EXACT_FLOOR = 128  # of 141 steps: the same number of errors
 
 
 def test_agreement_with_the_reference_validator(tmp_path: Path) -> None:
