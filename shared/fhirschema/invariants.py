@@ -217,12 +217,19 @@ class Invariants:
         except Exception:  # includes RecursionError: selects nothing
             return False
         items = result if isinstance(result, list) else [result]
-        # fhirpathpy may hand back copies: an equal node is the same element (or one just like it)
-        return any(get_data(item) is node or get_data(item) == node for item in items)
+        # fhirpathpy may hand back copies: an equal node is the same element (or one just like it).
+        # An extension of a primitive is hosted by its `_x` object, the node's _data (fhirpath_nodes).
+        return any(
+            get_data(item) is node or get_data(item) == node or _extras(item) is node for item in items
+        )
 
 
 _TRUE = InvariantResult(True)
 _FALSE = InvariantResult(False)
+
+
+def _extras(item: object) -> object:
+    return item._data if isinstance(item, ResourceNode) else None
 
 
 def _ignore_trace(label: str, value: object) -> None:

@@ -143,3 +143,13 @@ def test_the_native_subset_agrees_on_primitives_with_extensions(expression: str,
     except Exception:  # Unsupported: left to the full engine
         fast = None
     assert fast in (None, _as_result(full(expression, resource)).ok), expression
+
+
+def test_an_extension_context_selects_a_primitive_by_its_x_object() -> None:
+    """An extension on `_birthDate` is hosted by that object: a FHIRPath context `Patient.birthDate`
+    (R4 §2.28.4) selects it through the element's node, whose `_x` object it is."""
+    patient = {**PATIENT, "birthDate": "2000"}
+    assert INVARIANTS.selects("Patient.birthDate", patient["_birthDate"], resource=patient)
+    assert INVARIANTS.selects("Patient.name.given", patient["name"][0]["_given"][0], resource=patient)
+    assert INVARIANTS.selects("Patient.birthDate", PATIENT["_birthDate"], resource=PATIENT)  # no value
+    assert not INVARIANTS.selects("Patient.gender", patient["_birthDate"], resource=patient)
