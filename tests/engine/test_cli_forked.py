@@ -124,6 +124,36 @@ def test_a_worker_that_dies_is_an_error_not_a_hang() -> None:
         os.waitpid(-1, os.WNOHANG)
 
 
+def _slow_here(unit: int, lane: int, tick: Callable[[], None]) -> int:
+    for _ in range(5):  # a unit of this process's own, looking after the workers meanwhile
+        time.sleep(0.002)
+        tick()
+    return unit
+
+
+def test_a_worker_that_dies_while_this_process_works_too_is_an_error_within_2_s() -> None:
+    started = time.monotonic()
+    with pytest.raises(forked.WorkerDied, match="was killed by SIGKILL before its work was done"):
+        list(forked.ordered(_die_on_three, range(10_000), 1, 9, _slow_here, 4))
+    assert time.monotonic() - started < 2
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_ctrl_c_while_this_process_works_ends_the_workers() -> None:
+    def interrupted(unit: int, lane: int, tick: Callable[[], None]) -> int:
+        if unit > 20:
+            raise KeyboardInterrupt
+        return _slow_here(unit, lane, tick)
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        list(forked.ordered(lambda unit, lane: unit, range(10_000), 1, 9, interrupted, 4))
+    assert time.monotonic() - started < 2
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
 def test_the_consumer_stopping_early_ends_the_workers() -> None:
     results = forked.ordered(lambda unit, lane: unit, range(1000), 2, 5)
     assert next(results)[1] == 0
