@@ -58,7 +58,8 @@ def _strings(node: Any) -> set[str]:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            stack.extend(item.values())
+            for value in item.values():  # compiled, extend(values()) iterated a view generically
+                stack.append(value)
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, str):

@@ -19,20 +19,38 @@ def _children(items: list[Any], name: str, choices: Any, under: str) -> list[Any
     `under`: "_" + name (the parser makes it once, not each time a value is absent)."""
     out: list[Any] = []
     for item in items:
-        if not isinstance(item, dict):
-            continue
-        value = item.get(name)
-        if value is None and (choices is None or name in choices):
-            value = _choice(item, name, choices)
-        if value is None:
-            if under in item:
-                raise Unsupported("primitive with only an extension")
-            continue
-        if isinstance(value, list):
-            out.extend(v for v in value if v is not None)
-        else:
-            out.append(value)
+        _child(out, item, name, choices, under)
     return out
+
+
+def _first_step(item: Any, name: str, choices: Any, under: str) -> list[Any]:
+    out: list[Any] = []
+    _child(out, item, name, choices, under)
+    return out
+
+
+def _child(out: list[Any], item: Any, name: str, choices: Any, under: str) -> None:
+    """`item`'s values of `name`, appended to `out` (a first step: the focus alone, no list)."""
+    if not isinstance(item, dict):
+        return
+    value = item.get(name)
+    if value is None and (choices is None or name in choices):
+        value = _choice(item, name, choices)
+    if value is None:
+        if under in item:
+            raise Unsupported("primitive with only an extension")
+        return
+    if isinstance(value, list):
+        _extend(out, value)
+    else:
+        out.append(value)
+
+
+def _extend(out: list[Any], values: list[Any]) -> None:
+    # A loop: compiled, out.extend(<generator>) made a generator object for every array.
+    for v in values:
+        if v is not None:
+            out.append(v)
 
 
 def _choice(item: dict[str, Any], name: str, choices: Any) -> Any:
@@ -107,7 +125,7 @@ def _children_exact(items: list[Any], key: str) -> list[Any]:
             if value is None and "_" + key in item:
                 raise Unsupported("primitive with only an extension")
             if isinstance(value, list):
-                out.extend(v for v in value if v is not None)
+                _extend(out, value)
             elif value is not None:
                 out.append(value)
     return out
@@ -168,12 +186,24 @@ def _inner(env: dict[str, Any]) -> dict[str, Any]:
     return {**env, "groups": None} if env.get("groups") is not None else env
 
 
+# The criteria's environment made once per call, not once per item (_inner copies the dict).
 def _where(base: Eval, criteria: Eval) -> Eval:
-    return lambda n, env: [x for x in base(n, env) if _truth(criteria(x, _inner(env))) is True]
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        inner = _inner(env)
+        return [x for x in base(n, env) if _truth(criteria(x, inner)) is True]
+
+    return fn
 
 
 def _all(base: Eval, criteria: Eval) -> Eval:
-    return lambda n, env: [all(_truth(criteria(x, _inner(env))) is True for x in base(n, env))]
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        inner = _inner(env)
+        for x in base(n, env):
+            if _truth(criteria(x, inner)) is not True:
+                return [False]
+        return [True]
+
+    return fn
 
 
 def _descendants(base: Eval) -> Eval:
@@ -200,7 +230,11 @@ def _descendants(base: Eval) -> Eval:
 
 
 def _select(base: Eval, projection: Eval) -> Eval:
-    return lambda n, env: [y for x in base(n, env) for y in projection(x, _inner(env))]
+    def fn(n: Any, env: dict[str, Any]) -> list[Any]:
+        inner = _inner(env)
+        return [y for x in base(n, env) for y in projection(x, inner)]
+
+    return fn
 
 
 def _is_distinct(base: Eval) -> Eval:

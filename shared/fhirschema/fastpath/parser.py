@@ -17,6 +17,7 @@ from fhirschema.fastpath.operators import (
     _descendants,
     _equals,
     _exists,
+    _first_step,
     _implies,
     _in,
     _intersect,
@@ -226,7 +227,7 @@ class _Parser:
                     )
                 )(name)
             elif current is base and not literal_base:  # a step from the focus: its schema is known
-                current = (lambda nm, un: lambda n, env: _children([n], nm, env.get("groups"), un))(
+                current = (lambda nm, un: lambda n, env: _first_step(n, nm, env.get("groups"), un))(
                     name, "_" + name
                 )
             else:
